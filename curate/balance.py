@@ -1,0 +1,143 @@
+"""Quotas: turn fractions into counts, and select records to fill them.
+
+A quota is a fraction of the set per criterion and, inside a criterion, per
+category. Counts use largest remainders so they add up to the size exactly.
+When a pool is short, `on_shortfall` decides, and the shortfall is always reported:
+  scale - shrink the whole set so every fraction still holds (default: the mixture
+          is the point of a balanced set)
+  warn  - keep the other quotas full and report the deviation
+  error - stop
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from curate.records import Prompt
+from filters.base import ConfigError
+
+SHORTFALL_POLICIES = ("scale", "warn", "error")
+
+
+class ShortfallError(ValueError):
+    pass
+
+
+def apportion(total: int, weights: dict[str, float]) -> dict[str, int]:
+    """Split `total` by `weights` into integers that sum to `total` (largest remainder,
+    ties broken by key so the result is deterministic)."""
+    weight_sum = sum(weights.values())
+    if total <= 0 or weight_sum <= 0:
+        return {key: 0 for key in weights}
+    exact = {key: total * w / weight_sum for key, w in weights.items()}
+    counts = {key: int(value) for key, value in exact.items()}
+    by_remainder = sorted(weights, key=lambda k: (-(exact[k] - counts[k]), k))
+    for key in by_remainder[: total - sum(counts.values())]:
+        counts[key] += 1
+    return counts
+
+
+@dataclass
+class Plan:
+    """Target counts per criterion and per (criterion, category)."""
+
+    size: int
+    criteria: dict[str, int]
+    categories: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def plan_quotas(size: int, quotas: dict[str, dict[str, Any]]) -> Plan:
+    fractions = {c: float(q.get("fraction", 0.0)) for c, q in quotas.items()}
+    if any(f < 0 for f in fractions.values()) or sum(fractions.values()) <= 0:
+        raise ConfigError("quotas: fractions must be >= 0 and not all 0")
+    if abs(sum(fractions.values()) - 1.0) > 1e-6:
+        raise ConfigError(f"quotas: criterion fractions sum to {sum(fractions.values()):.4f}, not 1")
+    criteria = apportion(size, fractions)
+    categories = {}
+    for criterion, quota in quotas.items():
+        cats = quota.get("categories")
+        if cats:
+            categories[criterion] = apportion(criteria[criterion], {k: float(v) for k, v in cats.items()})
+    return Plan(size=size, criteria=criteria, categories=categories)
+
+
+def _fits(plan: Plan, available: dict[tuple[str, str | None], int]) -> list[str]:
+    """Describe every quota the pools cannot fill (empty when all fit)."""
+    short = []
+    for criterion, target in plan.criteria.items():
+        have = sum(n for (c, _), n in available.items() if c == criterion)
+        if have < target:
+            short.append(f"{criterion}: {have} available for a quota of {target}")
+        for category, cat_target in plan.categories.get(criterion, {}).items():
+            cat_have = available.get((criterion, category), 0)
+            if cat_have < cat_target:
+                short.append(f"{criterion}/{category}: {cat_have} available for a quota of {cat_target}")
+    return short
+
+
+def balance(records: list[Prompt], size: int, quotas: dict[str, dict[str, Any]], seed: int,
+            on_shortfall: str = "scale") -> tuple[list[Prompt], list[tuple[Prompt, str]], dict[str, Any]]:
+    """Select records to fill the quotas. Returns (selected, dropped with reason, report)."""
+    if on_shortfall not in SHORTFALL_POLICIES:
+        raise ConfigError(f"on_shortfall must be one of {', '.join(SHORTFALL_POLICIES)}, got {on_shortfall!r}")
+    unknown = sorted({r.criterion for r in records} - set(quotas))
+    pools: dict[tuple[str, str | None], list[Prompt]] = defaultdict(list)
+    dropped: list[tuple[Prompt, str]] = []
+    for record in records:
+        if record.criterion not in quotas:
+            dropped.append((record, f"balance: no_quota for criterion {record.criterion}"))
+            continue
+        cats = quotas[record.criterion].get("categories")
+        if cats and record.category not in cats:
+            dropped.append((record, f"balance: no_quota for {record.criterion}/{record.category}"))
+            continue
+        pools[(record.criterion, record.category if cats else None)].append(record)
+    available = {key: len(pool) for key, pool in pools.items()}
+
+    plan = plan_quotas(size, quotas)
+    shortfalls = _fits(plan, available)
+    if shortfalls and on_shortfall == "error":
+        raise ShortfallError("pools cannot fill the quotas: " + "; ".join(shortfalls))
+    if shortfalls and on_shortfall == "scale":
+        # The largest size whose every quota fits; fit is monotone in size, so bisect.
+        low, high = 0, size
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if not _fits(plan_quotas(mid, quotas), available) else (low, mid - 1)
+        plan = plan_quotas(low, quotas)
+
+    selected: list[Prompt] = []
+    report: dict[str, Any] = {}
+    for criterion, target in plan.criteria.items():
+        cat_targets = plan.categories.get(criterion) or {None: target}
+        entry: dict[str, Any] = {"fraction": quotas[criterion].get("fraction"), "target": target,
+                                 "available": sum(n for (c, _), n in available.items() if c == criterion),
+                                 "selected": 0, "categories": {}}
+        for category, cat_target in cat_targets.items():
+            pool = sorted(pools.get((criterion, category), []), key=lambda r: r.id)
+            take = _select(pool, cat_target, seed)
+            chosen = {r.id for r in take}
+            dropped.extend((r, f"balance: over_quota {criterion}/{category or 'all'}") for r in pool if r.id not in chosen)
+            selected.extend(take)
+            entry["selected"] += len(take)
+            if category is not None:
+                entry["categories"][category] = {"target": cat_target, "available": len(pool), "selected": len(take)}
+        report[criterion] = entry
+    selected.sort(key=lambda r: r.id)
+    random.Random(seed).shuffle(selected)
+    return selected, dropped, {"quotas": report, "shortfalls": shortfalls, "planned_size": plan.size,
+                               "unknown_criteria": unknown}
+
+
+def _select(pool: list[Prompt], n: int, seed: int) -> list[Prompt]:
+    """n records from an id-sorted pool: spread over clusters when the pool has them."""
+    if n >= len(pool):
+        return list(pool)
+    if pool and all(r.cluster is not None for r in pool):
+        from filters.cluster import cluster_balanced_sample
+
+        return cluster_balanced_sample(pool, n, seed)
+    return random.Random(seed).sample(pool, n)

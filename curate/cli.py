@@ -1,0 +1,168 @@
+"""`curate`: build, tag, inspect and compare distillation prompt sets.
+
+The commands only parse arguments and call one plain function each (pipeline.build,
+tagging.tag_texts, report.summarize/diff), so tests call those functions directly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from curate.recipe import list_recipes
+
+
+class _Group(click.Group):
+    """Errors become one line on stderr and a non-zero exit; --debug shows the traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            click.echo(f"error: {message}", err=True)
+            sys.exit(2 if isinstance(exc, (ValueError, FileNotFoundError, KeyError)) else 1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+def main(debug: bool) -> None:
+    """Curate balanced prompt sets for distilling T5-XXL into small text encoders.
+
+    \b
+    Examples:
+      curate recipes
+      curate build --recipe balanced --size 3000 --output out
+      curate build --recipe balanced --source text=my_prompts.jsonl --set steps.dedup_semantic.threshold=0.9
+      curate tag prompts.txt --output tags.jsonl
+      curate inspect out --html report.html
+      curate diff out out_v2
+    """
+
+
+@main.command()
+def recipes() -> None:
+    """List the shipped curation recipes."""
+    found = list_recipes("curate")
+    width = max(map(len, found), default=0)
+    for name, description in found.items():
+        click.echo(f"{name:<{width}}  {description}")
+
+
+@main.command()
+@click.option("--recipe", "recipe", required=True, help="Shipped recipe name (see `curate recipes`) or a YAML path.")
+@click.option("--output", "output", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
+              help="Folder for data/, rejected/ and manifest.json (replaced atomically).")
+@click.option("--size", type=int, help="Number of prompts in the set (overrides the recipe).")
+@click.option("--seed", type=int, help="Seed for generation and selection (overrides the recipe).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe key, e.g. --set steps.length.min_words=3 (repeatable).")
+@click.option("--source", "sources", multiple=True, metavar="CRITERION=URI",
+              help="Replace a criterion's pool with a local file/folder or an HF dataset id (repeatable).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def build(recipe: str, output: Path, size: int | None, seed: int | None, overrides: tuple[str, ...],
+          sources: tuple[str, ...], quiet: bool) -> None:
+    """Build a curated prompt set from a recipe.
+
+    \b
+    Examples:
+      curate build --recipe balanced --size 3000 --output out
+      curate build --recipe tiny --output /tmp/tiny
+      curate build --recipe compbench --seed 1 --set steps.dedup_near=null
+      curate build --recipe balanced --source quality=laion.parquet --set sources.quality.0.text_column=TEXT
+    """
+    from curate.pipeline import build as run_build
+    from curate.pipeline import resolve_recipe
+
+    name, data = resolve_recipe(recipe, overrides, sources, size=size, seed=seed)
+    result = run_build(name, data, output, progress=not quiet)
+    top = ", ".join(f"{kind} {n:,}" for kind, n in result.reasons.most_common(6))
+    click.echo(f"kept {result.kept:,}, rejected {result.rejected:,} ({top or 'none'}) "
+               f"in {result.seconds:.1f}s -> {result.out_dir}", err=True)
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@click.option("--output", type=click.Path(path_type=Path), help="JSONL file to write (default: stdout).")
+@click.option("--text-column", help="Column holding the prompt in .jsonl/.csv/.parquet input.")
+@click.option("--model", default="en_core_web_sm", show_default=True, help="spaCy pipeline to load.")
+@click.option("--processes", default=1, show_default=True, help="Worker processes for spaCy.")
+def tag(input_path: Path, output: Path | None, text_column: str | None, model: str, processes: int) -> None:
+    """Tag prompts with categories, rendered text and scores, one JSON object per prompt.
+
+    \b
+    Examples:
+      curate tag prompts.txt
+      curate tag captions.parquet --text-column caption --output tags.jsonl
+    """
+    from curate.sources.files import SourceSpec, read_source
+    from filters.tagging import tag_texts
+
+    result = read_source(SourceSpec(uri=str(input_path), text_column=text_column), criterion="semantic")
+    if result.rejected:
+        click.echo(f"warning: {len(result.rejected)} rows could not be read "
+                   f"(first: {result.rejected[0][1]})", err=True)
+    started = time.perf_counter()
+    rows = tag_texts([r.text for r in result.records], model=model, n_process=processes)
+    sink = open(output, "w", encoding="utf-8") if output else sys.stdout
+    try:
+        for row in rows:
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+    finally:
+        if output:
+            sink.close()
+    click.echo(f"tagged {len(rows):,} prompts in {time.perf_counter() - started:.1f}s", err=True)
+
+
+@main.command()
+@click.argument("set_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write a self-contained HTML report.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def inspect(set_dir: Path, html_path: Path | None, as_json: bool) -> None:
+    """Show what a curated set contains: criteria, categories, sources, rejections, scores.
+
+    \b
+    Examples:
+      curate inspect out
+      curate inspect out --json | jq .criteria
+      curate inspect out --html report.html
+    """
+    from curate import report
+
+    summary = report.summarize(set_dir)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        click.echo(report.render_tables(summary))
+    if html_path:
+        report.write_html(set_dir, summary, html_path)
+        click.echo(f"wrote {html_path}", err=True)
+
+
+@main.command()
+@click.argument("dir_a", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dir_b", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+def diff(dir_a: Path, dir_b: Path, as_json: bool) -> None:
+    """Compare two curated sets: counts, shares, prompts only in one, recipe changes.
+
+    \b
+    Example:
+      curate diff out_v1 out_v2
+    """
+    from curate import report
+
+    changes = report.diff(dir_a, dir_b)
+    click.echo(json.dumps(changes, indent=2, ensure_ascii=False) if as_json else report.render_diff(changes))
+
+
+if __name__ == "__main__":
+    main()

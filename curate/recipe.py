@@ -1,0 +1,124 @@
+"""Recipes: YAML data with a strict schema and `--set a.b=value` overrides.
+
+Shared by curation (`recipes/curate/*.yaml`) and training (`recipes/train/*.yaml`).
+A schema is a nested dict whose leaves are the allowed types; a key not in the
+schema is an error that names the key's full path. `ANY_KEY` lets a mapping take
+free keys (e.g. the names of pipeline steps, whose own keys the step checks).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from filters.base import ConfigError
+
+ANY_KEY = "*"
+
+
+def recipe_dir(kind: str) -> Path:
+    """Folder of shipped recipes of a kind ("curate" or "train"), installed or not."""
+    return Path(str(resources.files("recipes") / kind))
+
+
+def list_recipes(kind: str) -> dict[str, str]:
+    """name -> one-line description (the recipe's `description`)."""
+    found = {}
+    for path in sorted(recipe_dir(kind).glob("*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        found[path.stem] = str(data.get("description", "")).strip().splitlines()[0:1]
+        found[path.stem] = found[path.stem][0] if found[path.stem] else ""
+    return found
+
+
+def load_recipe(name_or_path: str, kind: str) -> tuple[str, dict[str, Any]]:
+    """Return (name, data) for a shipped recipe name or a path to a YAML file."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        path = recipe_dir(kind) / f"{name_or_path}.yaml"
+        if not path.exists():
+            known = ", ".join(list_recipes(kind)) or "none"
+            raise ConfigError(f"no {kind} recipe named {name_or_path!r} (shipped: {known}; or pass a .yaml path)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping at the top level")
+    return path.stem, data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'a.b=3' -> (['a', 'b'], 3); the value is read as YAML (numbers, lists, null)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not KEY=VALUE")
+    key, raw = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], schema: dict[str, Any]) -> dict[str, Any]:
+    """Apply `--set` overrides; a key the schema does not allow fails, naming it."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node, spec = data, schema
+        for depth, part in enumerate(path):
+            full = ".".join(path[: depth + 1])
+            if isinstance(spec, dict) and part not in spec and ANY_KEY not in spec:
+                raise ConfigError(f"unknown key {full!r} in --set {item}")
+            spec = spec.get(part, spec.get(ANY_KEY)) if isinstance(spec, dict) else None
+            if depth == len(path) - 1:
+                node[part] = value
+            else:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+    validate(data, schema)
+    return data
+
+
+def validate(data: Any, schema: Any, where: str = "") -> None:
+    """Check keys and leaf types against the schema (see module docstring). A null
+    value is always allowed: it means "unset" (e.g. a step disabled with KEY=null)."""
+    if data is None:
+        return
+    if isinstance(schema, dict):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where or 'recipe'} must be a mapping, got {type(data).__name__}")
+        for key, value in data.items():
+            full = f"{where}.{key}" if where else str(key)
+            if key in schema:
+                validate(value, schema[key], full)
+            elif ANY_KEY in schema:
+                validate(value, schema[ANY_KEY], full)
+            else:
+                raise ConfigError(f"unknown key {full!r} (allowed: {', '.join(k for k in schema if k != ANY_KEY)})")
+    elif isinstance(schema, list):
+        if not isinstance(data, list):
+            raise ConfigError(f"{where} must be a list, got {type(data).__name__}")
+        for i, item in enumerate(data):
+            validate(item, schema[0], f"{where}.{i}")
+    elif schema is Any:
+        return
+    elif isinstance(schema, tuple):
+        if not isinstance(data, schema) or (bool not in schema and isinstance(data, bool)):
+            names = "/".join(t.__name__ for t in schema)
+            raise ConfigError(f"{where} must be {names}, got {data!r}")
+    elif isinstance(schema, type):
+        validate(data, (schema,), where)
+
+
+def recipe_hash(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]

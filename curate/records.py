@@ -1,0 +1,116 @@
+"""The Prompt record: one row of a curated set and one line of `curate tag`.
+
+Field names and meanings are a contract (see DESIGN.md); keep them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+CRITERIA = ("quality", "semantic", "text")
+CATEGORIES = (
+    "color",
+    "shape",
+    "texture",
+    "spatial",
+    "3d_spatial",
+    "non_spatial",
+    "numeracy",
+    "complex",
+    "text_rendering",
+    "general",
+)
+
+_SPACE = re.compile(r"\s+")
+# Punctuation that never changes what an image should show; quotes are kept
+# because they delimit rendered text.
+_EDGE_PUNCT = " .,;:!?-"
+_CURLY = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
+
+
+def clean_text(text: str) -> str:
+    """Repair what scraped captions carry (odd unicode forms, control bytes, runs of
+    whitespace) without changing the wording. This is the text that is kept."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return _SPACE.sub(" ", text).strip()
+
+
+def normalize_text(text: str) -> str:
+    """The dedup key's basis: case-, spacing-, quote-style- and edge-punctuation-
+    insensitive. Idempotent: normalize_text(normalize_text(t)) == normalize_text(t)."""
+    text = clean_text(text).translate(_CURLY).lower()
+    text = re.sub(r"\s*([,;:!?])\s*", r"\1 ", text)
+    text = _SPACE.sub(" ", text)
+    return text.strip(_EDGE_PUNCT).strip()
+
+
+def dedup_key(text: str) -> str:
+    """Like normalize_text, but "A and B" equals "B and A": the two halves of a
+    single top-level ' and ' are sorted, as compositional pairs are order-free."""
+    norm = normalize_text(text)
+    parts = norm.split(" and ")
+    if len(parts) == 2 and all(parts):
+        parts = [re.sub(r"^(an?|the) ", "", p).strip() for p in parts]
+        return " and ".join(sorted(parts))
+    return norm
+
+
+def prompt_id(text: str) -> str:
+    """Stable id: a hash of the normalised text (16 hex digits)."""
+    return hashlib.sha1(normalize_text(text).encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class Prompt:
+    text: str
+    criterion: str
+    source: str
+    category: str = "general"
+    tags: list[str] = field(default_factory=list)
+    rendered_text: list[str] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+    cluster: int | None = None
+    stage: str | None = None
+    id: str = ""
+    # Source columns a step may need (e.g. "image": a local image path for the
+    # aesthetic predictor); carried through the pipeline, not written out.
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = prompt_id(self.text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "text": self.text,
+            "criterion": self.criterion,
+            "category": self.category,
+            "tags": list(self.tags),
+            "rendered_text": list(self.rendered_text),
+            "source": self.source,
+            "scores": dict(self.scores),
+            "cluster": self.cluster,
+            "stage": self.stage,
+        }
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Prompt:
+        scores = {k: float(v) for k, v in (row.get("scores") or {}).items() if v is not None}
+        return cls(
+            text=row["text"],
+            criterion=row["criterion"],
+            source=row.get("source", ""),
+            category=row.get("category") or "general",
+            tags=list(row.get("tags") or []),
+            rendered_text=list(row.get("rendered_text") or []),
+            scores=scores,
+            cluster=row.get("cluster"),
+            stage=row.get("stage"),
+            id=row.get("id") or "",
+        )

@@ -1,0 +1,111 @@
+"""Write and read curated sets in the layout of DESIGN.md, atomically.
+
+The set is assembled in a hidden sibling folder and renamed into place only once
+manifest.json is written, so a folder with a manifest is always complete, and a
+killed build leaves nothing that passes for finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from curate.records import Prompt
+
+FORMAT = "t5shrink.curated/1"
+PART = "part-00000.parquet"
+
+
+class OutputError(ValueError):
+    pass
+
+
+def _schema(score_keys: list[str], rejected: bool):
+    import pyarrow as pa
+
+    keys = score_keys or ["words"]  # parquet cannot store a struct with no fields
+    fields = [
+        ("id", pa.string()), ("text", pa.string()), ("criterion", pa.string()), ("category", pa.string()),
+        ("tags", pa.list_(pa.string())), ("rendered_text", pa.list_(pa.string())), ("source", pa.string()),
+        ("scores", pa.struct([(k, pa.float64()) for k in keys])), ("cluster", pa.int64()), ("stage", pa.string()),
+    ]
+    if rejected:
+        fields += [("step", pa.string()), ("reason", pa.string())]
+    return pa.schema(fields)
+
+
+def _table(rows: list[dict[str, Any]], rejected: bool):
+    import pyarrow as pa
+
+    score_keys = sorted({k for row in rows for k in row["scores"]})
+    for row in rows:
+        row["scores"] = {k: row["scores"].get(k) for k in score_keys} if score_keys else None
+    return pa.Table.from_pylist(rows, schema=_schema(score_keys, rejected))
+
+
+def _write_parquet(rows: list[dict[str, Any]], path: Path, rejected: bool) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(_table(rows, rejected), path, compression="zstd")
+    return {"rows": len(rows), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def write_curated(out_dir: Path, kept: list[Prompt], rejected: list[tuple[Prompt, str]],
+                  manifest: dict[str, Any]) -> Path:
+    """Write DIR/data, DIR/rejected and DIR/manifest.json; replace DIR only when done."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
+        raise OutputError(f"{out_dir} exists, is not empty and is not a curated set; refusing to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed build
+    outputs = {f"data/{PART}": _write_parquet([r.to_dict() for r in kept], partial / "data" / PART, False)}
+    rejected_rows = []
+    for record, reason in rejected:
+        row = record.to_dict()
+        row["step"], row["reason"] = reason.split(":", 1)[0], reason
+        rejected_rows.append(row)
+    outputs[f"rejected/{PART}"] = _write_parquet(rejected_rows, partial / "rejected" / PART, True)
+    manifest = {"format": FORMAT, **manifest, "outputs": outputs}
+    tmp = partial / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, partial / "manifest.json")
+    _fsync_dir(partial)
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    if out_dir.exists():
+        os.rename(out_dir, old)
+    os.rename(partial, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def _fsync_dir(path: Path) -> None:
+    for file in path.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def read_manifest(set_dir: Path) -> dict[str, Any]:
+    path = Path(set_dir) / "manifest.json"
+    if not path.exists():
+        raise OutputError(f"{set_dir} is not a finished curated set (no manifest.json)")
+    return json.loads(path.read_text())
+
+
+def read_records(set_dir: Path, part: str = "data") -> list[dict[str, Any]]:
+    """Rows of a finished set's data (or rejected) parquet files, in stored order."""
+    import pyarrow.parquet as pq
+
+    read_manifest(set_dir)
+    rows: list[dict[str, Any]] = []
+    for path in sorted((Path(set_dir) / part).glob("*.parquet")):
+        rows.extend(pq.read_table(path).to_pylist())
+    return rows

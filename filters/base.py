@@ -1,0 +1,126 @@
+"""Pipeline steps: the protocol, the base class for keep/drop filters, and the registry.
+
+A step takes the list of records that reached it and returns those it keeps plus
+those it drops, each with a reason string ("<step>: <detail>"). Recipes build steps
+by name with explicit keyword arguments, so a typo in a recipe fails loudly.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from curate.records import Prompt
+
+
+@dataclass
+class StepResult:
+    kept: list[Prompt]
+    dropped: list[tuple[Prompt, str]] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """What a step may need beyond its records: the seed, a cache folder, whether to
+    show progress, and a shared embedder (built lazily from the recipe's `embedder`)."""
+
+    seed: int = 0
+    cache_dir: Path | None = None
+    progress: bool = True
+    embedder_spec: dict[str, Any] = field(default_factory=dict)
+    _embedder: Any = None
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from filters.embed import build_embedder
+
+            self._embedder = build_embedder(cache_dir=self.cache_dir, progress=self.progress, **self.embedder_spec)
+        return self._embedder
+
+    def embed(self, records: list[Prompt]) -> np.ndarray:
+        """(n, d) float32, L2-normalised, one row per record, cached on disk by text."""
+        return self.embedder.encode([r.text for r in records])
+
+
+class Step:
+    """Base of every pipeline step. Subclasses set `name` and implement `run`."""
+
+    name: ClassVar[str] = ""
+
+    def run(self, records: list[Prompt], ctx: Context) -> StepResult:
+        raise NotImplementedError
+
+
+class Filter(Step):
+    """Score once, then decide: `score` caches numbers in `record.scores`, `reason`
+    compares them with thresholds. Changing a threshold never needs a new score."""
+
+    def score(self, records: list[Prompt], ctx: Context) -> None:
+        """Fill record.scores; the default scores nothing."""
+
+    def reason(self, record: Prompt) -> str | None:
+        """None to keep the record, or why it is dropped."""
+        raise NotImplementedError
+
+    def run(self, records: list[Prompt], ctx: Context) -> StepResult:
+        self.score(records, ctx)
+        result = StepResult(kept=[])
+        for record in records:
+            why = self.reason(record)
+            if why is None:
+                result.kept.append(record)
+            else:
+                result.dropped.append((record, f"{self.name}: {why}"))
+        return result
+
+
+STEPS: dict[str, type[Step]] = {}
+
+
+def register(cls: type[Step]) -> type[Step]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    STEPS[cls.name] = cls
+    return cls
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit: the message names the offending key."""
+
+
+def build_step(name: str, params: dict[str, Any] | None, where: str = "steps") -> Step:
+    """Build a registered step from recipe data; unknown names and keys are errors."""
+    _import_builtin_steps()
+    if name not in STEPS:
+        raise ConfigError(f"unknown step {where}.{name}; known steps: {', '.join(sorted(STEPS))}")
+    cls = STEPS[name]
+    params = dict(params or {})
+    accepted = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    for key in params:
+        if not takes_any and key not in accepted:
+            allowed = ", ".join(k for k in accepted if k != "self") or "none"
+            raise ConfigError(f"unknown key {where}.{name}.{key} (allowed: {allowed})")
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}.{name}: {exc}") from exc
+
+
+def _import_builtin_steps() -> None:
+    # Importing the modules registers their steps; done lazily so that `curate --help`
+    # does not pay for spaCy, FAISS or torch.
+    import importlib
+    import pkgutil
+
+    import filters
+
+    for info in pkgutil.iter_modules(filters.__path__):
+        if info.name != "base":
+            importlib.import_module(f"filters.{info.name}")

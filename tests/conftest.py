@@ -1,0 +1,30 @@
+"""Test-wide settings: offline, a throwaway cache, small thread pools, the dev data path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    # Builds cache embeddings; tests must neither read a developer's cache nor leave one.
+    os.environ["T5SHRINK_CACHE"] = str(tmp_path_factory.mktemp("t5shrink-cache"))
+    yield
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    data = SHARED / "data"
+    if not data.exists():
+        pytest.skip("../shared/data (development data) is not present")
+    return data

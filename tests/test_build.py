@@ -1,0 +1,138 @@
+"""`curate build` end to end, through the same functions and CLI a user runs."""
+
+import json
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from curate.cli import main
+from curate.pipeline import build, resolve_recipe
+from curate.records import CATEGORIES, CRITERIA, normalize_text
+from curate.writer import read_manifest, read_records
+
+REQUIRED = ("id", "text", "criterion", "category", "tags", "rendered_text", "source")
+
+
+def _build(tmp_path, recipe="tiny", name="out", **kw):
+    recipe_name, data = resolve_recipe(recipe, kw.pop("overrides", []), kw.pop("sources", []), **kw)
+    out = tmp_path / name
+    build(recipe_name, data, out, progress=False)
+    return out
+
+
+def _check_counts_add_up(manifest):
+    for step in manifest["steps"]:
+        assert step["in"] == step["kept"] + step["dropped"], step
+        assert sum(step["reasons"].values()) == step["dropped"], step
+    for source in manifest["sources"]:
+        assert source["rows_read"] == source["records"] + source["rejected"], source
+    counts = manifest["counts"]
+    assert counts["rows_read"] == counts["kept"] + counts["rejected"]
+
+
+@pytest.fixture(scope="module")
+def balanced(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("balanced")
+    result = CliRunner().invoke(main, ["build", "--recipe", "balanced", "--size", "3000", "--output", str(tmp / "out"),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    return tmp / "out"
+
+
+def test_balanced_3000_meets_the_contract(balanced):
+    rows = read_records(balanced)
+    manifest = read_manifest(balanced)
+    assert len(rows) == 3000
+    for row in rows:
+        for key in REQUIRED:
+            assert row[key] is not None, (key, row)
+        assert row["criterion"] in CRITERIA and row["category"] in CATEGORIES
+    shares = Counter(r["criterion"] for r in rows)
+    for criterion, quota in manifest["recipe"]["quotas"].items():
+        assert abs(shares[criterion] / 3000 - quota["fraction"]) <= 0.01, (criterion, shares)
+    assert len({normalize_text(r["text"]) for r in rows}) == 3000
+    assert len({r["id"] for r in rows}) == 3000
+    assert all(r["rendered_text"] for r in rows if r["criterion"] == "text")
+    semantic = Counter(r["category"] for r in rows if r["criterion"] == "semantic")
+    assert len(semantic) == 8 and max(semantic.values()) - min(semantic.values()) <= 1
+    _check_counts_add_up(manifest)
+    assert manifest["counts"]["kept"] == 3000 and not manifest["shortfalls"]
+    rejected = read_records(balanced, "rejected")
+    assert len(rejected) == manifest["counts"]["rejected"]
+    assert all(r["reason"].startswith(r["step"] + ":") for r in rejected)
+
+
+def test_balanced_is_deterministic(balanced, tmp_path):
+    again = CliRunner().invoke(main, ["build", "--recipe", "balanced", "--size", "3000", "--output",
+                                      str(tmp_path / "again"), "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert (balanced / "data/part-00000.parquet").read_bytes() == (tmp_path / "again/data/part-00000.parquet").read_bytes()
+
+
+def test_another_seed_gives_another_selection(tmp_path):
+    a = {r["id"] for r in read_records(_build(tmp_path, name="a", seed=1))}
+    b = {r["id"] for r in read_records(_build(tmp_path, name="b", seed=2))}
+    assert len(a) == len(b) == 300 and a != b
+
+
+def test_unknown_set_key_exits_nonzero_naming_it(tmp_path):
+    result = CliRunner().invoke(main, ["build", "--recipe", "tiny", "--set", "no_such_key=1", "--output", str(tmp_path / "o")])
+    assert result.exit_code != 0
+    assert "no_such_key" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_recipes_command_lists_the_shipped_recipes():
+    result = CliRunner().invoke(main, ["recipes"])
+    assert result.exit_code == 0
+    assert {line.split()[0] for line in result.output.splitlines()} >= {"balanced", "compbench", "commontext", "quality", "tiny"}
+
+
+def test_a_short_pool_is_reported_and_keeps_the_fractions(tmp_path):
+    pool = tmp_path / "text.txt"
+    pool.write_text("".join(f"a shop sign that says 'OPEN {i}'\n" for i in range(20)))
+    out = _build(tmp_path, sources=[f"text={pool}"])
+    manifest = read_manifest(out)
+    assert manifest["shortfalls"] and manifest["shortfalls"][0].startswith("text:")
+    rows = read_records(out)
+    shares = Counter(r["criterion"] for r in rows)
+    assert shares["text"] <= 20 and len(rows) < 300
+    assert abs(shares["text"] / len(rows) - 0.23) < 0.03
+    _check_counts_add_up(manifest)
+
+
+def test_warn_policy_keeps_other_quotas_full(tmp_path):
+    pool = tmp_path / "text.txt"
+    pool.write_text("".join(f"a shop sign that says 'OPEN {i}'\n" for i in range(20)))
+    out = _build(tmp_path, sources=[f"text={pool}"], overrides=["on_shortfall=warn"])
+    rows = read_records(out)
+    assert Counter(r["criterion"] for r in rows) == {"quality": 141, "semantic": 90, "text": 20}
+
+
+def test_output_of_another_kind_is_never_replaced(tmp_path):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("x")
+    result = CliRunner().invoke(main, ["build", "--recipe", "tiny", "--output", str(precious), "--quiet"])
+    assert result.exit_code != 0 and "refusing" in result.output
+    assert (precious / "thesis.tex").exists()
+
+
+def test_rebuild_replaces_a_previous_set_atomically(tmp_path):
+    out = _build(tmp_path, seed=1)
+    first = read_manifest(out)["outputs"]
+    _build(tmp_path, seed=2)
+    assert read_manifest(out)["outputs"] != first
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_data_loads_with_datasets(tmp_path):
+    import datasets
+
+    out = _build(tmp_path)
+    ds = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), split="train")
+    assert len(ds) == 300 and set(REQUIRED) <= set(ds.column_names)
+    assert pq.read_table(out / "rejected/part-00000.parquet").column_names[-2:] == ["step", "reason"]
+    assert json.loads((out / "manifest.json").read_text())["format"] == "t5shrink.curated/1"

@@ -1,0 +1,56 @@
+import pytest
+
+from curate.pipeline import CURATE_SCHEMA, resolve_recipe
+from curate.recipe import apply_overrides, list_recipes, load_recipe, recipe_dir
+from filters.base import ConfigError
+
+SHIPPED = sorted(list_recipes("curate"))
+
+
+def test_the_five_recipes_ship():
+    assert {"balanced", "compbench", "commontext", "quality", "tiny"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_recipe_validates_and_documents_itself(name):
+    resolved_name, data = resolve_recipe(name)
+    assert resolved_name == name and data["description"]
+    first_line = (recipe_dir("curate") / f"{name}.yaml").read_text().splitlines()[0]
+    assert first_line.startswith("# curate build --recipe"), "first comment line is the command that runs it"
+    fractions = sum(q["fraction"] for q in data["quotas"].values())
+    assert fractions == pytest.approx(1.0)
+
+
+def test_unknown_top_level_key_names_the_key():
+    with pytest.raises(ConfigError, match="no_such_key"):
+        resolve_recipe("tiny", ["no_such_key=1"])
+
+
+def test_unknown_step_key_names_the_key():
+    with pytest.raises(ConfigError, match="steps.length.min_wordz"):
+        resolve_recipe("tiny", ["steps.length.min_wordz=3"])
+
+
+def test_overrides_are_typed_yaml_values():
+    _, data = resolve_recipe("tiny", ["steps.length.min_words=4", "quotas.text.fraction=0.23", "seed=7"])
+    assert data["steps"]["length"]["min_words"] == 4 and data["seed"] == 7
+
+
+def test_a_step_can_be_disabled_with_null():
+    _, data = resolve_recipe("tiny", ["steps.dedup_exact=null"])
+    assert data["steps"]["dedup_exact"] is None
+
+
+def test_wrong_type_is_an_error():
+    _, data = load_recipe("tiny", "curate")
+    with pytest.raises(ConfigError, match="size"):
+        apply_overrides(data, ["size=many"], CURATE_SCHEMA)
+
+
+def test_source_flag_replaces_a_pool(tmp_path):
+    pool = tmp_path / "p.txt"
+    pool.write_text("a sign that says 'hi'\n")
+    _, data = resolve_recipe("tiny", sources=[f"text={pool}"])
+    assert data["sources"]["text"] == [{"uri": str(pool)}]
+    with pytest.raises(ConfigError, match="criterion"):
+        resolve_recipe("tiny", sources=[f"nonsense={pool}"])

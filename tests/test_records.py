@@ -1,0 +1,47 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
+from curate.records import Prompt, clean_text, dedup_key, normalize_text, prompt_id
+
+
+def test_normalize_ignores_case_spacing_quotes_and_edge_punctuation():
+    assert normalize_text("  A Red   CAR, parked.  ") == normalize_text("a red car , parked")
+    assert normalize_text("a sign saying “hi”") == normalize_text('a sign saying "hi"')
+    assert normalize_text("a red car") != normalize_text("a blue car")
+
+
+def test_dedup_key_treats_and_pairs_as_unordered():
+    assert dedup_key("a red car and a blue bench") == dedup_key("A blue bench and a red car.")
+    assert dedup_key("a red car and a blue bench") != dedup_key("a blue car and a red bench")
+    # Three-way lists keep their order: only a single top-level pair is order-free.
+    assert dedup_key("a, b and c") == normalize_text("a, b and c")
+
+
+def test_clean_text_removes_control_bytes_but_keeps_words():
+    assert clean_text("a\x00red\tcar\u200b") == "a red car"
+    assert clean_text("\ufeffcafe\u0301") == "café"
+
+
+def test_prompt_id_is_stable_and_text_derived():
+    assert Prompt("A red car", "semantic", "x").id == prompt_id("a red car.")
+    assert len(prompt_id("x")) == 16
+
+
+texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
+
+
+@given(texts)
+def test_normalize_is_idempotent(text):
+    once = normalize_text(text)
+    assert normalize_text(once) == once
+
+
+@given(texts)
+def test_dedup_key_is_idempotent_on_normalised_text(text):
+    assert dedup_key(dedup_key(text)) == dedup_key(text)
+
+
+@given(st.text(alphabet="abc xyz", min_size=1, max_size=12), st.text(alphabet="abc xyz", min_size=1, max_size=12))
+def test_and_pairs_are_order_independent(left, right):
+    left, right = left.strip() or "a", right.strip() or "b"
+    assert dedup_key(f"{left} and {right}") == dedup_key(f"{right} and {left}")

@@ -1,0 +1,97 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curate.sources.files import SourceError, SourceSpec, read_source
+
+
+def _read(path, **kw):
+    return read_source(SourceSpec(uri=str(path), **kw), "quality")
+
+
+def test_txt_one_prompt_per_line(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("a red car\n\n  a blue bench  \n")
+    result = _read(path)
+    assert [r.text for r in result.records] == ["a red car", "a blue bench"]
+    assert result.rows_read == 3 and [why for _, why in result.rejected] == ["ingest: empty row"]
+    assert all(r.criterion == "quality" and r.source == str(path) for r in result.records)
+
+
+def test_jsonl_picks_the_text_column_and_copies_scores(tmp_path):
+    path = tmp_path / "p.jsonl"
+    rows = [{"caption": "a cat on a mat", "AESTHETIC_SCORE": 6.9, "img": "a.png"}, {"caption": "a dog", "AESTHETIC_SCORE": "x"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = _read(path, score_columns={"aesthetic": "AESTHETIC_SCORE"}, image_column="img")
+    assert [r.text for r in result.records] == ["a cat on a mat", "a dog"]
+    assert result.records[0].scores == {"aesthetic": 6.9} and result.records[1].scores == {}
+    assert result.records[0].meta == {"image": "a.png"}
+
+
+def test_wrong_columns_fail_naming_the_columns_found(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"url": "u", "width": 3}) + "\n")
+    with pytest.raises(SourceError, match="columns found: url, width"):
+        _read(path)
+
+
+def test_csv_quoting_survives(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text('prompt,n\n"a sign saying ""hello, world""",1\n"two lines\nin one cell",2\n')
+    result = _read(path)
+    assert [r.text for r in result.records] == ['a sign saying "hello, world"', "two lines in one cell"]
+
+
+def test_parquet_and_folders(tmp_path):
+    pq.write_table(pa.table({"text": ["a red car", None], "x": [1, 2]}), tmp_path / "a.parquet")
+    (tmp_path / "b.txt").write_text("a green apple\n")
+    result = _read(tmp_path)
+    assert sorted(r.text for r in result.records) == ["a green apple", "a red car"]
+    assert result.rows_read == 3 and "missing text field" in result.rejected[0][1]
+
+
+def test_hf_dataset_saved_to_disk(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_dict({"prompt": ["a red car", "a blue bench", "a cat"]}).save_to_disk(tmp_path / "ds")
+    result = _read(tmp_path / "ds", limit=2)
+    assert [r.text for r in result.records] == ["a red car", "a blue bench"] and result.rows_read == 2
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SourceError, match="no such file"):
+        _read(tmp_path / "nope.jsonl")
+
+
+def test_hostile_jsonl_every_row_kept_or_rejected(tmp_path):
+    good = [json.dumps({"text": f"a red car number {i}"}).encode() for i in range(5)]
+    lines = [
+        b"\xef\xbb\xbf" + good[0],                      # BOM on the first line
+        good[1],
+        b'{"text": "broken',                             # malformed JSON
+        json.dumps({"text": "nul\x00byte here"}).encode(),
+        b'{"text": "bad \xff\xfe bytes"}',               # invalid UTF-8
+        json.dumps({"text": ""}).encode(),
+        json.dumps({"text": "   \t "}).encode(),
+        json.dumps({"text": "x" * 100_000}).encode(),   # huge row: kept here, the length filter drops it
+        json.dumps({"text": 42}).encode(),
+        json.dumps({"other": "no text"}).encode(),
+        json.dumps([1, 2]).encode(),
+        good[2], good[2],                                # duplicate rows: dedup's business, not ingest's
+    ]
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    result = _read(path)
+    assert result.rows_read == len(lines)
+    assert len(result.records) + len(result.rejected) == len(lines)
+    reasons = [why for _, why in result.rejected]
+    assert any("malformed JSON" in r for r in reasons)
+    assert any("invalid utf-8" in r for r in reasons)
+    assert reasons.count("ingest: empty row") == 2
+    assert any("is int, not a string" in r for r in reasons)
+    assert any("missing text field" in r for r in reasons)
+    assert any("not an object" in r for r in reasons)
+    texts = [r.text for r in result.records]
+    assert texts[0] == "a red car number 0" and "nul byte here" in texts
