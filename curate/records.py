@@ -36,7 +36,8 @@ def clean_text(text: str) -> str:
     """Repair what scraped captions carry (odd unicode forms, control bytes, runs of
     whitespace) without changing the wording. This is the text that is kept."""
     text = unicodedata.normalize("NFKC", text)
-    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    if not text.isprintable():  # the common case skips the per-character pass
+        text = "".join(ch if ch.isprintable() else " " for ch in text)
     return _SPACE.sub(" ", text).strip()
 
 
