@@ -1,0 +1,149 @@
+"""`dedup_near`: near-duplicate removal by word n-gram MinHash and LSH banding.
+
+Signatures are datasketch MinHashes of each prompt's word n-gram shingles; the banding
+(b bands of r rows) is the one datasketch's MinHashLSH picks for the threshold. The index
+itself is numpy: one 64-bit key per band and prompt, grouped by sorting. datasketch's
+in-memory index keeps a Python set per bucket and band, about 5.8 KB a prompt here (6 GB
+at 1M); these keys take 128 bytes. Candidates that share a band key are then confirmed by
+the exact Jaccard of their shingle sets, so LSH false positives never drop anything.
+
+Rule: records are visited in input order and compared only with records already kept.
+A record is dropped when an earlier kept record has Jaccard >= threshold; the reason names
+the most similar one (ties: the earliest). So the first record of each group is kept,
+and chains do not cascade: if A~B and B~C but not A~C, B goes (a copy of A) and C stays.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from filters.base import Context, Step, StepResult, register
+from filters.dedup_semantic import first_kept
+
+if TYPE_CHECKING:
+    from curate.records import Prompt
+
+_WORD = re.compile(r"\w+")  # word tokens without any downloaded nltk data; punctuation ignored
+# In a band bucket, each prompt is compared with at most this many earlier members: huge
+# buckets are boilerplate shared by distinct prompts, and would otherwise cost n^2.
+_WINDOW = 512
+
+
+def shingles(text: str, n: int) -> set[str]:
+    """Lower-cased word n-grams; a text shorter than n words is one shingle of all its words."""
+    from nltk.util import ngrams
+
+    words = _WORD.findall(text.lower())
+    if len(words) < n:
+        return {" ".join(words)} if words else set()
+    return {" ".join(g) for g in ngrams(words, n)}
+
+
+def _identity(h: int) -> int:
+    return h
+
+
+def _band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) uint64: a multiplicative hash of each band's `rows` MinHash values. A
+    collision only adds a candidate, which the exact Jaccard then rejects."""
+    keys = np.zeros((len(sig), bands), np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(rows):
+            keys = (keys ^ sig[:, k::rows][:, :bands].astype(np.uint64)) * np.uint64(0x100000001B3)
+    return keys
+
+
+def _bucket_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (earlier, later) of valid prompts sharing a key, within _WINDOW in a bucket."""
+    idx = np.flatnonzero(valid)
+    order = idx[np.argsort(keys[idx], kind="stable")]  # stable: input order inside a bucket
+    k = keys[order]
+    multi = np.zeros(len(order), bool)
+    multi[1:] |= k[1:] == k[:-1]
+    multi[:-1] |= k[1:] == k[:-1]
+    order, k = order[multi], k[multi]
+    start = np.r_[True, k[1:] != k[:-1]] if len(k) else np.zeros(0, bool)
+    pos = np.arange(len(k)) - np.maximum.accumulate(np.where(start, np.arange(len(k)), 0))
+    lo, hi = [], []
+    for off in range(1, min(_WINDOW, int(pos.max(initial=0))) + 1):
+        at = np.flatnonzero(pos >= off)
+        lo.append(order[at - off])
+        hi.append(order[at])
+    return (np.concatenate(lo), np.concatenate(hi)) if lo else (np.empty(0, np.int64),) * 2
+
+
+@register
+class DedupNear(Step):
+    """Keeps the first of each group of near-identical prompts (see the module rule); drops
+    the rest as "near_dup of <id> jaccard=<j>".
+
+    threshold: Jaccard of word n-grams at or above which two prompts are duplicates. One
+    word changed inside an L-word prompt gives (L-5)/(L+1) with 3-grams, so the default 0.8
+    catches it from about 30 words on (scraped caption copies) and leaves short prompts
+    that differ in an object or colour alone (0.71 at 13 words); short paraphrases are the
+    semantic step's job. Best restricted to long-caption criteria (quality) in recipes.
+    same_rendered_text: two prompts whose rendered text differs are never duplicates: the
+    words an image must show are the point of text-rendering prompts.
+    seed: of the MinHash permutations; fixed so the build seed never changes what counts as
+    a duplicate.
+    """
+
+    name = "dedup_near"
+
+    def __init__(self, threshold: float = 0.8, num_perm: int = 128, ngram: int = 3, seed: int = 1,
+                 same_rendered_text: bool = True):
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        if ngram < 1 or num_perm < 16:
+            raise ValueError("ngram must be >= 1 and num_perm >= 16")
+        self.threshold, self.num_perm, self.ngram, self.seed = threshold, num_perm, ngram, seed
+        self.same_rendered_text = same_rendered_text
+
+    def run(self, records: list[Prompt], ctx: Context) -> StepResult:
+        from datasketch import MinHash, MinHashLSH
+        from datasketch.hashfunc import sha1_hash32
+        from tqdm.auto import tqdm
+
+        # Banding tuned for recall: a false positive costs one exact Jaccard, a false
+        # negative keeps a duplicate. With datasketch's default 50/50 weights only ~57% of
+        # pairs at Jaccard 0.83 meet when threshold is 0.8; these weights meet ~98%.
+        lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm, weights=(0.05, 0.95))
+        perms = MinHash(self.num_perm, seed=self.seed).permutations  # shared: built once, not per record
+        n = len(records)
+        keys = np.zeros((n, lsh.b), np.uint64)
+        sig = np.zeros((min(n, 65536), self.num_perm), np.uint32)  # signatures live one chunk at a time
+        hashes: list[np.ndarray] = []
+        for i, rec in enumerate(tqdm(records, desc="dedup_near", unit="prompt", disable=not ctx.progress)):
+            grams = shingles(rec.text, self.ngram)
+            h = np.unique(np.fromiter((sha1_hash32(g.encode("utf-8")) for g in grams), np.uint32, len(grams)))
+            hashes.append(h)
+            if len(h):
+                m = MinHash(self.num_perm, seed=self.seed, hashfunc=_identity, permutations=perms, scheme="affine32")
+                m.update_batch(h.tolist())
+                sig[i % len(sig)] = m.hashvalues
+            if i % len(sig) == len(sig) - 1 or i == n - 1:
+                start = i - i % len(sig)
+                keys[start : i + 1] = _band_keys(sig[: i + 1 - start], lsh.b, lsh.r)
+                sig[:] = 0
+        valid = np.array([len(h) > 0 for h in hashes], bool)  # no words: never a near duplicate
+        pairs = [_bucket_pairs(keys[:, b], valid) for b in range(lsh.b)]
+        lo = np.concatenate([p[0] for p in pairs]) if pairs else np.empty(0, np.int64)
+        hi = np.concatenate([p[1] for p in pairs]) if pairs else np.empty(0, np.int64)
+        uniq = np.unique(lo.astype(np.int64) * n + hi)
+        found = []
+        for a, b in zip((uniq // n).tolist(), (uniq % n).tolist()):
+            if self.same_rendered_text and records[a].rendered_text != records[b].rendered_text:
+                continue
+            inter = len(np.intersect1d(hashes[a], hashes[b], assume_unique=True))
+            jac = inter / (len(hashes[a]) + len(hashes[b]) - inter)
+            if jac >= self.threshold:
+                found.append((a, b, jac))
+        dup_of = first_kept(*(np.array(col) for col in zip(*found))) if found else {}
+        result = StepResult(kept=[r for i, r in enumerate(records) if i not in dup_of])
+        for i in sorted(dup_of):
+            a, jac = dup_of[i]
+            result.dropped.append((records[i], f"{self.name}: near_dup of {records[a].id} jaccard={jac:.2f}"))
+        return result

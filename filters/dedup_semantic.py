@@ -1,0 +1,179 @@
+"""`dedup_semantic`: drop prompts whose embedding is nearly the same as an earlier one's.
+
+Cosine similarity is the inner product of the L2-normalised embeddings from ctx.embed.
+Up to `exact_max` records every pair is compared (faiss IndexFlatIP range search).
+Above it, an IVF partition: a faiss spherical k-means coarse quantizer with nlist ~ sqrt(n)
+cells; each vector lives in its nearest cell and is compared with the members of its
+`nprobe` nearest cells, exactly, by an IndexFlatIP range search per cell. That is the
+search IndexIVFFlat does, but each cell's queries go through as one matrix product (BLAS)
+instead of one scan per query: 11 s against IndexIVFFlat.range_search's 41 s for 200k
+vectors at nprobe 4 on 2 cores. Pairs whose cells are not probed are missed (recall of
+planted cos-0.97 copies among random vectors: 0.99 at 100k, 0.98 at 1M); raise nprobe for
+recall at linear cost.
+
+Rule: records are visited in input order and compared only with records already kept. A
+record is dropped when some earlier kept record has cos >= threshold; the reason names
+the most similar one (ties: the earliest). The first record of each group stays, and
+chains do not cascade (A~B, B~C, not A~C: B goes, C stays).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from curate.records import dedup_key
+from filters.base import Context, Step, StepResult, register
+
+if TYPE_CHECKING:
+    from curate.records import Prompt
+
+_WORD = re.compile(r"\w+")
+
+
+def _bag(text: str) -> list[str]:
+    return sorted(_WORD.findall(text.lower()))
+
+
+_QUERY_CHUNK = 8192  # bounds the range-search result buffers
+
+
+def _range_pairs(base: np.ndarray, base_ids: np.ndarray, queries: np.ndarray, query_ids: np.ndarray,
+                 threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import faiss
+
+    index = faiss.IndexFlatIP(base.shape[1])
+    index.add(base)
+    out = []
+    for s in range(0, len(query_ids), _QUERY_CHUNK):
+        lims, sims, hits = index.range_search(queries[s : s + _QUERY_CHUNK], threshold)
+        q = np.repeat(query_ids[s : s + _QUERY_CHUNK], np.diff(lims).astype(np.int64))
+        r = base_ids[hits]
+        other = q != r
+        out.append((np.minimum(q, r)[other], np.maximum(q, r)[other], sims[other]))
+    return _concat(out)
+
+
+def _concat(parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    lo, hi, cos = (np.concatenate(a) for a in zip(*parts))
+    return lo, hi, cos
+
+
+def _ivf_pairs(x: np.ndarray, threshold: float, nlist: int, nprobe: int, seed: int):
+    import faiss
+
+    n, d = x.shape
+    # 64 points per centroid and 10 iterations: the cells need only be compact, not optimal.
+    km = faiss.Kmeans(d, nlist, niter=10, spherical=True, seed=seed, verbose=False, max_points_per_centroid=64,
+                      min_points_per_centroid=1)
+    km.train(x)
+    sims, probe = km.index.search(x, min(nprobe, nlist))
+    # Skip probes that provably hold no duplicate. If cos(x, y) >= t then |x - y| <= r =
+    # sqrt(2 - 2t), and y can only be nearer centroid c_k than x's home c_1 if
+    # <x, c_1> - <x, c_k> <= r |c_k - c_1|. No recall is lost; on clustered data most
+    # extra probes go (on random vectors few do).
+    c = km.centroids / np.linalg.norm(km.centroids, axis=1, keepdims=True)
+    centroid_dist = np.sqrt(np.maximum(0.0, 2 - 2 * (c @ c.T)))
+    r = math.sqrt(max(0.0, 2 - 2 * threshold))
+    useful = ((sims[:, :1] - sims) <= r * centroid_dist[probe[:, :1], probe] + 1e-6).ravel()
+    home = np.argsort(probe[:, 0], kind="stable")
+    home_at = np.searchsorted(probe[home, 0], np.arange(nlist + 1))
+    asked = np.flatnonzero(useful)
+    asked = asked[np.argsort(probe.ravel()[asked], kind="stable")]
+    asked_at = np.searchsorted(probe.ravel()[asked], np.arange(nlist + 1))
+    asked //= probe.shape[1]  # flat position -> row
+    parts = []
+    for cell in range(nlist):
+        members, queries = home[home_at[cell] : home_at[cell + 1]], asked[asked_at[cell] : asked_at[cell + 1]]
+        if len(members) and len(queries):
+            parts.append(_range_pairs(x[members], members, x[queries], queries, threshold))
+    return _concat(parts)
+
+
+def similar_pairs(x: np.ndarray, threshold: float, exact_max: int = 20000, nlist: int | None = None,
+                  nprobe: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (lo, hi, cos) with lo < hi and cos >= threshold among the rows of x
+    (float32, L2-normalised): exact up to exact_max rows, IVF (see module) above."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = len(x)
+    if n <= exact_max:
+        ids = np.arange(n)
+        lo, hi, cos = _range_pairs(x, ids, x, ids, threshold)
+    else:
+        lo, hi, cos = _ivf_pairs(x, threshold, min(n, nlist or max(1, round(math.sqrt(n)))), nprobe, seed)
+    # A pair can be found from both ends (and from several probes): keep one copy.
+    key = lo.astype(np.int64) * n + hi
+    _, first = np.unique(key, return_index=True)
+    return lo[first], hi[first], cos[first]
+
+
+def first_kept(lo: np.ndarray, hi: np.ndarray, cos: np.ndarray) -> dict[int, tuple[int, float]]:
+    """The module's rule on duplicate pairs (lo < hi): {dropped index: (kept index, cos)}."""
+    # Visit pairs by their later record, best match first (ties: earliest), so the first
+    # kept partner found is the one to name; a record's own fate is settled before any
+    # later record looks at it.
+    order = np.lexsort((lo, -cos, hi))
+    dup_of: dict[int, tuple[int, float]] = {}
+    for a, b, c in zip(lo[order].tolist(), hi[order].tolist(), cos[order].tolist()):
+        if b not in dup_of and a not in dup_of:
+            dup_of[b] = (a, c)
+    return dup_of
+
+
+@register
+class DedupSemantic(Step):
+    """Keeps the first of each group of semantically identical prompts (see the module rule);
+    drops the rest as "semantic_dup of <id> cos=<c>".
+
+    threshold: cosine at or above which two prompts are duplicates (0.95: paraphrases with
+    the same content; order-swapped "A and B" pairs score about 0.98 with MiniLM).
+    exact_max: up to this many records, compare all pairs exactly. nlist (None: ~sqrt(n))
+    and nprobe set the IVF search above it. same_rendered_text: prompts whose rendered
+    text differs are never duplicates (the quoted words are the point of text prompts).
+    keep_rearrangements: prompts made of the same words in another order are never merged
+    unless their dedup_key matches. Mean-pooled embeddings barely see word order: with
+    MiniLM "a red cube on a blue sphere" / "a blue cube on a red sphere" score 0.99 and
+    "a cat left of a dog" / "a dog left of a cat" 0.985, yet they are the attribute-binding
+    and spatial cases compositional data exists for. Caveat: a one-word swap ("left" /
+    "right": 0.97) is not protected. On the T2I-CompBench training prompts, 0.95 drops 530
+    of 5,536 without the guard (335 colour swaps) and 142 with it (mostly "in front of" /
+    "behind"), so keep this step off the semantic criterion or raise the threshold there.
+    """
+
+    name = "dedup_semantic"
+
+    def __init__(self, threshold: float = 0.95, exact_max: int = 20000, nlist: int | None = None, nprobe: int = 4,
+                 same_rendered_text: bool = True, keep_rearrangements: bool = True):
+        if not -1.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (-1, 1], got {threshold}")
+        if nprobe < 1 or (nlist is not None and nlist < 1):
+            raise ValueError("nprobe and nlist must be >= 1")
+        self.threshold, self.exact_max, self.nlist, self.nprobe = threshold, exact_max, nlist, nprobe
+        self.same_rendered_text, self.keep_rearrangements = same_rendered_text, keep_rearrangements
+
+    def _may_merge(self, a: Prompt, b: Prompt) -> bool:
+        if self.same_rendered_text and a.rendered_text != b.rendered_text:
+            return False
+        if self.keep_rearrangements and _bag(a.text) == _bag(b.text):
+            return dedup_key(a.text) == dedup_key(b.text)  # "A and B" / "B and A" is still one prompt
+        return True
+
+    def run(self, records: list[Prompt], ctx: Context) -> StepResult:
+        if len(records) < 2:
+            return StepResult(kept=list(records))
+        x = ctx.embed(records)
+        lo, hi, cos = similar_pairs(x, self.threshold, self.exact_max, self.nlist, self.nprobe, ctx.seed)
+        allowed = [self._may_merge(records[a], records[b]) for a, b in zip(lo.tolist(), hi.tolist())]
+        allowed = np.array(allowed, bool) if allowed else np.zeros(0, bool)
+        lo, hi, cos = lo[allowed], hi[allowed], cos[allowed]
+        dup_of = first_kept(lo, hi, cos)
+        result = StepResult(kept=[r for i, r in enumerate(records) if i not in dup_of])
+        for i in sorted(dup_of):
+            a, c = dup_of[i]
+            result.dropped.append((records[i], f"{self.name}: semantic_dup of {records[a].id} cos={min(c, 1.0):.2f}"))
+        return result
