@@ -166,6 +166,10 @@ def build(recipe_name: str, data: dict[str, Any], out_dir: Path, progress: bool 
     ctx = Context(seed=seed, cache_dir=cache_dir(), progress=progress, embedder_spec=dict(data.get("embedder") or {}))
 
     records, rejected, source_stats = _read_sources(data, seed, progress)
+    # A canonical order makes every keep-the-first rule downstream independent of the
+    # order rows came in: shuffling an input file changes nothing in the output.
+    rank = {c: i for i, c in enumerate(CRITERIA)}
+    records.sort(key=lambda r: (rank[r.criterion], r.id, r.source, r.text))
     rows_read = sum(s["rows_read"] for s in source_stats)
     step_stats = []
     for name, params in (data.get("steps") or {}).items():

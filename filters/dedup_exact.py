@@ -1,8 +1,9 @@
-"""Exact dedup: keeps the first record of each normalised text, drops the rest.
+"""Exact dedup: keeps one record per normalised text, drops the rest.
 
 The key ignores case, spacing, quote style and edge punctuation, and treats
 "A and B" as "B and A" (compositional pairs are order-free): see records.dedup_key.
-"First" is input order, which the pipeline makes deterministic.
+The record kept is the one with the smallest (id, criterion, source), so the
+result does not depend on the order the rows came in.
 """
 
 from __future__ import annotations
@@ -20,13 +21,21 @@ class ExactDedup(Step):
 
     def run(self, records: list[Prompt], ctx: Context) -> StepResult:
         key_of = dedup_key if self.order_insensitive else normalize_text
-        first: dict[str, str] = {}
-        result = StepResult(kept=[])
+        keeper: dict[str, Prompt] = {}
         for record in records:
             key = key_of(record.text)
-            if key in first:
-                result.dropped.append((record, f"{self.name}: exact_dup of {first[key]}"))
-            else:
-                first[key] = record.id
+            best = keeper.get(key)
+            if best is None or _rank(record) < _rank(best):
+                keeper[key] = record
+        kept_ids = {id(r) for r in keeper.values()}
+        result = StepResult(kept=[])
+        for record in records:
+            if id(record) in kept_ids:
                 result.kept.append(record)
+            else:
+                result.dropped.append((record, f"{self.name}: exact_dup of {keeper[key_of(record.text)].id}"))
         return result
+
+
+def _rank(record: Prompt) -> tuple[str, str, str, str]:
+    return (record.id, record.criterion, record.source, record.text)

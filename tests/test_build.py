@@ -136,3 +136,20 @@ def test_data_loads_with_datasets(tmp_path):
     assert len(ds) == 300 and set(REQUIRED) <= set(ds.column_names)
     assert pq.read_table(out / "rejected/part-00000.parquet").column_names[-2:] == ["step", "reason"]
     assert json.loads((out / "manifest.json").read_text())["format"] == "t5shrink.curated/1"
+
+
+def test_row_order_of_a_source_does_not_change_the_set(tmp_path):
+    import random
+
+    lines = [f"a {c} {o} next to a {c2} {o2}" for c in ("red", "blue", "green") for o in ("cup", "vase", "lamp")
+             for c2 in ("black", "white") for o2 in ("chair", "book")]
+    lines += ["A red cup next to a black chair.", "a black chair and a red cup", "a red cup and a black chair"]
+    outs = []
+    for i, seed in enumerate((1, 2)):
+        random.Random(seed).shuffle(lines)
+        path = tmp_path / f"pool{i}.txt"
+        path.write_text("\n".join(lines) + "\n")
+        out = _build(tmp_path, name=f"o{i}", sources=[f"semantic={path}"], overrides=["on_shortfall=warn"])
+        outs.append(out)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "source"} for r in rows]  # noqa: E731 (paths differ)
+    assert strip(read_records(outs[0])) == strip(read_records(outs[1]))

@@ -45,3 +45,30 @@ def test_dedup_key_is_idempotent_on_normalised_text(text):
 def test_and_pairs_are_order_independent(left, right):
     left, right = left.strip() or "a", right.strip() or "b"
     assert dedup_key(f"{left} and {right}") == dedup_key(f"{right} and {left}")
+
+
+# --- dedup properties -------------------------------------------------------------------
+
+from hypothesis import settings  # noqa: E402
+
+from filters.base import Context  # noqa: E402
+from filters.dedup_exact import ExactDedup  # noqa: E402
+
+variants = st.sampled_from(["a red car", "A red car.", "a  red CAR", "a blue bench and a red car",
+                            "a red car and a blue bench", "the red car and a blue bench", "two cats",
+                            "Two cats!", "a sign that says 'OPEN'", "a sign that says \"open\""])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(variants, st.sampled_from(["quality", "semantic"])), max_size=25), st.randoms())
+def test_exact_dedup_is_order_independent_and_idempotent(rows, rnd):
+    records = [Prompt(text, criterion, "src") for text, criterion in rows]
+    kept = ExactDedup().run(records, Context()).kept
+    shuffled = list(records)
+    rnd.shuffle(shuffled)
+    kept_shuffled = ExactDedup().run(shuffled, Context()).kept
+    as_set = lambda rs: sorted((r.id, r.criterion, r.text) for r in rs)  # noqa: E731
+    assert as_set(kept) == as_set(kept_shuffled)
+    assert len({dedup_key(r.text) for r in kept}) == len(kept)
+    again = ExactDedup().run(kept, Context())
+    assert again.dropped == [] and len(again.kept) == len(kept)

@@ -1,0 +1,405 @@
+"""Tests for the `train` package: tiny FLUX / SD3 pipelines built from configs, saved, and loaded back
+through the same path-loading code a real checkpoint takes. CPU only, fixed seeds."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+torch.set_num_threads(1)  # tiny models: one thread beats two on a shared CPU
+
+from train.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Build the tiny FLUX and SD3 teachers once into a private cache (what `tiny:flux` resolves to)."""
+    from train.tiny import tiny_teacher_path
+
+    root = tmp_path_factory.mktemp("t5shrink-cache")
+    old = os.environ.get("T5SHRINK_CACHE")
+    os.environ["T5SHRINK_CACHE"] = str(root)
+    paths = {"flux": tiny_teacher_path("flux"), "sd3": tiny_teacher_path("sd3")}
+    yield paths
+    if old is None:
+        os.environ.pop("T5SHRINK_CACHE", None)
+    else:
+        os.environ["T5SHRINK_CACHE"] = old
+
+
+def small_cfg(teacher: str, **over) -> dict:
+    """A resolved recipe small enough for a few-second CPU run."""
+    from train.config import resolve
+
+    stage = {"name": "s", "data": "builtin:tiny", "steps": over.pop("steps", 4), "resolution": 32,
+             "max_sequence_length": over.pop("max_len", 12)}
+    recipe = {
+        "seed": 0,
+        "teacher": {"path": teacher, "guidance": [2.0, 5.0], "empty_prompt_prob": over.pop("empty", 0.0),
+                    "gradient_checkpointing": over.get("ckpt_grad", False)},
+        "student": {"init": "config", "config": {"num_layers": 1}, "projection_dropout": over.pop("dropout", 0.0),
+                    "gradient_checkpointing": over.pop("ckpt_grad", False)},
+        "optim": {"lr": over.pop("lr", 2.0e-3), "warmup_steps": 2, "schedule": "cosine", "batch_size": over.pop("batch", 4),
+                  "max_bad_steps": over.pop("max_bad", 10)},
+        "distill": {"sampling_steps": over.pop("n", 3)},
+        "validation": {"every": 0, "num_prompts": 8, "batch_size": 8, "images": over.pop("images", False),
+                       "image_prompts": 2, "image_seeds": [0, 1], "image_steps": 2},
+        "checkpoint": {"every": over.pop("ckpt_every", 0), "keep": 5},
+        "log": {"every": 1, "tensorboard": False},
+        "stages": [stage],
+    }
+    recipe.update(over)
+    return resolve(recipe)[1]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---- recipes and config -------------------------------------------------------------------------
+
+
+def test_shipped_recipes_validate_and_name_their_command():
+    from curate.recipe import list_recipes, recipe_dir
+    from train.config import resolve
+
+    names = list_recipes("train")
+    assert {"tiny", "flux-t5-base", "sd3-t5-base"} <= set(names)
+    for name in names:
+        _, cfg = resolve(name)
+        first = (recipe_dir("train") / f"{name}.yaml").read_text().splitlines()[0]
+        assert first.startswith(f"# train run --recipe {name}"), first
+        assert all(s["max_sequence_length"] == 77 for s in cfg["stages"])
+    _, flux = resolve("flux-t5-base")
+    assert [s["steps"] for s in flux["stages"]] == [50000, 70000, 200000]
+    assert [s["resolution"] for s in flux["stages"]] == [512, 1024, 512]
+    assert flux["optim"]["batch_size"] == 32 and flux["optim"]["lr"] == 1e-4
+    assert flux["distill"]["sampling_steps"] == 20 and flux["teacher"]["guidance"] == [2.0, 5.0]
+
+
+def test_unknown_keys_fail_naming_the_key(tmp_path):
+    from filters.base import ConfigError
+    from train.config import resolve
+
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        resolve("tiny", overrides=["optim.lrr=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"teacher": {"path": "tiny:flux", "colour": 1}, "stages": []}))
+    with pytest.raises(ConfigError, match="teacher.colour"):
+        resolve(str(bad))
+    _, cfg = resolve("tiny", overrides=["optim.lr=0.01"], data="x.txt", teacher="some/dir")
+    assert cfg["optim"]["lr"] == 0.01 and cfg["stages"][0]["data"] == "x.txt" and cfg["teacher"]["path"] == "some/dir"
+
+
+# ---- student ------------------------------------------------------------------------------------
+
+
+def published_keys(num_layers: int) -> set[str]:
+    """The published DistillT5 key set, written out by hand (not derived from our model)."""
+    keys = {"encoder.shared.weight", "encoder.encoder.final_layer_norm.weight",
+            "final_projection.0.weight", "final_projection.3.weight",
+            "encoder.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"}
+    for i in range(num_layers):
+        b = f"encoder.encoder.block.{i}.layer"
+        keys |= {f"{b}.0.SelfAttention.{w}.weight" for w in "qkvo"}
+        keys |= {f"{b}.0.layer_norm.weight", f"{b}.1.layer_norm.weight"}
+        keys |= {f"{b}.1.DenseReluDense.{w}.weight" for w in ("wi_0", "wi_1", "wo")}
+    return keys
+
+
+def published_state(vocab=50, d=16, heads=2, dkv=8, dff=24, layers=2, out=24, buckets=32, seed=0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"encoder.shared.weight": (vocab, d), "encoder.encoder.final_layer_norm.weight": (d,),
+              "final_projection.0.weight": (out, d), "final_projection.3.weight": (out, out),
+              "encoder.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": (buckets, heads)}
+    for i in range(layers):
+        b = f"encoder.encoder.block.{i}.layer"
+        shapes.update({f"{b}.0.SelfAttention.{w}.weight": (heads * dkv, d) for w in "qkv"})
+        shapes[f"{b}.0.SelfAttention.o.weight"] = (d, heads * dkv)
+        shapes.update({f"{b}.0.layer_norm.weight": (d,), f"{b}.1.layer_norm.weight": (d,)})
+        shapes.update({f"{b}.1.DenseReluDense.wi_0.weight": (dff, d), f"{b}.1.DenseReluDense.wi_1.weight": (dff, d),
+                       f"{b}.1.DenseReluDense.wo.weight": (d, dff)})
+    return {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+
+
+def test_published_state_dict_loads_with_no_missing_or_unexpected_keys(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import T5Config
+
+    from train.student import DistillT5EncoderModel, load_student_state_dict
+
+    sd = published_state()
+    assert set(sd) == published_keys(2)
+    cfg = T5Config(vocab_size=50, d_model=16, num_heads=2, d_kv=8, d_ff=24, num_layers=2, feed_forward_proj="gated-gelu",
+                   project_in_dim=16, project_out_dim=24)
+    model = DistillT5EncoderModel(cfg)
+    assert load_student_state_dict(model, sd) == ([], [])
+    own = model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in sd.items())
+    # the tied alias reads the shared embedding, as the published loader's T5EncoderModel does
+    assert torch.equal(model.encoder.encoder.embed_tokens.weight, sd["encoder.shared.weight"])
+    model.save_pretrained(tmp_path / "s")
+    assert set(load_file(str(tmp_path / "s" / "model.safetensors"))) == published_keys(2)
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert config["project_in_dim"] == 16 and config["project_out_dim"] == 24 and config["d_model"] == 16
+    again = DistillT5EncoderModel.from_pretrained(tmp_path / "s")
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in sd.items())
+    # strictness: a missing or an extra key is reported, and from_pretrained refuses it
+    missing = {k: v for k, v in sd.items() if k != "final_projection.3.weight"}
+    assert load_student_state_dict(model, missing)[0] == ["final_projection.3.weight"]
+    assert load_student_state_dict(model, {**sd, "extra.weight": torch.zeros(1)})[1] == ["extra.weight"]
+    save_file(missing, str(tmp_path / "s" / "model.safetensors"))
+    with pytest.raises(ValueError, match="missing keys"):
+        DistillT5EncoderModel.from_pretrained(tmp_path / "s")
+
+
+def test_student_from_pretrained_t5_keeps_its_encoder_weights(tmp_path):
+    """The reference script replaced the pretrained encoder by a random one; ours must not."""
+    from transformers import T5Config, T5EncoderModel
+
+    from train.student import build_student
+
+    torch.manual_seed(0)
+    t5 = T5EncoderModel(T5Config(vocab_size=60, d_model=16, num_heads=2, d_kv=8, d_ff=24, num_layers=1))
+    t5.save_pretrained(tmp_path / "t5")
+    student = build_student(str(tmp_path / "t5"), project_out_dim=20, vocab_size=60)
+    assert all(torch.equal(v, student.encoder.state_dict()[k]) for k, v in t5.state_dict().items())
+    assert student.config.project_out_dim == 20 and student.config.project_in_dim == 16
+    with pytest.raises(ValueError, match="vocab"):
+        build_student(str(tmp_path / "t5"), project_out_dim=20, vocab_size=61)
+
+
+# ---- teachers -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["flux", "sd3"])
+def test_student_conditioning_equals_the_pipelines_own_encoding(tiny, kind):
+    """student_cond builds what encode_prompt builds with the student in the T5 slot; pooled CLIP is
+    the pipeline's (never zeroed); our sampler reproduces the pipeline's own denoising loop."""
+    from train.student import build_student
+    from train.teachers import load_teacher
+
+    teacher = load_teacher(str(tiny[kind]))
+    assert teacher.kind == kind
+    student = build_student("config", teacher.width, teacher.vocab_size, base_config=teacher.t5_config).eval()
+    prompts, L = ["a red cat", "a dog on top of a car"], 12
+    tc = teacher.encode(prompts, L)
+    sc = teacher.student_cond(student(teacher.tokenize(prompts, L))[0], tc, L)
+    original = getattr(teacher.pipe, teacher.t5_slot)
+    setattr(teacher.pipe, teacher.t5_slot, student)
+    ref = teacher.encode(prompts, L)
+    setattr(teacher.pipe, teacher.t5_slot, original)
+    torch.testing.assert_close(sc.embeds, ref.embeds, atol=1e-6, rtol=1e-5)
+    assert torch.equal(sc.pooled, tc.pooled) and tc.pooled.abs().sum() > 0
+
+    x0 = teacher.noise(2, 32, torch.Generator().manual_seed(0))
+    x = x0.clone()
+    for t in teacher.timesteps(3, x):
+        x = teacher.step(teacher.velocity(x, t, teacher.predict(x, t, tc, 4.0), 4.0, L), t, x)
+    kwargs = dict(prompt_embeds=tc.embeds, pooled_prompt_embeds=tc.pooled, height=32, width=32, num_inference_steps=3,
+                  guidance_scale=4.0, latents=x0, output_type="latent", max_sequence_length=L)
+    if kind == "sd3":
+        u = teacher.uncond(L)
+        kwargs.update(negative_prompt_embeds=u.embeds.expand(2, -1, -1), negative_pooled_prompt_embeds=u.pooled.expand(2, -1))
+    torch.testing.assert_close(teacher.pipe(**kwargs).images, x, atol=1e-5, rtol=1e-4)
+
+
+def test_gap_is_zero_for_the_teacher_t5_and_one_for_no_text(tiny):
+    from train.data import load_prompts
+    from train.evaluate import GapEvaluator
+    from train.teachers import load_teacher
+
+    teacher = load_teacher(str(tiny["sd3"]))
+    prompts = load_prompts("builtin:tiny")[::60]
+    ev = GapEvaluator(teacher, prompts, max_len=10, resolution=32, batch_size=4)
+
+    class Zeros(torch.nn.Module):
+        def forward(self, ids):
+            return (torch.zeros(*ids.shape, teacher.width),)
+
+    same = ev(teacher.pipe.text_encoder_3)
+    assert same["gap"] == pytest.approx(0.0, abs=1e-10)
+    assert set(same["per_category"]) == {p["category"] for p in prompts}
+    assert ev(Zeros())["gap"] == pytest.approx(1.0, rel=1e-5)
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+
+def test_tiny_recipe_shrinks_the_gap_5x_and_exports_into_flux(tiny, tmp_path):
+    """`train run --recipe tiny` end to end (teacher tiny:flux through the folder loader), then every
+    export format, and the diffusers export generating an image inside FluxPipeline."""
+    from diffusers import FluxPipeline
+    from safetensors.torch import load_file
+
+    from train.student import DistillT5EncoderModel
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["run", "--recipe", "tiny", "--output", str(out), "--max-steps", "12", "--quiet",
+                                    "--set", "distill.sampling_steps=4", "--set", "checkpoint.every=6",
+                                    "--set", "log.every=1"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 12
+    assert summary["gap_final"] * 5 <= summary["gap_initial"], summary
+    assert set(summary["gap_final_per_category"]) == {"color", "numeracy", "shape", "spatial", "text_rendering", "texture"}
+    losses = [r["loss"] for r in read_jsonl(out / "log.jsonl") if "loss" in r]
+    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000006", "step-00000012"]
+    meta = json.loads((out / "student" / "t5shrink.json").read_text())
+    assert meta["max_sequence_length"] == 77 and meta["teacher_kind"] == "flux"
+
+    runner = CliRunner()
+    for fmt in ("diffusers", "distillt5", "comfyui"):
+        r = runner.invoke(main, ["export", "--checkpoint", str(out), "--output", str(tmp_path / fmt), "--format", fmt])
+        assert r.exit_code == 0, r.output
+    dt5 = tmp_path / "distillt5"
+    assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= {p.name for p in dt5.iterdir()}
+    trained = DistillT5EncoderModel.from_pretrained(out / "student")
+    exported = DistillT5EncoderModel.from_pretrained(dt5)
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), exported.state_dict().values()))
+    (comfy,) = (tmp_path / "comfyui").glob("*.safetensors")
+    assert set(load_file(str(comfy))) == published_keys(trained.config.num_layers)
+
+    student = DistillT5EncoderModel.from_pretrained(tmp_path / "diffusers", subfolder="text_encoder_2")
+    pipe = FluxPipeline.from_pretrained(str(tiny["flux"]), text_encoder_2=student)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red cat on top of a blue car", height=32, width=32, num_inference_steps=2, guidance_scale=3.5,
+                 max_sequence_length=77, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (32, 32)
+
+    r = runner.invoke(main, ["eval", "--student", str(tmp_path / "diffusers"), "--teacher", "tiny:flux",
+                             "--data", "builtin:tiny", "--max-prompts", "12", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert 0 <= report["gap"] < summary["gap_initial"] / 5 and report["max_sequence_length"] == 77
+
+
+def test_sd3_trains_through_the_folder_loader_and_drops_into_its_pipeline(tiny, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    from train.distill import train
+    from train.export import export_student
+    from train.student import DistillT5EncoderModel
+
+    from PIL import Image
+
+    # also: gradient checkpointing in the student and the transformer, and the preview grids
+    cfg = small_cfg(str(tiny["sd3"]), steps=12, empty=0.25, lr=3e-3, ckpt_grad=True, images=True)
+    summary = train(cfg, tmp_path / "run", progress=False)
+    assert summary["gap_final"] < 0.5 * summary["gap_initial"], summary
+    grids = sorted((tmp_path / "run" / "val").glob("*.png"))
+    assert [g.name for g in grids] == ["step-00000000.png", "step-00000012.png"]
+    assert Image.open(grids[-1]).size == (64, 4 * 32)  # teacher | student, 2 prompts x 2 seeds
+    export_student(tmp_path / "run", tmp_path / "exp", fmt="diffusers")
+    assert (tmp_path / "exp" / "text_encoder_3" / "model.safetensors").exists()
+    assert (tmp_path / "exp" / "tokenizer_3" / "tokenizer_config.json").exists()
+    student = DistillT5EncoderModel.from_pretrained(tmp_path / "exp", subfolder="text_encoder_3")
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(tiny["sd3"]), text_encoder_3=student)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("two dogs", height=32, width=32, num_inference_steps=2, guidance_scale=5.0, max_sequence_length=12,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (32, 32)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    from train.distill import train
+
+    # dropout on, so the restored RNG state matters too
+    cfg = small_cfg("tiny:flux", steps=6, dropout=0.1, ckpt_every=3)
+    train(cfg, tmp_path / "a", progress=False)
+    train(cfg, tmp_path / "b", progress=False, max_steps=3)
+    # a checkpoint cut off mid-write (temp folder) and one missing its state are skipped with a warning
+    (tmp_path / "b" / "checkpoints" / ".step-00000004.tmp").mkdir()
+    broken = tmp_path / "b" / "checkpoints" / "step-00000005"
+    broken.mkdir()
+    (broken / "student").mkdir()
+    with pytest.warns(UserWarning) as caught:
+        train(cfg, tmp_path / "b", progress=False, resume=True)
+    text = " ".join(str(w.message) for w in caught)
+    assert "cut off mid-write" in text and "step-00000005" in text
+    a = load_file(str(tmp_path / "a" / "student" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "student" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps_b = [r["step"] for r in read_jsonl(tmp_path / "b" / "log.jsonl") if "loss" in r]
+    assert steps_b == [1, 2, 3, 4, 5, 6]
+
+
+def test_non_finite_losses_skip_then_abort(tiny, tmp_path):
+    from train.config import resolve
+
+    recipe = tmp_path / "nan.yaml"
+    cfg = small_cfg("tiny:flux", steps=8, lr=1.0e30, max_bad=1)
+    recipe.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "description"}))
+    resolve(str(recipe))
+    res = CliRunner().invoke(main, ["run", "--recipe", str(recipe), "--output", str(tmp_path / "o"), "--quiet"])
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("error: aborting at step")
+    assert "Traceback" not in res.stderr
+    assert "non-finite" in res.stderr  # the skipped step's warning came first
+
+
+def test_embedding_cache_roundtrip_and_offloaded_training(tiny, tmp_path):
+    from train.cache import EmbeddingCache
+    from train.distill import train
+    from train.teachers import load_teacher
+
+    teacher = load_teacher(str(tiny["flux"]))
+    cache = EmbeddingCache(tmp_path / "c", teacher.source)
+    cond = teacher.encode(["a cat", "a dog"], 8)
+    cache.put(["a cat", "a dog"], 8, cond)
+    again = EmbeddingCache(tmp_path / "c", teacher.source).get(["a dog", "a cat"], 8)
+    assert torch.equal(again.embeds, cond.embeds[[1, 0]]) and torch.equal(again.pooled, cond.pooled[[1, 0]])
+    assert cache.get(["a dog"], 9) is None  # the length is part of the key
+
+    cfg = small_cfg("tiny:flux", steps=2, cache={"dir": str(tmp_path / "c2"), "precompute": True, "offload_text_encoders": True})
+    train(cfg, tmp_path / "run", progress=False)
+    assert len(EmbeddingCache(tmp_path / "c2", str(tiny["flux"]))) >= 500  # every stage prompt + held-out
+
+
+# ---- data and CLI -------------------------------------------------------------------------------
+
+
+def test_data_sources_and_heldout_split(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from train.data import PromptStream, load_prompts, split_heldout
+
+    (tmp_path / "set" / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["1", "2"], "text": ["a red cat", "two dogs"], "criterion": ["semantic"] * 2,
+                             "category": ["color", "numeracy"], "tags": [["color"], ["numeracy"]],
+                             "rendered_text": [[], []], "source": ["x", "x"]}), tmp_path / "set" / "data" / "part-0.parquet")
+    assert load_prompts(tmp_path / "set") == [{"text": "a red cat", "category": "color"}, {"text": "two dogs", "category": "numeracy"}]
+    (tmp_path / "p.txt").write_text("a cat\n\na dog\n")
+    assert [p["text"] for p in load_prompts(tmp_path / "p.txt")] == ["a cat", "a dog"]
+    (tmp_path / "p.jsonl").write_text('{"text": "a cat", "category": "color"}\n')
+    assert load_prompts(tmp_path / "p.jsonl") == [{"text": "a cat", "category": "color"}]
+    rows = load_prompts("builtin:tiny")
+    held = split_heldout(rows, 12)
+    assert len({p["category"] for p in held}) == 6 and split_heldout(list(reversed(rows)), 12) == held
+    s = PromptStream(rows, seed=1)
+    assert s.take(5, 10) == s.take(0, 15)[5:] and len(s.take(len(rows) - 2, 4)) == 4
+
+
+def test_cli_help_and_one_line_errors(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["--help"])
+    assert res.exit_code == 0 and "train run --recipe tiny" in res.output
+    for cmd in ("run", "eval", "export"):
+        assert runner.invoke(main, [cmd, "--help"]).exit_code == 0
+    res = runner.invoke(main, ["run", "--recipe", "tiny", "--set", "optim.nope=1"])
+    assert res.exit_code == 1 and res.stderr.strip() == "error: unknown key 'optim.nope' in --set optim.nope=1"
+    res = runner.invoke(main, ["run", "--recipe", "no-such-recipe"])
+    assert res.exit_code == 1 and res.stderr.startswith("error: no train recipe named 'no-such-recipe'")
+    res = runner.invoke(main, ["export", "--checkpoint", str(tmp_path), "--output", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "not a student, checkpoint or run folder" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
