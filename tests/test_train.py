@@ -173,6 +173,14 @@ def test_student_from_pretrained_t5_keeps_its_encoder_weights(tmp_path):
     assert student.config.project_out_dim == 20 and student.config.project_in_dim == 16
     with pytest.raises(ValueError, match="vocab"):
         build_student(str(tmp_path / "t5"), project_out_dim=20, vocab_size=61)
+    # a pretrained T5 whose own tokenizer numbers tokens differently from the teacher's is refused
+    from train.tiny import train_t5_tokenizer
+
+    teacher_tok = train_t5_tokenizer()
+    teacher_tok.save_pretrained(str(tmp_path / "t5"))
+    build_student(str(tmp_path / "t5"), project_out_dim=20, vocab_size=60, teacher_tokenizer=teacher_tok)
+    with pytest.raises(ValueError, match="differs from the teacher"):
+        build_student(str(tmp_path / "t5"), project_out_dim=20, vocab_size=60, teacher_tokenizer=train_t5_tokenizer(60))
 
 
 # ---- teachers -----------------------------------------------------------------------------------

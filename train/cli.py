@@ -1,0 +1,168 @@
+"""`train` command line: run / eval / export. Kept light at import (torch loads inside commands)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+import warnings
+from pathlib import Path
+
+import click
+
+
+class TrainGroup(click.Group):
+    """Every failure becomes one line on stderr and exit code 1 (a traceback only with --debug)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into a line
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            click.echo(f"error: {msg}", err=True)
+            ctx.exit(1)
+
+
+def _quiet_libraries() -> None:
+    """Library loading bars and info logs are noise around our own progress bar (kept with --debug)."""
+    import logging
+
+    if (click.get_current_context().find_root().obj or {}).get("debug"):
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    for name in ("transformers", "diffusers", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _warnings_to_stderr(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"warning: {message}", err=True)
+
+
+@click.group(cls=TrainGroup)
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Distil a small T5 student that replaces T5-XXL in FLUX.1 / SD3.
+
+    \b
+    Examples:
+      train run --recipe tiny                                 # CPU smoke run, ~1 minute
+      train run --recipe flux-t5-base --output runs/flux-base
+      train run --recipe flux-t5-base --output runs/flux-base --resume
+      train eval --student runs/flux-base/student --teacher black-forest-labs/FLUX.1-dev --data heldout.txt
+      train export --checkpoint runs/flux-base --output export/ --format diffusers
+    """
+    ctx.obj = {"debug": debug}
+    if not debug:
+        warnings.showwarning = _warnings_to_stderr
+
+
+@main.command()
+@click.option("--recipe", required=True, help="Shipped recipe name (see `train recipes`) or a .yaml path.")
+@click.option("--data", default=None, help="Curated-set folder or .txt/.jsonl/.parquet file for ALL stages.")
+@click.option("--teacher", default=None, help="Teacher pipeline folder, hub id, or tiny:flux / tiny:sd3.")
+@click.option("--output", default=None, type=click.Path(file_okay=False), help="Run folder [runs/<recipe>].")
+@click.option("--max-steps", default=None, type=int, help="Stop after N optimizer steps (extends the last stage if longer).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. optim.lr=3e-4.")
+@click.option("--resume", is_flag=True, help="Continue from the last complete checkpoint in --output.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run(recipe: str, data: str | None, teacher: str | None, output: str | None, max_steps: int | None,
+        sets: tuple[str, ...], resume: bool, quiet: bool) -> None:
+    """Train a student with a recipe.
+
+    \b
+    Examples:
+      train run --recipe tiny
+      train run --recipe tiny --teacher ./my-tiny-flux --data prompts.txt --max-steps 400
+      train run --recipe sd3-t5-base --set optim.batch_size=16 --set cache.dir=/scratch/emb
+    """
+    _quiet_libraries()
+    from train.config import resolve
+    from train.distill import train
+
+    name, cfg = resolve(recipe, overrides=list(sets), data=data, teacher=teacher)
+    out = Path(output or f"runs/{name}")
+    summary = train(cfg, out, resume=resume, max_steps=max_steps, progress=not quiet, recipe_name=name)
+    init = summary["gap_initial"]
+    click.echo(f"student: {summary['student']}  steps: {summary['steps']}  held-out gap: "
+               + (f"{init:.4f} -> " if init is not None else "") + f"{summary['gap_final']:.4f}")
+
+
+@main.command("eval")
+@click.option("--student", required=True, help="Student folder, run folder, checkpoint, or diffusers export.")
+@click.option("--teacher", required=True, help="Teacher pipeline folder, hub id, or tiny:flux / tiny:sd3.")
+@click.option("--data", required=True, help="Held-out prompts: curated-set folder or .txt/.jsonl/.parquet file.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a table.")
+@click.option("--max-prompts", default=256, show_default=True, help="Use at most this many prompts.")
+@click.option("--max-sequence-length", default=None, type=int, help="Token length [the student's training length].")
+@click.option("--resolution", default=None, type=int, help="Image size [the student's training resolution].")
+@click.option("--guidance", default=3.5, show_default=True, help="FLUX guidance input for the metric.")
+@click.option("--batch-size", default=8, show_default=True)
+def eval_cmd(student: str, teacher: str, data: str, as_json: bool, max_prompts: int, max_sequence_length: int | None,
+             resolution: int | None, guidance: float, batch_size: int) -> None:
+    """Conditioning gap of a student against its teacher, overall and per category.
+
+    \b
+    Examples:
+      train eval --student runs/tiny/student --teacher tiny:flux --data builtin:tiny
+      train eval --student export/ --teacher black-forest-labs/FLUX.1-dev --data curated/balanced --json
+    """
+    _quiet_libraries()
+    from train.export import evaluate_student
+
+    report = evaluate_student(student, teacher, data, max_prompts=max_prompts, max_len=max_sequence_length,
+                              resolution=resolution, guidance=guidance, batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"conditioning gap (0 = like the teacher, 1 = like no text): {report['gap']:.4f}  "
+               f"[{report['num_prompts']} prompts, {report['max_sequence_length']} tokens]")
+    for cat, gap in report["per_category"].items():
+        click.echo(f"  {cat:<16} {gap:.4f}")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, help="Run folder (newest checkpoint / final student), checkpoint or student folder.")
+@click.option("--output", required=True, type=click.Path(), help="Output folder (comfyui: a folder or a .safetensors path).")
+@click.option("--format", "fmt", type=click.Choice(["diffusers", "distillt5", "comfyui"]), default="distillt5", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+def export(checkpoint: str, output: str, fmt: str, dtype: str) -> None:
+    """Export a trained student.
+
+    \b
+    Formats:
+      distillt5  config.json + model.safetensors + tokenizer (the published DistillT5 layout)
+      diffusers  OUTPUT/text_encoder_2 + tokenizer_2 (FLUX) or text_encoder_3 + tokenizer_3 (SD3),
+                 to pass as that pipeline component
+      comfyui    one .safetensors with the published keys, for the DistillT5ComfyUI loader
+    \b
+    Examples:
+      train export --checkpoint runs/flux-base --output export/flux-base --format diffusers
+      train export --checkpoint runs/flux-base/checkpoints/step-00050000 --output t5base.safetensors --format comfyui --dtype bf16
+    """
+    _quiet_libraries()
+    from train.export import export_student
+
+    path = export_student(checkpoint, output, fmt=fmt, dtype=dtype)
+    click.echo(f"exported ({fmt}): {path}")
+
+
+@main.command()
+def recipes() -> None:
+    """List shipped training recipes."""
+    from curate.recipe import list_recipes
+
+    for name, desc in list_recipes("train").items():
+        click.echo(f"{name:<16} {desc}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

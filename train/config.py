@@ -1,0 +1,170 @@
+"""Training recipes: schema, defaults, and resolving a recipe plus command-line overrides.
+
+A recipe names the teacher, the student, the optimiser, validation, and a list of stages, each with
+its data, resolution, steps and max_sequence_length. Unknown keys fail naming the key (curate.recipe).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from curate.recipe import apply_overrides, load_recipe, recipe_hash, validate
+from filters.base import ConfigError
+
+NUM = (int, float)
+
+SCHEMA: dict[str, Any] = {
+    "description": str,
+    "seed": int,
+    "teacher": {
+        "path": str,  # folder, hub id, or tiny:flux / tiny:sd3
+        "dtype": str,  # auto | bf16 | fp16 | fp32 (auto: bf16 on CUDA, fp32 on CPU)
+        "trust_remote_code": bool,
+        "guidance": [NUM],  # [min, max]: FLUX guidance input / SD3 CFG scale, drawn per batch
+        "empty_prompt_prob": NUM,  # share of prompts replaced by "" (distils SD3's unconditional branch)
+        "gradient_checkpointing": bool,  # recompute transformer activations in the backward pass
+    },
+    "student": {
+        "init": str,  # "config", a T5 name/path (e.g. google/flan-t5-base), or a student folder
+        "config": {"*": (int, float, str)},  # T5 fields for init: config (unset ones come from the teacher's T5)
+        "projection_dropout": NUM,
+        "gradient_checkpointing": bool,
+    },
+    "optim": {
+        "lr": NUM,
+        "betas": [NUM],
+        "eps": NUM,
+        "weight_decay": NUM,
+        "warmup_steps": int,
+        "schedule": str,  # constant | cosine
+        "min_lr_ratio": NUM,  # cosine floor as a fraction of lr
+        "grad_clip": NUM,  # max global grad norm of the student's parameters (0: off)
+        "batch_size": int,  # prompts per optimizer step, all devices together
+        "micro_batch_size": int,  # prompts per device per forward; the rest is gradient accumulation
+        "mixed_precision": str,  # auto | bf16 | no  (autocast; master weights stay float32)
+        "max_bad_steps": int,  # abort after this many non-finite losses
+    },
+    "distill": {
+        "sampling_steps": int,  # N: steps of the teacher's sampler per trajectory
+        "train_steps": int,  # K: steps of each trajectory that are regressed (null: all N)
+    },
+    "cache": {
+        "dir": str,  # teacher embeddings on disk (safetensors); null: no cache
+        "precompute": bool,  # encode every prompt before training
+        "offload_text_encoders": bool,  # then move the teacher's text encoders off the device
+    },
+    "validation": {
+        "every": int,
+        "data": str,  # held-out prompts; null: hold out num_prompts from the stage data
+        "num_prompts": int,
+        "batch_size": int,
+        "sigmas": [NUM],
+        "guidance": NUM,
+        "resolution": int,  # null: the last stage's
+        "max_sequence_length": int,  # null: the last stage's
+        "images": bool,  # teacher-vs-student PNG grid at fixed seeds
+        "image_prompts": int,
+        "image_seeds": [int],
+        "image_steps": int,
+    },
+    "checkpoint": {"every": int, "keep": int},
+    "log": {"every": int, "tensorboard": bool},
+    "stages": [
+        {
+            "name": str,
+            "data": Any,  # path | [path | {path, repeat}]
+            "steps": int,
+            "resolution": int,
+            "max_sequence_length": int,
+            "micro_batch_size": int,
+        }
+    ],
+}
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "teacher": {"dtype": "auto", "trust_remote_code": False, "guidance": [2.0, 5.0], "empty_prompt_prob": 0.0,
+                "gradient_checkpointing": False},
+    "student": {"init": "google/flan-t5-base", "config": {}, "projection_dropout": 0.1, "gradient_checkpointing": False},
+    "optim": {"lr": 1.0e-4, "betas": [0.9, 0.999], "eps": 1.0e-8, "weight_decay": 1.0e-3, "warmup_steps": 0,
+              "schedule": "constant", "min_lr_ratio": 0.1, "grad_clip": 1.0, "batch_size": 32, "micro_batch_size": None,
+              "mixed_precision": "auto", "max_bad_steps": 10},
+    "distill": {"sampling_steps": 20, "train_steps": None},
+    "cache": {"dir": None, "precompute": False, "offload_text_encoders": False},
+    "validation": {"every": 1000, "data": None, "num_prompts": 64, "batch_size": 8, "sigmas": [0.25, 0.5, 0.75],
+                   "guidance": 3.5, "resolution": None, "max_sequence_length": None, "images": False, "image_prompts": 4,
+                   "image_seeds": [0], "image_steps": 20},
+    "checkpoint": {"every": 1000, "keep": 3},
+    "log": {"every": 10, "tensorboard": True},
+}
+
+STAGE_DEFAULTS = {"resolution": 512, "max_sequence_length": 77, "micro_batch_size": None}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "config":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve(
+    recipe: str | dict,
+    overrides: list[str] | None = None,
+    data: str | None = None,
+    teacher: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Load (name or path or dict), validate, fill defaults, apply --set / --data / --teacher."""
+    if isinstance(recipe, dict):
+        name, raw = "custom", copy.deepcopy(recipe)
+    else:
+        name, raw = load_recipe(recipe, kind="train")
+    validate(raw, SCHEMA)
+    cfg = _merge(DEFAULTS, raw)
+    cfg = apply_overrides(cfg, list(overrides or []), SCHEMA)
+    if teacher:
+        cfg["teacher"]["path"] = teacher
+    if not cfg["teacher"].get("path"):
+        raise ConfigError("the recipe names no teacher (teacher.path) and no --teacher was given")
+    stages = cfg.get("stages") or []
+    if not stages:
+        raise ConfigError("the recipe has no stages")
+    resolved = []
+    for i, stage in enumerate(stages):
+        stage = {**STAGE_DEFAULTS, "name": f"stage{i + 1}", **stage}
+        if data:
+            stage["data"] = data
+        if not stage.get("data"):
+            raise ConfigError(f"stage {stage['name']!r} has no data (set stages[].data or pass --data)")
+        if not isinstance(stage.get("steps"), int) or stage["steps"] < 1:
+            raise ConfigError(f"stage {stage['name']!r}: steps must be a positive integer")
+        if not 1 <= stage["max_sequence_length"] <= 512:
+            raise ConfigError(f"stage {stage['name']!r}: max_sequence_length must be in 1..512")
+        resolved.append(stage)
+    cfg["stages"] = resolved
+    g = cfg["teacher"]["guidance"]
+    if not (isinstance(g, list) and len(g) == 2 and g[0] <= g[1]):
+        raise ConfigError(f"teacher.guidance must be [min, max], got {g!r}")
+    if cfg["optim"]["schedule"] not in ("constant", "cosine"):
+        raise ConfigError(f"optim.schedule must be constant or cosine, got {cfg['optim']['schedule']!r}")
+    if cfg["optim"]["mixed_precision"] not in ("auto", "bf16", "no"):
+        raise ConfigError(f"optim.mixed_precision must be auto, bf16 or no, got {cfg['optim']['mixed_precision']!r}")
+    if cfg["teacher"]["dtype"] not in ("auto", "bf16", "fp16", "fp32"):
+        raise ConfigError(f"teacher.dtype must be auto, bf16, fp16 or fp32, got {cfg['teacher']['dtype']!r}")
+    n, k = cfg["distill"]["sampling_steps"], cfg["distill"]["train_steps"]
+    if n < 1 or (k is not None and not 1 <= k <= n):
+        raise ConfigError(f"distill.train_steps must be in 1..sampling_steps ({n}), got {k}")
+    cfg.setdefault("description", "")
+    return name, cfg
+
+
+def total_steps(cfg: dict[str, Any]) -> int:
+    return sum(s["steps"] for s in cfg["stages"])
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    return recipe_hash(cfg)

@@ -1,0 +1,148 @@
+"""Prompts for training and validation: loading, the held-out split, and a resumable stream.
+
+Sources: a curated-set folder (DIR/data/*.parquet, as `curate build` writes it), a .parquet or
+.jsonl file with a `text` column (and optionally `category`), a .txt file (one prompt a line), a .json
+list (of strings or objects with `text`), or `builtin:tiny` (the tiny recipe's prompt list).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from filters.base import ConfigError
+
+Prompt = dict[str, str]  # {"text": ..., "category": ...}
+NO_CATEGORY = "all"
+
+
+def _rows_from_table(table: Any) -> list[Prompt]:
+    cols = table.column_names
+    if "text" not in cols:
+        raise ConfigError(f"no 'text' column (columns: {', '.join(cols)})")
+    texts = table.column("text").to_pylist()
+    cats = table.column("category").to_pylist() if "category" in cols else [None] * len(texts)
+    return [{"text": t, "category": c or NO_CATEGORY} for t, c in zip(texts, cats) if isinstance(t, str)]
+
+
+def load_prompts(source: str | Path) -> list[Prompt]:
+    """Read one source into [{"text", "category"}] (category "all" when the source has none)."""
+    if str(source) == "builtin:tiny":
+        from train.tiny import builtin_prompts
+
+        return builtin_prompts()
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError(f"data {source}: no such file or folder")
+    if path.is_dir():
+        files = sorted((path / "data").glob("*.parquet")) or sorted(path.glob("*.parquet"))
+        if not files:
+            raise ConfigError(f"data {source}: a folder must hold data/*.parquet (a curated set)")
+        import pyarrow.parquet as pq
+
+        rows: list[Prompt] = []
+        for f in files:
+            rows += _rows_from_table(pq.read_table(f, columns=None))
+        return rows
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return _rows_from_table(pq.read_table(path))
+    if suffix == ".txt":
+        return [{"text": line.strip(), "category": NO_CATEGORY} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise ConfigError(f"{path}:{n}: each line must be an object with a 'text' string")
+            rows.append({"text": obj["text"], "category": obj.get("category") or NO_CATEGORY})
+        return rows
+    if suffix == ".json":
+        items = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(items, list):
+            raise ConfigError(f"{path}: expected a JSON list")
+        return [{"text": i, "category": NO_CATEGORY} if isinstance(i, str) else {"text": i["text"], "category": i.get("category") or NO_CATEGORY} for i in items]
+    raise ConfigError(f"data {source}: unsupported file type {suffix!r} (use a curated-set folder, .parquet, .jsonl, .txt or .json)")
+
+
+def load_stage_data(spec: Any) -> list[Prompt]:
+    """A stage's `data`: a source, or a list of sources and {path, repeat} entries, concatenated
+    (repeat: how many times a source appears, e.g. the published ×10 for CompBench in the mixed stage)."""
+    items = spec if isinstance(spec, list) else [spec]
+    rows: list[Prompt] = []
+    for item in items:
+        if isinstance(item, dict):
+            unknown = set(item) - {"path", "repeat"}
+            if unknown or "path" not in item:
+                raise ConfigError(f"stage data entry {item!r}: allowed keys are path and repeat")
+            rows += load_prompts(item["path"]) * int(item.get("repeat", 1))
+        else:
+            rows += load_prompts(str(item))
+    if not rows:
+        raise ConfigError(f"stage data {spec!r} holds no prompts")
+    return rows
+
+
+def _rank(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def split_heldout(pool: list[Prompt], n: int) -> list[Prompt]:
+    """n held-out prompts chosen by hash (stable whatever the order), round-robin over categories
+    so every category is represented in the per-category gap."""
+    by_cat: dict[str, list[Prompt]] = defaultdict(list)
+    seen = set()
+    for p in sorted(pool, key=lambda p: _rank(p["text"])):
+        if p["text"] not in seen:
+            seen.add(p["text"])
+            by_cat[p["category"]].append(p)
+    out: list[Prompt] = []
+    queues = [by_cat[c] for c in sorted(by_cat)]
+    while len(out) < n and any(queues):
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return out
+
+
+def heldout_split(stage_rows: list[list[Prompt]], val_data: str | None, num_prompts: int) -> tuple[list[Prompt], list[list[Prompt]]]:
+    """(held-out prompts, each stage's training prompts without them). Held-out prompts come from
+    `val_data` when given, else from the stages' data (at most a tenth of the distinct prompts)."""
+    if val_data:
+        heldout = split_heldout(load_prompts(val_data), num_prompts)
+    else:
+        pool = [r for rows in stage_rows for r in rows]
+        heldout = split_heldout(pool, min(num_prompts, max(1, len({r["text"] for r in pool}) // 10)))
+    held = {p["text"] for p in heldout}
+    return heldout, [[r for r in rows if r["text"] not in held] for rows in stage_rows]
+
+
+class PromptStream:
+    """Endless, reshuffled-per-epoch prompts; position `pos` fully determines what comes next,
+    so a resumed run reads exactly what an uninterrupted one would."""
+
+    def __init__(self, prompts: list[Prompt], seed: int):
+        if not prompts:
+            raise ConfigError("a stage has no training prompts left after holding out validation prompts")
+        self.prompts = prompts
+        self.seed = seed
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perm = (epoch, torch.randperm(len(self.prompts), generator=g))
+        return self._perm[1]
+
+    def take(self, pos: int, count: int) -> list[Prompt]:
+        n = len(self.prompts)
+        return [self.prompts[int(self._order((pos + i) // n)[(pos + i) % n])] for i in range(count)]

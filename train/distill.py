@@ -1,0 +1,429 @@
+"""Vision-guided distillation of a T5 student from a frozen FLUX/SD3 teacher (`train run`).
+
+One optimizer step:
+  1. take the next global batch of prompts from the current stage; get the teacher's embeddings once
+     for the batch (from the disk cache when enabled; never again per denoising step);
+  2. run the student once on the teacher's token ids;
+  3. start from noise at the stage's resolution and follow the teacher's own sampler for N steps with
+     the teacher-conditioned prediction (FLUX: guidance input g; SD3: CFG at scale g; g drawn per batch);
+  4. at K sampled steps of that trajectory, push the student's embeddings through the frozen
+     transformer and regress its output onto the teacher-conditioned output (MSE; the target is computed
+     under no_grad). Gradients reach only the student, through the frozen transformer;
+  5. clip the student's gradient norm, AdamW step on float32 master weights.
+
+Around it: warmup + constant/cosine LR, bf16 autocast on CUDA, accelerate for devices and DDP, tqdm,
+JSONL + tensorboard logs, the held-out conditioning gap every N steps, atomic checkpoints with optimizer,
+RNG and data position (`--resume` continues from the last complete one), and skipping of non-finite steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from train.cache import EmbeddingCache
+from train.config import config_hash, total_steps
+from train.data import PromptStream, heldout_split, load_stage_data
+from train.evaluate import GapEvaluator, preview_grid
+from train.student import DistillT5EncoderModel, build_student, load_student_state_dict
+from train.teachers import Cond, Teacher, load_teacher
+
+CKPT_RE = re.compile(r"^step-(\d{8})$")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (too many non-finite losses, nothing to resume, ...)."""
+
+
+def lr_at(step: int, cfg: dict[str, Any], total: int) -> float:
+    """Linear warmup, then constant or cosine down to min_lr_ratio * lr (a pure function of step, so
+    resuming needs no scheduler state)."""
+    lr, warm = cfg["lr"], cfg["warmup_steps"]
+    if warm and step < warm:
+        return lr * (step + 1) / warm
+    if cfg["schedule"] == "constant":
+        return lr
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    floor = lr * cfg["min_lr_ratio"]
+    return floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """Per-step CPU generator: the noise, guidance and sampled steps of step s depend only on
+    (seed, s, stream), so resumed and uninterrupted runs draw the same numbers on any device."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + stream)
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+
+
+def find_checkpoint(output: Path) -> Path | None:
+    """The newest complete checkpoint; a folder cut off mid-write is skipped with a warning."""
+    root = output / "checkpoints"
+    if not root.is_dir():
+        return None
+    for leftover in sorted(root.glob(".step-*")):
+        warnings.warn(f"ignoring {leftover.name}: a checkpoint cut off mid-write")
+    for path in sorted((p for p in root.iterdir() if CKPT_RE.match(p.name)), reverse=True):
+        try:
+            json.loads((path / "state.json").read_text())
+            if not (path / "student" / "model.safetensors").is_file() or not (path / "optimizer.pt").is_file():
+                raise FileNotFoundError("missing files")
+            return path
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"skipping checkpoint {path.name}: incomplete ({exc})")
+    return None
+
+
+def save_checkpoint(output: Path, step: int, student: DistillT5EncoderModel, optimizer: Any, state: dict, teacher: Teacher,
+                    meta: dict, accelerator: Any, keep: int) -> Path:
+    """Write into a hidden temp folder, then rename: a folder named step-XXXXXXXX is always complete."""
+    from safetensors.torch import save_file
+
+    root = output / "checkpoints"
+    final = root / f"step-{step:08d}"
+    tmp = root / f".step-{step:08d}.tmp"
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and accelerator.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(accelerator.device)
+    save_file(rng, str(tmp / f"rng-{accelerator.process_index}.safetensors"))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        student.save_pretrained(tmp / "student", tokenizer=teacher.tokenizer, meta={**meta, "step": step})
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")  # written last
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        done = sorted(p for p in root.iterdir() if CKPT_RE.match(p.name))
+        for old in done[: max(0, len(done) - keep)] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(path: Path, student: DistillT5EncoderModel, optimizer: Any, accelerator: Any) -> dict:
+    from safetensors.torch import load_file
+
+    missing, unexpected = load_student_state_dict(student, load_file(str(path / "student" / "model.safetensors")))
+    if missing or unexpected:
+        raise TrainingError(f"{path}: student weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=accelerator.device, weights_only=True))
+    rng_file = path / f"rng-{accelerator.process_index}.safetensors"
+    if rng_file.exists():
+        rng = load_file(str(rng_file))
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and accelerator.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], accelerator.device)
+    return json.loads((path / "state.json").read_text())
+
+
+# ---- one trajectory -----------------------------------------------------------------------------
+
+
+def trajectory_loss(student: torch.nn.Module, teacher: Teacher, tcond: Cond, ids: torch.Tensor, x: torch.Tensor,
+                    max_len: int, n_steps: int, train_idx: set[int], guidance: float, amp: Any,
+                    scale: float) -> tuple[float, bool]:
+    """Follow the teacher's sampler from noise `x` for n_steps; at the steps in train_idx regress the
+    transformer output under the student's embeddings onto the output under the teacher's. Leaves
+    the gradient in the student's parameters; returns (scaled loss, all finite)."""
+    with amp():
+        seq = student(ids)[0]
+    # The student runs once. Its output becomes a leaf for the K transformer passes, whose gradients
+    # accumulate in seq_leaf.grad one pass at a time (activation memory of a single pass), and then
+    # flow through the student in one backward - the same gradient as summing the K losses.
+    seq_leaf = seq.detach().requires_grad_(True)
+    scond = teacher.student_cond(seq_leaf, tcond, max_len)
+    total = 0.0
+    for i, t in enumerate(teacher.timesteps(n_steps, x)):
+        with torch.no_grad(), amp():
+            target = teacher.predict(x, t, tcond, guidance)
+        if i in train_idx:
+            with amp():
+                pred = teacher.predict(x, t, scond, guidance)  # frozen transformer, grad to seq_leaf only
+            loss = F.mse_loss(pred.float(), target.float()) * scale
+            loss.backward()
+            total += loss.item()
+        with torch.no_grad(), amp():
+            x = teacher.step(teacher.velocity(x, t, target, guidance, max_len), t, x)
+    finite = math.isfinite(total) and seq_leaf.grad is not None and bool(torch.isfinite(seq_leaf.grad).all())
+    if finite:
+        seq.backward(seq_leaf.grad)
+    return total, finite
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+
+class Logger:
+    """JSONL always; tensorboard when available and asked for."""
+
+    def __init__(self, output: Path, tensorboard: bool, enabled: bool):
+        self.enabled = enabled
+        self.file = open(output / "log.jsonl", "a", encoding="utf-8") if enabled else None
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(output / "tb"))
+            except ImportError:
+                warnings.warn("tensorboard is not installed; logging to log.jsonl only")
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.tb.add_scalar(key, value, record["step"])
+                elif isinstance(value, dict):
+                    for sub, v in value.items():
+                        if isinstance(v, (int, float)):
+                            self.tb.add_scalar(f"{key}/{sub}", v, record["step"])
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_steps: int | None = None,
+          progress: bool = True, recipe_name: str = "custom") -> dict[str, Any]:
+    """Run a resolved recipe (train.config.resolve) into `output`; returns a summary dict.
+
+    output/student/ is the final student (DistillT5 layout), output/checkpoints/step-N/ the
+    checkpoints, output/log.jsonl + output/tb/ the logs, output/val/ the preview grids."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    output = Path(output)
+    accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
+    device, main = accelerator.device, accelerator.is_main_process
+    world, rank = accelerator.num_processes, accelerator.process_index
+    seed, opt, dist, val = cfg["seed"], cfg["optim"], cfg["distill"], cfg["validation"]
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "recipe.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    # Teacher: frozen pipeline. bf16 weights on CUDA; the student's master weights stay float32.
+    tdtype = DTYPES.get(cfg["teacher"]["dtype"]) if cfg["teacher"]["dtype"] != "auto" else None
+    teacher = load_teacher(cfg["teacher"]["path"], device=device, dtype=tdtype,
+                           trust_remote_code=cfg["teacher"]["trust_remote_code"])
+    if cfg["teacher"]["gradient_checkpointing"]:
+        teacher.transformer.enable_gradient_checkpointing()
+    amp_on = device.type == "cuda" and opt["mixed_precision"] in ("auto", "bf16") and torch.cuda.is_bf16_supported()
+    if opt["mixed_precision"] == "bf16" and not amp_on:
+        warnings.warn("bf16 autocast needs a CUDA device with bf16; training in float32")
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp_on else contextlib.nullcontext
+
+    # Data: stage prompts, held-out prompts removed from every stage.
+    stages = cfg["stages"]
+    for s in stages:
+        teacher.check_resolution(s["resolution"])
+    stage_rows = [load_stage_data(s["data"]) for s in stages]
+    heldout, train_rows = heldout_split(stage_rows, val["data"], val["num_prompts"])
+    streams = [PromptStream(rows, seed + 7 * i) for i, rows in enumerate(train_rows)]
+
+    # Teacher embeddings: once per batch, optionally from/to the disk cache.
+    cache = EmbeddingCache(cfg["cache"]["dir"], teacher.source) if cfg["cache"]["dir"] else None
+
+    def teacher_cond(texts: list[str], max_len: int) -> Cond:
+        if cache is None:
+            return teacher.encode(texts, max_len)
+        hit = cache.get(texts, max_len)
+        if hit is None:
+            hit = teacher.encode(texts, max_len)
+            cache.put(texts, max_len, hit)
+        return hit.to(device)
+
+    # Student: from a pretrained T5, a student folder, or a config (shape from the teacher's T5).
+    scfg = cfg["student"]
+    torch.manual_seed(seed + rank)  # here, not earlier: building a tiny teacher on first use draws numbers too
+    student = build_student(scfg["init"], project_out_dim=teacher.width, vocab_size=teacher.vocab_size,
+                            base_config=teacher.t5_config, overrides=scfg["config"],
+                            projection_dropout=scfg["projection_dropout"],
+                            trust_remote_code=cfg["teacher"]["trust_remote_code"],
+                            teacher_tokenizer=teacher.tokenizer).to(device)
+    if scfg["gradient_checkpointing"]:
+        # transformers 5 renamed it; fall back to the old name on older versions
+        getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
+    student.train()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"],
+                                  weight_decay=opt["weight_decay"])
+    student, optimizer = accelerator.prepare(student, optimizer)
+    raw_student: DistillT5EncoderModel = accelerator.unwrap_model(student)
+
+    # Step plan: stage boundaries; --max-steps truncates, or extends the last stage.
+    planned = total_steps(cfg)
+    total = max_steps if max_steps is not None and max_steps > planned else planned
+    stop = min(max_steps, total) if max_steps is not None else total
+    bounds, acc = [], 0
+    for i, s in enumerate(stages):
+        acc += s["steps"] if i < len(stages) - 1 else s["steps"] + (total - planned)
+        bounds.append(acc)
+
+    state = {"step": 0, "positions": [0] * len(stages), "bad_steps": 0, "recipe_hash": config_hash(cfg)}
+    if resume:
+        ckpt = find_checkpoint(output)
+        if ckpt is None:
+            warnings.warn(f"--resume: no complete checkpoint in {output / 'checkpoints'}; starting from step 0")
+        else:
+            state = load_checkpoint(ckpt, raw_student, optimizer, accelerator)
+            if main and (output / "log.jsonl").exists():  # drop records written after the checkpoint
+                keep = [line for line in (output / "log.jsonl").read_text().splitlines()
+                        if line.strip() and json.loads(line).get("step", 0) <= state["step"]]
+                (output / "log.jsonl").write_text("".join(line + "\n" for line in keep))
+            if state.get("recipe_hash") != config_hash(cfg):
+                warnings.warn("--resume: the recipe differs from the checkpoint's; continuing with the new one")
+            if main:
+                print(f"resuming from {ckpt} (step {state['step']})")
+
+    last = stages[-1]
+    val_len = val["max_sequence_length"] or last["max_sequence_length"]
+    val_res = val["resolution"] or last["resolution"]
+    meta = {"teacher": cfg["teacher"]["path"], "teacher_kind": teacher.kind, "t5_slot": teacher.t5_slot,
+            "max_sequence_length": val_len, "resolution": val_res, "guidance": cfg["teacher"]["guidance"],
+            "recipe": recipe_name, "recipe_hash": state["recipe_hash"]}
+    if any(s["max_sequence_length"] != val_len for s in stages):
+        warnings.warn("stages use different max_sequence_length; inference should use the last stage's "
+                      f"({val_len}), which is what the student records")
+
+    if cache is not None and cfg["cache"]["precompute"]:
+        todo = [(p["text"], s["max_sequence_length"]) for rows, s in zip(stage_rows, stages) for p in rows]
+        if cfg["teacher"]["empty_prompt_prob"] > 0:
+            todo += [("", s["max_sequence_length"]) for s in stages]
+        todo = sorted({t for t in todo if not cache.has([t[0]], t[1])})
+        bs = opt["micro_batch_size"] or max(1, opt["batch_size"] // world)
+        for i in tqdm(range(rank * bs, len(todo), bs * world), desc="caching teacher embeddings", disable=not (progress and main)):
+            chunk = todo[i : i + bs]
+            for max_len in sorted({m for _, m in chunk}):
+                texts = [t for t, m in chunk if m == max_len]
+                cache.put(texts, max_len, teacher.encode(texts, max_len))
+        accelerator.wait_for_everyone()
+        cache = EmbeddingCache(cfg["cache"]["dir"], teacher.source)  # pick up the other ranks' shards
+    evaluator = GapEvaluator(teacher, heldout, val_len, val_res, val["sigmas"], val["guidance"], val["batch_size"],
+                             seed=seed, encode=teacher_cond)
+    if cfg["cache"]["offload_text_encoders"]:
+        for s in stages:
+            teacher.uncond(s["max_sequence_length"])  # SD3's empty prompt, before the encoders leave
+        teacher.offload_text_encoders()
+
+    logger = Logger(output, cfg["log"]["tensorboard"], main)
+    results: dict[str, Any] = {"initial": None, "final": None}
+
+    def validate(step: int) -> dict[str, Any]:
+        report = evaluator(raw_student)
+        logger.log({"step": step, "val_gap": report["gap"], "val_gap_per_category": report["per_category"]})
+        if val["images"] and main:
+            n = val["image_prompts"]
+            texts = [p["text"] for p in heldout[:n]]
+            preview_grid(teacher, raw_student, texts, teacher_cond(texts, val_len).to(device), val_len, val_res,
+                         val["image_steps"], val["guidance"], val["image_seeds"], output / "val" / f"step-{step:08d}.png")
+        return report
+
+    step = state["step"]
+    if step == 0:
+        results["initial"] = validate(0)
+    bar = tqdm(total=stop, initial=step, desc="distil", disable=not (progress and main), dynamic_ncols=True)
+    gmin, gmax = cfg["teacher"]["guidance"]
+    n_steps = dist["sampling_steps"]
+    k_steps = dist["train_steps"] or n_steps
+    t0 = time.time()
+    while step < stop:
+        si = next(i for i, b in enumerate(bounds) if step < b)
+        stage = stages[si]
+        max_len, res = stage["max_sequence_length"], stage["resolution"]
+        micro = stage["micro_batch_size"] or opt["micro_batch_size"] or max(1, opt["batch_size"] // world)
+        batch = streams[si].take(state["positions"][si], opt["batch_size"])
+        state["positions"][si] += opt["batch_size"]
+        lr = lr_at(step, opt, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # Per-batch draws, identical on every rank: guidance, which steps to regress, empty prompts.
+        gen = step_generator(seed, step)
+        guidance = gmin + (gmax - gmin) * torch.rand((), generator=gen).item()
+        train_idx = set(torch.randperm(n_steps, generator=gen)[:k_steps].tolist())
+        drop = torch.rand(len(batch), generator=gen) < cfg["teacher"]["empty_prompt_prob"]
+        texts = ["" if d else p["text"] for p, d in zip(batch, drop.tolist())]
+        # This rank's share, in micro-batches (gradient accumulation across them).
+        mine = texts[rank::world]
+        chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
+        loss_sum, finite = 0.0, True
+        for ci, chunk in enumerate(chunks):
+            # DDP syncs gradients on the last micro-batch's backward only
+            with contextlib.nullcontext() if ci == len(chunks) - 1 else accelerator.no_sync(student):
+                noise = teacher.noise(len(chunk), res, step_generator(seed, step, 1 + rank * 1_000 + ci))
+                part, ok = trajectory_loss(student, teacher, teacher_cond(chunk, max_len),
+                                           teacher.tokenize(chunk, max_len).to(device), noise, max_len, n_steps,
+                                           train_idx, guidance, amp, scale=1 / (k_steps * len(chunks)))
+                loss_sum, finite = loss_sum + part, finite and ok
+        # Average the logged loss over ranks; every rank must agree to skip a step.
+        stats = torch.tensor([loss_sum, 0.0 if finite else 1.0], device=device)
+        stats = accelerator.reduce(stats, reduction="sum") if world > 1 else stats
+        loss_value, finite = stats[0].item() / world, stats[1].item() == 0
+        grad_norm = float("nan")
+        if finite and opt["grad_clip"] > 0:
+            grad_norm = float(accelerator.clip_grad_norm_(student.parameters(), opt["grad_clip"]))  # student only
+            finite = math.isfinite(grad_norm)
+        if finite:
+            optimizer.step()
+        else:
+            state["bad_steps"] += 1
+            warnings.warn(f"step {step}: non-finite loss or gradient; step skipped ({state['bad_steps']} so far)")
+            if state["bad_steps"] > opt["max_bad_steps"]:
+                logger.close()
+                raise TrainingError(f"aborting at step {step}: {state['bad_steps']} non-finite steps "
+                                    f"(optim.max_bad_steps={opt['max_bad_steps']})")
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        state["step"], state["lr"] = step, lr
+        bar.update(1)
+        if step % cfg["log"]["every"] == 0 or step == stop:
+            bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}")
+            logger.log({"step": step, "stage": stage["name"], "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                        "guidance": guidance, "elapsed_s": round(time.time() - t0, 2)})
+        if val["every"] and step % val["every"] == 0 and step != stop:
+            validate(step)
+        if cfg["checkpoint"]["every"] and (step % cfg["checkpoint"]["every"] == 0 or step == stop):
+            save_checkpoint(output, step, raw_student, optimizer, state, teacher, meta, accelerator, cfg["checkpoint"]["keep"])
+    bar.close()
+    results["final"] = validate(step)
+    if main:
+        final = output / "student"
+        tmp = output / ".student.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        raw_student.save_pretrained(tmp, tokenizer=teacher.tokenizer, meta={**meta, "step": step})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    logger.close()
+    accelerator.wait_for_everyone()
+    summary = {"output": str(output), "steps": step, "student": str(output / "student"),
+               "gap_initial": results["initial"]["gap"] if results["initial"] else None,
+               "gap_final": results["final"]["gap"], "gap_final_per_category": results["final"]["per_category"]}
+    if main:
+        (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,137 @@
+"""The conditioning gap (DESIGN.md) and teacher-vs-student preview grids.
+
+    gap = sum ||f(x,t,S(p)) - f(x,t,T(p))||^2  /  sum ||f(x,t,T(p)) - f(x,t,0)||^2
+
+f is the frozen transformer, T(p) the teacher's conditioning, S(p) the same with the student's
+sequence in the T5 slot, and 0 the T5 slot zeroed (CLIP parts kept: the student never replaces them).
+Inputs: for each prompt a fixed clean-latent stand-in x0 and noise e (standard normal, seeded by
+prompt index; curated sets carry no images), x_t = (1 - t) x0 + t e at flow-matching sigmas t in
+{0.25, 0.5, 0.75}. FLUX gets the fixed validation guidance; SD3 is scored on its conditional branch.
+0 = the student conditions the model exactly like the teacher; 1 = as far off as no T5 text at all.
+Everything but f(x,t,S) is fixed, so it is computed once and each validation is one forward a batch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from train.teachers.base import Cond, Teacher
+
+
+class GapEvaluator:
+    def __init__(
+        self,
+        teacher: Teacher,
+        prompts: list[dict[str, str]],
+        max_len: int,
+        resolution: int,
+        sigmas: list[float] = (0.25, 0.5, 0.75),
+        guidance: float = 3.5,
+        batch_size: int = 8,
+        seed: int = 0,
+        encode: Any = None,
+    ):
+        """`encode(texts, max_len) -> Cond` defaults to teacher.encode (the trainer passes its cached one)."""
+        if not prompts:
+            raise ValueError("no held-out prompts to evaluate on")
+        self.teacher, self.max_len, self.guidance = teacher, max_len, guidance
+        self.prompts = prompts
+        self.sigmas = [float(s) for s in sigmas]
+        encode = encode or teacher.encode
+        self.batches = []
+        with torch.no_grad():
+            for start in range(0, len(prompts), batch_size):
+                chunk = prompts[start : start + batch_size]
+                texts = [p["text"] for p in chunk]
+                cond = encode(texts, max_len).to(teacher.device)
+                zero = teacher.zero_cond(cond, max_len)
+                x0 = torch.cat([teacher.noise(1, resolution, torch.Generator().manual_seed(seed * 7919 + 2 * (start + i))) for i in range(len(chunk))])
+                eps = torch.cat([teacher.noise(1, resolution, torch.Generator().manual_seed(seed * 7919 + 2 * (start + i) + 1)) for i in range(len(chunk))])
+                points = []
+                for sigma in self.sigmas:
+                    x = (1 - sigma) * x0 + sigma * eps
+                    t = teacher.sigma_to_timestep(sigma)
+                    f_t = teacher.predict(x, t, cond, guidance).float()
+                    f_0 = teacher.predict(x, t, zero, guidance).float()
+                    points.append((x, t, f_t, _per_prompt(f_t - f_0)))
+                self.batches.append((texts, [p["category"] for p in chunk], teacher.tokenize(texts, max_len), cond, points))
+
+    @torch.no_grad()
+    def __call__(self, student: torch.nn.Module) -> dict[str, Any]:
+        was_training = student.training
+        student.eval()
+        num: dict[str, float] = defaultdict(float)
+        den: dict[str, float] = defaultdict(float)
+        device = self.teacher.device
+        try:
+            for texts, cats, ids, cond, points in self.batches:
+                seq = student(ids.to(device))[0]
+                scond = self.teacher.student_cond(seq, cond, self.max_len)
+                for x, t, f_t, base in points:
+                    diff = _per_prompt(self.teacher.predict(x, t, scond, self.guidance).float() - f_t)
+                    for cat, n, d in zip(cats, diff.tolist(), base.tolist()):
+                        num[cat] += n
+                        den[cat] += d
+        finally:
+            student.train(was_training)
+        total_num, total_den = sum(num.values()), sum(den.values())
+        return {
+            "gap": total_num / max(total_den, 1e-30),
+            "per_category": {c: num[c] / max(den[c], 1e-30) for c in sorted(num)},
+            "num_prompts": len(self.prompts),
+            "max_sequence_length": self.max_len,
+        }
+
+
+def _per_prompt(diff: torch.Tensor) -> torch.Tensor:
+    return diff.pow(2).flatten(1).sum(1).cpu()
+
+
+@torch.no_grad()
+def sample(teacher: Teacher, cond: Cond, resolution: int, steps: int, guidance: float, seed: int, max_len: int,
+           uncond: Cond | None = None) -> torch.Tensor:
+    """Final latents of the teacher's sampler from `cond` (one image a row), fixed seed."""
+    x = torch.cat([teacher.noise(1, resolution, torch.Generator().manual_seed(seed)) for _ in range(len(cond))])
+    for t in teacher.timesteps(steps, x):
+        pred = teacher.predict(x, t, cond, guidance)
+        x = teacher.step(teacher.velocity(x, t, pred, guidance, max_len, uncond=uncond), t, x)
+    return x
+
+
+@torch.no_grad()
+def preview_grid(teacher: Teacher, student: torch.nn.Module, texts: list[str], cond: Cond, max_len: int, resolution: int,
+                 steps: int, guidance: float, seeds: list[int], path: str | Path) -> Path:
+    """PNG grid: one row per (prompt, seed), left the teacher's image, right the student's. For SD3
+    the student image's unconditional branch uses the student's own empty-prompt embedding, as a
+    pipeline with the student plugged in would."""
+    from PIL import Image
+
+    was_training = student.training
+    student.eval()
+    device = teacher.device
+    try:
+        scond = teacher.student_cond(student(teacher.tokenize(texts, max_len).to(device))[0], cond, max_len)
+        s_uncond = None
+        if teacher.kind == "sd3":
+            u = teacher.uncond(max_len)
+            s_uncond = teacher.student_cond(student(teacher.tokenize([""], max_len).to(device))[0], u, max_len)
+        rows = []
+        for seed in seeds:
+            t_img = teacher.decode(sample(teacher, cond, resolution, steps, guidance, seed, max_len), resolution)
+            s_img = teacher.decode(sample(teacher, scond, resolution, steps, guidance, seed, max_len, s_uncond), resolution)
+            rows += list(zip(t_img, s_img))
+    finally:
+        student.train(was_training)
+    w, h = rows[0][0].size
+    grid = Image.new("RGB", (2 * w, h * len(rows)), "white")
+    for r, (a, b) in enumerate(rows):
+        grid.paste(a, (0, r * h))
+        grid.paste(b, (w, r * h))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path

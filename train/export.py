@@ -1,0 +1,167 @@
+"""Exporting a trained student and evaluating one (`train export`, `train eval`).
+
+Formats:
+  distillt5  the DESIGN layout: config.json + model.safetensors (published key set) + tokenizer files.
+  diffusers  OUT/text_encoder_2 + OUT/tokenizer_2 (FLUX) or OUT/text_encoder_3 + OUT/tokenizer_3 (SD3):
+             the pipeline's component folders, loadable with DistillT5EncoderModel.from_pretrained(OUT,
+             subfolder=...) and passed to the pipeline's from_pretrained under that name.
+  comfyui    one .safetensors with the published DistillT5 keys (encoder.shared.weight,
+             encoder.encoder.*, final_projection.0/3.weight), the file the LifuWang-66/DistillT5ComfyUI
+             "DualCLIPLoader for T5Base" node reads from models/clip: its loader renames
+             encoder.encoder.* -> encoder.*, *shared.weight -> shared.weight, and builds T5-base from a
+             fixed config (d_model 768, 12 layers, 12 heads, d_ff 2048, gated-gelu, project_out 4096),
+             so only a student of that shape loads there (others are written with a warning).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from filters.base import ConfigError
+from train.student import META_NAME, DistillT5EncoderModel, is_student_folder, published_state_dict
+
+SLOTS = {"flux": ("text_encoder_2", "tokenizer_2"), "sd3": ("text_encoder_3", "tokenizer_3")}
+COMFY_T5_BASE = {"d_model": 768, "num_layers": 12, "num_heads": 12, "d_ff": 2048, "project_out_dim": 4096}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _is_student(folder: Path) -> bool:
+    return folder.is_dir() and is_student_folder(folder)
+
+
+def resolve_student_dir(path: str | Path) -> Path:
+    """A student folder from: a student folder, a diffusers export, a checkpoint, or a run folder
+    (its final student if training finished, else its newest complete checkpoint)."""
+    from train.distill import find_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such folder")
+    for c in (path, path / "text_encoder_2", path / "text_encoder_3"):
+        if _is_student(c):
+            return c
+    # a run folder: the final student, unless a later (resumed, unfinished) run checkpointed past it
+    final = path / "student" if _is_student(path / "student") else None
+    ckpt = find_checkpoint(path) if (path / "checkpoints").is_dir() else None
+    if final and ckpt and _meta_step(ckpt / "student") > _meta_step(final):
+        return ckpt / "student"
+    if final or ckpt:
+        return final or ckpt / "student"
+    raise ConfigError(f"{path}: not a student, checkpoint or run folder (no config.json with project_out_dim)")
+
+
+def _meta_step(folder: Path) -> int:
+    try:
+        return int(json.loads((folder / META_NAME).read_text()).get("step", -1))
+    except (OSError, ValueError):
+        return -1
+
+
+def _tokenizer_dir(student_dir: Path) -> Path | None:
+    for c in (student_dir, student_dir.parent / "tokenizer_2", student_dir.parent / "tokenizer_3"):
+        if (c / "tokenizer_config.json").is_file():
+            return c
+    return None
+
+
+def load_student_dir(path: str | Path) -> tuple[DistillT5EncoderModel, Any, dict[str, Any]]:
+    """(student, tokenizer or None, meta) from anything resolve_student_dir accepts."""
+    from transformers import AutoTokenizer
+
+    folder = resolve_student_dir(path)
+    student = DistillT5EncoderModel.from_pretrained(folder)
+    tok_dir = _tokenizer_dir(folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir else None
+    meta_file = next((p for p in (folder / META_NAME, folder.parent / META_NAME) if p.is_file()), None)
+    meta = json.loads(meta_file.read_text()) if meta_file else {}
+    return student, tokenizer, meta
+
+
+def _atomic_dir(out: Path):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def _commit(tmp: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    os.replace(tmp, out)
+
+
+def export_student(checkpoint: str | Path, output: str | Path, fmt: str = "distillt5", dtype: str = "fp32") -> Path:
+    """Write the student found at `checkpoint` to `output` in `fmt`; returns the written path."""
+    student, tokenizer, meta = load_student_dir(checkpoint)
+    student = student.to(DTYPES[dtype])
+    out = Path(output)
+    if fmt == "distillt5":
+        tmp = _atomic_dir(out)
+        student.save_pretrained(tmp, tokenizer=tokenizer, meta=meta)
+        _commit(tmp, out)
+        return out
+    if fmt == "diffusers":
+        kind = meta.get("teacher_kind")
+        if kind not in SLOTS:
+            raise ConfigError(f"{checkpoint}: unknown teacher kind (no {META_NAME}); cannot pick text_encoder_2 vs _3")
+        slot, tok_slot = SLOTS[kind]
+        tmp = _atomic_dir(out)
+        student.save_pretrained(tmp / slot, meta=meta)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / tok_slot))
+        (tmp / META_NAME).write_text(json.dumps({**meta, "format": "diffusers", "component": slot}, indent=2) + "\n")
+        _commit(tmp, out)
+        return out
+    if fmt == "comfyui":
+        from safetensors.torch import save_file
+
+        cfg = student.config
+        shape = {k: getattr(cfg, k) for k in COMFY_T5_BASE}
+        if shape != COMFY_T5_BASE or not getattr(cfg, "is_gated_act", False):
+            warnings.warn(f"the DistillT5ComfyUI loader builds T5-base {COMFY_T5_BASE}; this student is {shape}, "
+                          "so that node will not load it (the file is written anyway)")
+        path = out if out.suffix == ".safetensors" else out / f"t5shrink-{meta.get('teacher_kind', 'student')}-{cfg.d_model}d.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+        config_json = json.dumps({k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))})
+        save_file(published_state_dict(student), str(tmp),
+                  metadata={"format": "pt", "t5shrink_config": config_json, "t5shrink_meta": json.dumps(meta)})
+        os.replace(tmp, path)
+        return path
+    raise ConfigError(f"unknown export format {fmt!r} (diffusers, distillt5, comfyui)")
+
+
+def evaluate_student(student_path: str | Path, teacher_source: str, data: str, max_prompts: int = 256,
+                     max_len: int | None = None, resolution: int | None = None, guidance: float = 3.5,
+                     batch_size: int = 8, device: str | None = None) -> dict[str, Any]:
+    """Held-out conditioning gap of a saved student against a teacher, overall and per category."""
+    from train.data import load_prompts, split_heldout
+    from train.evaluate import GapEvaluator
+    from train.student import check_vocab
+    from train.teachers import load_teacher
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    student, tokenizer, meta = load_student_dir(student_path)
+    teacher = load_teacher(teacher_source, device=device)
+    if student.config.project_out_dim != teacher.width:
+        raise ConfigError(f"the student projects to {student.config.project_out_dim}, the teacher reads {teacher.width}")
+    check_vocab(tokenizer, teacher.tokenizer, str(student_path))
+    max_len = max_len or meta.get("max_sequence_length") or 77
+    resolution = resolution or meta.get("resolution") or 512
+    if meta.get("max_sequence_length") and max_len != meta["max_sequence_length"]:
+        warnings.warn(f"evaluating at {max_len} tokens; the student was trained at {meta['max_sequence_length']}")
+    prompts = split_heldout(load_prompts(data), max_prompts)
+    student = student.to(device).float()
+    evaluator = GapEvaluator(teacher, prompts, max_len, resolution, guidance=guidance, batch_size=batch_size)
+    report = evaluator(student)
+    report.update({"student": str(resolve_student_dir(student_path)), "teacher": teacher_source, "resolution": resolution})
+    return report

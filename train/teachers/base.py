@@ -1,0 +1,223 @@
+"""What the trainer needs from a teacher pipeline, and loading one from a path or hub id."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Cond:
+    """Everything text the transformer sees: the sequence (B, S, D) and the pooled vector (B, P)."""
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor
+
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> "Cond":
+        return Cond(self.embeds.to(device=device, dtype=dtype), self.pooled.to(device=device, dtype=dtype))
+
+    def __getitem__(self, idx: Any) -> "Cond":
+        return Cond(self.embeds[idx], self.pooled[idx])
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    @staticmethod
+    def cat(conds: list["Cond"]) -> "Cond":
+        return Cond(torch.cat([c.embeds for c in conds]), torch.cat([c.pooled for c in conds]))
+
+
+class Teacher:
+    """A frozen diffusers pipeline seen through the operations distillation needs.
+
+    Subclasses set `kind`, `t5_slot` (the pipeline attribute the student replaces) and
+    `tokenizer_slot`, and implement the latent layout, timesteps and the transformer call.
+    """
+
+    kind = ""
+    t5_slot = ""
+    tokenizer_slot = ""
+
+    def __init__(self, pipe: Any, source: str, device: torch.device):
+        self.pipe = pipe
+        self.source = source
+        self.device = torch.device(device)
+        self.transformer = pipe.transformer
+        self.scheduler = pipe.scheduler
+        self.dtype = self.transformer.dtype
+        if getattr(pipe, self.t5_slot, None) is None:
+            raise ValueError(f"{source}: the pipeline has no {self.t5_slot}; there is no T5 to distil")
+        t5 = getattr(pipe, self.t5_slot)
+        self.t5_config: dict[str, Any] = t5.config.to_dict()
+        self.tokenizer = getattr(pipe, self.tokenizer_slot)
+        self._uncond: dict[int, Cond] = {}
+
+    # ---- text ----------------------------------------------------------------------------------
+
+    @property
+    def width(self) -> int:
+        """The text width the transformer reads: the student's project_out_dim (4096 for FLUX/SD3)."""
+        return int(self.transformer.config.joint_attention_dim)
+
+    @property
+    def vocab_size(self) -> int:
+        return max(len(self.tokenizer), int(self.t5_config.get("vocab_size", 0)))
+
+    def tokenize(self, prompts: list[str], max_len: int) -> torch.Tensor:
+        """T5 ids exactly as the pipeline makes them (padded to max_len, truncated, no mask)."""
+        return self.tokenizer(
+            prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt"
+        ).input_ids
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str], max_len: int) -> Cond:
+        """Teacher embeddings through the pipeline's own encode_prompt."""
+        raise NotImplementedError
+
+    def student_cond(self, seq: torch.Tensor, teacher: Cond, max_len: int) -> Cond:
+        """The conditioning with the student's T5 sequence in place of the teacher's, built as the
+        pipeline builds it (FLUX: the T5 sequence alone; SD3: CLIP part, then T5)."""
+        raise NotImplementedError
+
+    def zero_cond(self, teacher: Cond, max_len: int) -> Cond:
+        """The T5 part replaced by zeros (the gap's 'no text' reference); CLIP parts are kept because
+        the student never replaces them."""
+        seq = torch.zeros(teacher.embeds.shape[0], max_len, teacher.embeds.shape[-1], dtype=teacher.embeds.dtype,
+                          device=teacher.embeds.device)
+        return self.student_cond(seq, teacher, max_len)
+
+    def uncond(self, max_len: int) -> Cond:
+        """Empty-prompt embeddings (SD3's classifier-free guidance branch), computed once."""
+        if max_len not in self._uncond:
+            self._uncond[max_len] = self.encode([""], max_len)
+        return self._uncond[max_len]
+
+    def offload_text_encoders(self) -> None:
+        """Move the text encoders to the CPU once their outputs are cached (frees the device)."""
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            module = getattr(self.pipe, name, None)
+            if module is not None:
+                module.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # ---- image side ----------------------------------------------------------------------------
+
+    def check_resolution(self, resolution: int) -> None:
+        raise NotImplementedError
+
+    def noise(self, batch: int, resolution: int, generator: torch.Generator) -> torch.Tensor:
+        """Starting noise in the transformer's input layout (drawn on the CPU, so it is the same on
+        every device), in float32."""
+        raise NotImplementedError
+
+    def timesteps(self, num_steps: int, latents: torch.Tensor) -> torch.Tensor:
+        """Set the teacher's scheduler as its pipeline does for num_steps and return its timesteps."""
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor | float, cond: Cond, guidance: float | None) -> torch.Tensor:
+        """The transformer's conditional output at scheduler timestep t (0..1000 scale)."""
+        raise NotImplementedError
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond_pred: torch.Tensor, guidance: float, max_len: int,
+                 uncond: Cond | None = None) -> torch.Tensor:
+        """The prediction the teacher's sampler follows, given its conditional output (SD3 adds the
+        guided unconditional branch, by default the teacher's empty-prompt embedding)."""
+        return cond_pred
+
+    def step(self, v: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # float32 in and out: the scheduler casts its result to the model output's dtype.
+        return self.scheduler.step(v.float(), t, x, return_dict=False)[0]
+
+    def sigma_to_timestep(self, sigma: float) -> float:
+        return sigma * self.scheduler.config.num_train_timesteps
+
+    def decode(self, x: torch.Tensor, resolution: int) -> list:
+        """Final latents -> PIL images with the pipeline's VAE and image processor (preview grids)."""
+        raise NotImplementedError
+
+
+KINDS = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
+
+
+def resolve_source(source: str) -> str:
+    """`tiny:flux` / `tiny:sd3` -> the folder the tiny factory builds; anything else unchanged."""
+    if source.startswith("tiny:"):
+        from train.tiny import tiny_teacher_path
+
+        return str(tiny_teacher_path(source.split(":", 1)[1]))
+    return source
+
+
+def teacher_kind(source: str) -> str:
+    """'flux' or 'sd3', from the pipeline class named in model_index.json."""
+    path = Path(source)
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.exists():
+            raise ValueError(f"{source}: no model_index.json (not a diffusers pipeline folder)")
+        class_name = json.loads(index.read_text()).get("_class_name", "")
+    else:
+        from diffusers import DiffusionPipeline
+
+        class_name = DiffusionPipeline.load_config(source).get("_class_name", "")
+    if class_name not in KINDS:
+        raise ValueError(f"{source}: pipeline class {class_name!r} is not supported (supported: {', '.join(KINDS)})")
+    return KINDS[class_name]
+
+
+def load_teacher(
+    source: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> Teacher:
+    """Load a frozen teacher pipeline from a folder, a hub id, or `tiny:flux` / `tiny:sd3`."""
+    source = resolve_source(source)
+    kind = teacher_kind(source)
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    kwargs: dict[str, Any] = {_dtype_kwarg(): dtype}
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    if kind == "flux":
+        from diffusers import FluxPipeline
+
+        from .flux import FluxTeacher as cls
+
+        pipe = FluxPipeline.from_pretrained(source, **kwargs)
+    else:
+        from diffusers import StableDiffusion3Pipeline
+
+        from .sd3 import SD3Teacher as cls
+
+        pipe = StableDiffusion3Pipeline.from_pretrained(source, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+            module.eval()
+    pipe.to(device)
+    return cls(pipe, source, device)
+
+
+def _dtype_kwarg() -> str:
+    """diffusers renamed `torch_dtype` to `dtype` (the old name warns); use whichever it reads."""
+    import inspect
+
+    from diffusers import DiffusionPipeline
+
+    return "dtype" if 'kwargs.pop("dtype"' in inspect.getsource(DiffusionPipeline.from_pretrained) else "torch_dtype"
+
+
+def square_side(tokens: int) -> int:
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ValueError(f"{tokens} latent tokens are not a square image")
+    return side
