@@ -69,22 +69,36 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], schema: dict[str, Any]) -> dict[str, Any]:
-    """Apply `--set` overrides; a key the schema does not allow fails, naming it."""
+    """Apply `--set` overrides; a key the schema does not allow fails, naming it.
+    A number indexes into a list: `sources.quality.0.text_column=TEXT`, `stages.1.steps=10`."""
     data = copy.deepcopy(data)
     for item in overrides:
         path, value = parse_override(item)
-        node, spec = data, schema
+        node: Any = data
+        spec: Any = schema
         for depth, part in enumerate(path):
             full = ".".join(path[: depth + 1])
-            if isinstance(spec, dict) and part not in spec and ANY_KEY not in spec:
-                raise ConfigError(f"unknown key {full!r} in --set {item}")
-            spec = spec.get(part, spec.get(ANY_KEY)) if isinstance(spec, dict) else None
-            if depth == len(path) - 1:
-                node[part] = value
+            last = depth == len(path) - 1
+            if isinstance(spec, list):
+                if not part.isdigit() or not isinstance(node, list) or int(part) > len(node):
+                    raise ConfigError(f"{full!r} in --set {item}: expected an index 0..{len(node) if isinstance(node, list) else 0}")
+                key: Any = int(part)
+                if key == len(node):
+                    node.append({})
+                spec = spec[0]
             else:
-                if not isinstance(node.get(part), dict):
-                    node[part] = {}
-                node = node[part]
+                if isinstance(spec, dict) and part not in spec and ANY_KEY not in spec:
+                    raise ConfigError(f"unknown key {full!r} in --set {item}")
+                key = part
+                spec = spec.get(part, spec.get(ANY_KEY)) if isinstance(spec, dict) else None
+            if last:
+                node[key] = value
+            else:
+                child = node[key] if isinstance(node, list) else node.get(key)
+                if not isinstance(child, (dict, list)):
+                    child = [] if isinstance(spec, list) else {}
+                    node[key] = child
+                node = child
     validate(data, schema)
     return data
 

@@ -134,9 +134,19 @@ def test_unknown_kind_and_misplaced_option():
 
 def test_bundled_minilm_is_the_offline_default(tmp_path):
     emb = build_embedder(cache_dir=tmp_path, progress=False)
-    assert emb.name == "hf:sentence-transformers/all-MiniLM-L6-v2@256" and emb.dim == 384
+    assert emb.name.startswith("hf:sentence-transformers/all-MiniLM-L6-v2@256") and emb.dim == 384
     assert default_hf_model().endswith("model")
+    assert emb.model is None, "the model loads on the first cache miss, not before"
     v = emb.encode(["a red car and a blue bench", "a blue bench and a red car", "a bowl of ramen on a wooden table"])
     sims = v @ v.T
     assert sims[0, 1] > 0.95  # the same scene, order swapped
     assert sims[0, 2] < 0.5  # an unrelated scene
+
+
+def test_bf16_embeddings_match_fp32():
+    texts = ["a red car and a blue bench", "a lighthouse on a cliff at dusk, oil painting", "two cats"]
+    fp32 = build_embedder(progress=False, dtype="float32").encode(texts)
+    bf16 = build_embedder(progress=False, dtype="bfloat16").encode(texts)
+    assert (fp32 * bf16).sum(1).min() > 0.999
+    with pytest.raises(ValueError, match="dtype"):
+        build_embedder(progress=False, dtype="int4")

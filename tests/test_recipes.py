@@ -54,3 +54,14 @@ def test_source_flag_replaces_a_pool(tmp_path):
     assert data["sources"]["text"] == [{"uri": str(pool)}]
     with pytest.raises(ConfigError, match="criterion"):
         resolve_recipe("tiny", sources=[f"nonsense={pool}"])
+
+
+def test_overrides_index_into_lists():
+    _, data = resolve_recipe("balanced", ["sources.quality.0.text_column=TEXT",
+                                          "sources.quality.0.score_columns.aesthetic=AESTHETIC_SCORE"])
+    assert data["sources"]["quality"][0]["text_column"] == "TEXT"
+    assert data["sources"]["quality"][0]["score_columns"] == {"aesthetic": "AESTHETIC_SCORE"}
+    with pytest.raises(ConfigError, match="sources.quality.5"):
+        resolve_recipe("balanced", ["sources.quality.5.uri=x"])
+    with pytest.raises(ConfigError, match="sources.quality.0.text_colum"):
+        resolve_recipe("balanced", ["sources.quality.0.text_colum=TEXT"])
