@@ -327,7 +327,7 @@ class ClipEmbedder(Embedder):
         return self._run(items, digests, self._encode_image_files, self._cache("#image"), lambda p: 0)
 
 
-def build_embedder(kind: str = "hf", model: str | None = None, batch_size: int = 64, device: str = "cpu",
+def build_embedder(kind: str = "hf", model: str | None = None, batch_size: int = 256, device: str = "cpu",
                    cache_dir: str | os.PathLike | None = None, progress: bool = True, pretrained: str | None = None,
                    max_length: int | None = None, trust_remote_code: bool = False, dtype: str = "auto") -> Embedder:
     """An embedder by kind: `hf` (model = HF folder or hub id; default: offline MiniLM) or
