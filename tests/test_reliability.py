@@ -87,3 +87,20 @@ def test_kill_minus_9_then_rerun_gives_the_uninterrupted_result(tmp_path, kill_a
     subprocess.run(_run_build(out), check=True, capture_output=True)
     assert (out / "data/part-00000.parquet").read_bytes() == (reference / "data/part-00000.parquet").read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
+
+
+def test_no_unsafe_loading_in_the_code():
+    """Weights through safetensors or torch.load(weights_only=True), YAML through safe_load, no eval/pickle."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for path in [*root.glob("curate/**/*.py"), *root.glob("filters/**/*.py"), *root.glob("train/**/*.py")]:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if (re.search(r"torch\.load\(", code) and "weights_only=True" not in code) \
+                    or re.search(r"yaml\.(load|unsafe_load)\(", code) or re.search(r"(?<![.\w])(eval|exec)\(", code) \
+                    or re.search(r"\bpickle\.loads?\(", code) or "trust_remote_code=True" in code:
+                offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
+    assert offenders == []
