@@ -104,29 +104,53 @@ def run(recipe: str, data: str | None, teacher: str | None, output: str | None, 
 @click.option("--max-prompts", default=256, show_default=True, help="Use at most this many prompts.")
 @click.option("--max-sequence-length", default=None, type=int, help="Token length [the student's training length].")
 @click.option("--resolution", default=None, type=int, help="Image size [the student's training resolution].")
-@click.option("--guidance", default=3.5, show_default=True, help="FLUX guidance input for the metric.")
+@click.option("--guidance", default=3.5, show_default=True, help="FLUX guidance input (SD3: guidance scale of the images).")
 @click.option("--batch-size", default=8, show_default=True)
+@click.option("--clip", default=None, help="open_clip model (name or local-dir:FOLDER): add CLIP scores and image similarity.")
+@click.option("--clip-pretrained", default=None, help="open_clip weights tag or file [openai for named models].")
+@click.option("--images", default=8, show_default=True, type=click.IntRange(min=1), help="Held-out prompts to draw.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1), help="Sampling steps per image.")
+@click.option("--seed", default=0, show_default=True, help="Noise seed, the same for teacher and student images.")
+@click.option("--save-grid", default=None, type=click.Path(dir_okay=False), help="Write the teacher|student images as a PNG.")
 def eval_cmd(student: str, teacher: str, data: str, as_json: bool, max_prompts: int, max_sequence_length: int | None,
-             resolution: int | None, guidance: float, batch_size: int) -> None:
-    """Conditioning gap of a student against its teacher, overall and per category.
+             resolution: int | None, guidance: float, batch_size: int, clip: str | None, clip_pretrained: str | None,
+             images: int, steps: int, seed: int, save_grid: str | None) -> None:
+    """Conditioning gap of a student against its teacher, overall and per category; with --clip also the
+    CLIP score of teacher and student images and their similarity (same prompts, same noise).
 
     \b
     Examples:
       train eval --student runs/tiny/student --teacher tiny:flux --data builtin:tiny
       train eval --student export/ --teacher black-forest-labs/FLUX.1-dev --data curated/balanced --json
+      train eval --student export/ --teacher black-forest-labs/FLUX.1-dev --data curated/balanced \\
+                 --clip ViT-L-14 --clip-pretrained openai --images 32 --save-grid eval.png
     """
     _quiet_libraries()
     from train.export import evaluate_student
 
     report = evaluate_student(student, teacher, data, max_prompts=max_prompts, max_len=max_sequence_length,
-                              resolution=resolution, guidance=guidance, batch_size=batch_size)
+                              resolution=resolution, guidance=guidance, batch_size=batch_size, clip=clip,
+                              clip_pretrained=clip_pretrained, images=images, steps=steps, seed=seed, save_grid=save_grid)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(f"conditioning gap (0 = like the teacher, 1 = like no text): {report['gap']:.4f}  "
                f"[{report['num_prompts']} prompts, {report['max_sequence_length']} tokens]")
+    scores = report.get("clip")
+    if scores:
+        click.echo(f"CLIP score teacher {scores['clip_score_teacher']:.2f}  student {scores['clip_score_student']:.2f}  "
+                   f"image similarity {scores['image_similarity']:.4f}  [{scores['num_images']} images, "
+                   f"{scores['steps']} steps, {scores['model']}]")
+        click.echo(f"  {'category':<16} {'gap':>7} {'clip T':>7} {'clip S':>7} {'img sim':>7}")
     for cat, gap in report["per_category"].items():
-        click.echo(f"  {cat:<16} {gap:.4f}")
+        line = f"  {cat:<16} {gap:.4f}" if not scores else f"  {cat:<16} {gap:>7.4f}"
+        if scores:
+            c = scores["per_category"].get(cat)
+            line += (f" {c['clip_score_teacher']:>7.2f} {c['clip_score_student']:>7.2f} {c['image_similarity']:>7.4f}"
+                     if c else f" {'-':>7} {'-':>7} {'-':>7}")
+        click.echo(line)
+    if report.get("grid"):
+        click.echo(f"grid (teacher | student): {report['grid']}")
 
 
 @main.command()

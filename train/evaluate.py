@@ -1,4 +1,4 @@
-"""The conditioning gap (DESIGN.md) and teacher-vs-student preview grids.
+"""The conditioning gap (DESIGN.md), teacher-vs-student image pairs (preview grids, CLIP metrics).
 
     gap = sum ||f(x,t,S(p)) - f(x,t,T(p))||^2  /  sum ||f(x,t,T(p)) - f(x,t,0)||^2
 
@@ -103,16 +103,16 @@ def sample(teacher: Teacher, cond: Cond, resolution: int, steps: int, guidance: 
 
 
 @torch.no_grad()
-def preview_grid(teacher: Teacher, student: torch.nn.Module, texts: list[str], cond: Cond, max_len: int, resolution: int,
-                 steps: int, guidance: float, seeds: list[int], path: str | Path) -> Path:
-    """PNG grid: one row per (prompt, seed), left the teacher's image, right the student's. For SD3
-    the student image's unconditional branch uses the student's own empty-prompt embedding, as a
-    pipeline with the student plugged in would."""
-    from PIL import Image
-
+def image_pairs(teacher: Teacher, student: torch.nn.Module, texts: list[str], cond: Cond, max_len: int, resolution: int,
+                steps: int, guidance: float, seeds: list[int], batch_size: int | None = None) -> list[tuple[Any, Any]]:
+    """(teacher image, student image) PIL pairs, seed-major: for each seed, one pair per prompt, both
+    sampled from the same noise. For SD3 the student image's unconditional branch uses the student's
+    own empty-prompt embedding, as a pipeline with the student plugged in would. `batch_size` only
+    bounds memory: every row of a batch gets its seed's noise, so the images do not depend on it."""
     was_training = student.training
     student.eval()
     device = teacher.device
+    step = batch_size or len(texts)
     try:
         scond = teacher.student_cond(student(teacher.tokenize(texts, max_len).to(device))[0], cond, max_len)
         s_uncond = None
@@ -121,11 +121,20 @@ def preview_grid(teacher: Teacher, student: torch.nn.Module, texts: list[str], c
             s_uncond = teacher.student_cond(student(teacher.tokenize([""], max_len).to(device))[0], u, max_len)
         rows = []
         for seed in seeds:
-            t_img = teacher.decode(sample(teacher, cond, resolution, steps, guidance, seed, max_len), resolution)
-            s_img = teacher.decode(sample(teacher, scond, resolution, steps, guidance, seed, max_len, s_uncond), resolution)
-            rows += list(zip(t_img, s_img))
+            for b in range(0, len(texts), step):
+                tc, sc = cond[b : b + step], scond[b : b + step]
+                t_img = teacher.decode(sample(teacher, tc, resolution, steps, guidance, seed, max_len), resolution)
+                s_img = teacher.decode(sample(teacher, sc, resolution, steps, guidance, seed, max_len, s_uncond), resolution)
+                rows += list(zip(t_img, s_img))
     finally:
         student.train(was_training)
+    return rows
+
+
+def save_grid(rows: list[tuple[Any, Any]], path: str | Path) -> Path:
+    """PNG grid: one row per pair, left the teacher's image, right the student's."""
+    from PIL import Image
+
     w, h = rows[0][0].size
     grid = Image.new("RGB", (2 * w, h * len(rows)), "white")
     for r, (a, b) in enumerate(rows):
@@ -135,3 +144,31 @@ def preview_grid(teacher: Teacher, student: torch.nn.Module, texts: list[str], c
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return path
+
+
+def preview_grid(teacher: Teacher, student: torch.nn.Module, texts: list[str], cond: Cond, max_len: int, resolution: int,
+                 steps: int, guidance: float, seeds: list[int], path: str | Path) -> Path:
+    """PNG grid: one row per (seed, prompt), left the teacher's image, right the student's."""
+    return save_grid(image_pairs(teacher, student, texts, cond, max_len, resolution, steps, guidance, seeds), path)
+
+
+def clip_report(clip: Any, prompts: list[dict[str, str]], pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    """CLIP score (100 x max(cos(image, prompt), 0), averaged) of the teacher's and the student's images,
+    and their image similarity (mean cosine of paired CLIP image embeddings), overall and per category.
+    `clip` is a filters.embed ClipEmbedder; pairs[i] are the images of prompts[i]."""
+    import numpy as np
+
+    text = clip.encode([p["text"] for p in prompts])
+    t_img = clip.encode_pil_images([a for a, _ in pairs])
+    s_img = clip.encode_pil_images([b for _, b in pairs])
+    rows = {
+        "clip_score_teacher": 100 * np.maximum((t_img * text).sum(1), 0),
+        "clip_score_student": 100 * np.maximum((s_img * text).sum(1), 0),
+        "image_similarity": (t_img * s_img).sum(1),
+    }
+
+    def summary(mask: Any) -> dict[str, Any]:
+        return {k: float(v[mask].mean()) for k, v in rows.items()} | {"num_images": int(mask.sum())}
+
+    cats = np.array([p["category"] for p in prompts])
+    return summary(np.ones(len(prompts), bool)) | {"per_category": {c: summary(cats == c) for c in sorted(set(cats))}}

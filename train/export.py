@@ -142,13 +142,26 @@ def export_student(checkpoint: str | Path, output: str | Path, fmt: str = "disti
 
 def evaluate_student(student_path: str | Path, teacher_source: str, data: str, max_prompts: int = 256,
                      max_len: int | None = None, resolution: int | None = None, guidance: float = 3.5,
-                     batch_size: int = 8, device: str | None = None) -> dict[str, Any]:
-    """Held-out conditioning gap of a saved student against a teacher, overall and per category."""
+                     batch_size: int = 8, device: str | None = None, clip: str | None = None,
+                     clip_pretrained: str | None = None, images: int = 8, steps: int = 20, seed: int = 0,
+                     save_grid: str | Path | None = None) -> dict[str, Any]:
+    """Held-out conditioning gap of a saved student against a teacher, overall and per category.
+
+    With `clip` (an open_clip model name or 'local-dir:...', weights `clip_pretrained`) it also samples
+    the first `images` held-out prompts with the teacher's T5 and with the student in its place (same
+    seed, `steps` steps) and adds report["clip"]: CLIP scores of both and their image similarity, overall
+    and per category (train.evaluate.clip_report). `save_grid` writes those pairs as a teacher|student PNG.
+    """
     from train.data import load_prompts, split_heldout
-    from train.evaluate import GapEvaluator
+    from train.evaluate import GapEvaluator, clip_report, image_pairs
+    from train.evaluate import save_grid as write_grid
     from train.student import check_vocab
     from train.teachers import load_teacher
 
+    if clip_pretrained and not clip:
+        raise ConfigError("--clip-pretrained needs --clip (the open_clip model it belongs to)")
+    if images < 1 or steps < 1:
+        raise ConfigError(f"images and steps must be at least 1 (got {images} images, {steps} steps)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     student, tokenizer, meta = load_student_dir(student_path)
     teacher = load_teacher(teacher_source, device=device)
@@ -160,8 +173,24 @@ def evaluate_student(student_path: str | Path, teacher_source: str, data: str, m
     if meta.get("max_sequence_length") and max_len != meta["max_sequence_length"]:
         warnings.warn(f"evaluating at {max_len} tokens; the student was trained at {meta['max_sequence_length']}")
     prompts = split_heldout(load_prompts(data), max_prompts)
+    embedder = None
+    if clip:  # load it before the slow part, so a wrong model name fails at once
+        from filters.embed import build_embedder
+
+        embedder = build_embedder("clip", model=clip, pretrained=clip_pretrained, batch_size=batch_size,
+                                  device=device, progress=False)
     student = student.to(device).float()
     evaluator = GapEvaluator(teacher, prompts, max_len, resolution, guidance=guidance, batch_size=batch_size)
     report = evaluator(student)
     report.update({"student": str(resolve_student_dir(student_path)), "teacher": teacher_source, "resolution": resolution})
+    if embedder is not None or save_grid:
+        shown = prompts[:images]
+        texts = [p["text"] for p in shown]
+        pairs = image_pairs(teacher, student, texts, teacher.encode(texts, max_len), max_len, resolution, steps,
+                            guidance, [seed], batch_size=batch_size)
+        if save_grid:
+            report["grid"] = str(write_grid(pairs, save_grid))
+        if embedder is not None:
+            report["clip"] = {"model": embedder.name, "steps": steps, "seed": seed,
+                              **clip_report(embedder, shown, pairs)}
     return report

@@ -1,0 +1,166 @@
+"""`train eval --clip`: CLIP scores of teacher and student images and their image similarity, beside the
+conditioning gap. The tiny FLUX teacher and a tiny open_clip model are built from configs, saved, and
+loaded through the same paths a user's checkpoints take (a pipeline folder, 'local-dir:'). CPU only.
+
+Both tiny models are random, so the numbers only mean something relative to each other: the tiny
+teacher's images change by ~1/255 a pixel with the text and a random CLIP tower calls most images
+alike (cosine > 0.99), hence the tight tolerances below."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+torch.set_num_threads(1)  # tiny models: one thread beats two on a shared CPU
+
+from train.cli import main  # noqa: E402
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+LEN, RES = 12, 32
+
+
+@pytest.fixture(scope="module")
+def flux():
+    from train.tiny import tiny_teacher_path
+
+    return tiny_teacher_path("flux")  # into the session's throwaway cache (conftest)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> str:
+    import open_clip
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("clip")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        save_file(open_clip.CLIP(**TINY_CLIP).state_dict(), str(folder / "open_clip_model.safetensors"))
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {"size": RES}}))
+    return f"local-dir:{folder}"
+
+
+def random_student(teacher):
+    from train.student import build_student
+
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        return build_student("config", teacher.width, teacher.vocab_size, base_config=teacher.t5_config,
+                             overrides={"num_layers": 1}, projection_dropout=0.0).eval()
+
+
+@pytest.fixture(scope="module")
+def student_dir(flux, tmp_path_factory):
+    """A random student saved as `train run` saves one (weights, teacher tokenizer, t5shrink.json)."""
+    from train.teachers import load_teacher
+
+    teacher = load_teacher(str(flux))
+    folder = tmp_path_factory.mktemp("student") / "student"
+    random_student(teacher).save_pretrained(folder, tokenizer=teacher.tokenizer, meta={
+        "teacher_kind": "flux", "max_sequence_length": LEN, "resolution": RES})
+    return folder
+
+
+def test_a_student_equal_to_the_teacher_scores_like_it_and_a_random_one_does_not(flux, tiny_clip):
+    from filters.embed import build_embedder
+    from train.data import load_prompts, split_heldout
+    from train.evaluate import clip_report, image_pairs
+    from train.teachers import load_teacher
+
+    teacher = load_teacher(str(flux))
+    clip = build_embedder("clip", model=tiny_clip, progress=False)
+    prompts = split_heldout(load_prompts("builtin:tiny"), 12)[:6]
+    texts = [p["text"] for p in prompts]
+    cond = teacher.encode(texts, LEN)
+
+    def report(student):
+        pairs = image_pairs(teacher, student, texts, cond, LEN, RES, 3, 3.5, [0], batch_size=4)
+        return pairs, clip_report(clip, prompts, pairs)
+
+    # the teacher's own T5 in the student's place: the same images, so the same scores
+    pairs, same = report(teacher.pipe.text_encoder_2)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs)
+    assert same["image_similarity"] == pytest.approx(1.0, abs=1e-6)
+    assert same["clip_score_student"] == pytest.approx(same["clip_score_teacher"], rel=1e-6)
+    for c in same["per_category"].values():
+        assert c["image_similarity"] == pytest.approx(1.0, abs=1e-6)
+        assert c["clip_score_student"] == pytest.approx(c["clip_score_teacher"], rel=1e-6)
+    assert 0 < same["clip_score_teacher"] <= 100
+
+    # a random student: other images from the same noise, so lower similarity and another CLIP score
+    pairs, rand = report(random_student(teacher))
+    assert not any(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs)
+    assert rand["image_similarity"] < 1 - 1e-5
+    assert abs(rand["clip_score_student"] - rand["clip_score_teacher"]) > 1e-3
+    assert rand["clip_score_teacher"] == pytest.approx(same["clip_score_teacher"], rel=1e-6)  # teacher images unchanged
+    assert {c: v["num_images"] for c, v in rand["per_category"].items()} == {c: 1 for c in {p["category"] for p in prompts}}
+
+
+def test_cli_reports_clip_metrics_that_match_the_saved_images(flux, tiny_clip, student_dir, tmp_path):
+    """`train eval --clip ... --json --save-grid`: keys and ranges, and the numbers recomputed
+    independently from the grid's images through the embedder's file path (encode_images)."""
+    from PIL import Image
+
+    from filters.embed import build_embedder
+    from train.data import load_prompts, split_heldout
+
+    grid = tmp_path / "grid.png"
+    res = CliRunner().invoke(main, ["eval", "--student", str(student_dir), "--teacher", str(flux), "--data", "builtin:tiny",
+                                    "--max-prompts", "12", "--json", "--clip", tiny_clip, "--images", "4", "--steps", "3",
+                                    "--seed", "1", "--save-grid", str(grid)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert 0 <= report["gap"] and report["num_prompts"] == 12 and report["grid"] == str(grid)
+    clip = report["clip"]
+    keys = {"clip_score_teacher", "clip_score_student", "image_similarity", "num_images"}
+    assert set(clip) == keys | {"model", "steps", "seed", "per_category"}
+    assert clip["model"].startswith("clip:") and clip["steps"] == 3 and clip["seed"] == 1 and clip["num_images"] == 4
+    assert set(clip["per_category"]) <= set(report["per_category"])
+    assert sum(c["num_images"] for c in clip["per_category"].values()) == 4
+    for row in [clip, *clip["per_category"].values()]:
+        assert set(row) >= keys
+        assert 0 <= row["clip_score_teacher"] <= 100 and 0 <= row["clip_score_student"] <= 100
+        assert -1 <= row["image_similarity"] <= 1 + 1e-6
+
+    # recompute from the grid: row i = prompt i, left teacher, right student
+    prompts = split_heldout(load_prompts("builtin:tiny"), 12)[:4]
+    image = Image.open(grid)
+    assert image.size == (2 * RES, 4 * RES)
+    paths = {"t": [], "s": []}
+    for i in range(4):
+        for side, x in (("t", 0), ("s", RES)):
+            paths[side].append(tmp_path / f"{side}{i}.png")
+            image.crop((x, i * RES, x + RES, (i + 1) * RES)).save(paths[side][-1])
+    embedder = build_embedder("clip", model=tiny_clip, progress=False)
+    text = embedder.encode([p["text"] for p in prompts])
+    t_img, s_img = embedder.encode_images(paths["t"]), embedder.encode_images(paths["s"])
+    assert clip["clip_score_teacher"] == pytest.approx(100 * np.maximum((t_img * text).sum(1), 0).mean(), rel=1e-5)
+    assert clip["clip_score_student"] == pytest.approx(100 * np.maximum((s_img * text).sum(1), 0).mean(), rel=1e-5)
+    assert clip["image_similarity"] == pytest.approx((t_img * s_img).sum(1).mean(), rel=1e-5)
+    for cat, row in clip["per_category"].items():
+        rows = [i for i, p in enumerate(prompts) if p["category"] == cat]
+        assert row["num_images"] == len(rows)
+        assert row["image_similarity"] == pytest.approx((t_img[rows] * s_img[rows]).sum(1).mean(), rel=1e-5)
+
+
+def test_cli_table_and_one_line_errors(flux, tiny_clip, student_dir):
+    runner = CliRunner()
+    base = ["eval", "--student", str(student_dir), "--teacher", str(flux), "--data", "builtin:tiny", "--max-prompts", "6"]
+    res = runner.invoke(main, base + ["--clip", tiny_clip, "--images", "2", "--steps", "1"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("conditioning gap") and lines[1].startswith("CLIP score teacher")
+    rows = [line.split() for line in lines[3:]]
+    assert len(rows) == 6 and sum(r[2] != "-" for r in rows) == 2  # a gap for every category, images for two
+    res = runner.invoke(main, base + ["--clip-pretrained", "openai"])
+    assert res.exit_code == 1 and res.stderr.strip() == "error: --clip-pretrained needs --clip (the open_clip model it belongs to)"
+    res = runner.invoke(main, base + ["--clip", "local-dir:/no/such/clip"])
+    assert res.exit_code == 1 and res.stderr.startswith("error: could not load open_clip")
+    assert len(res.stderr.strip().splitlines()) == 1
