@@ -391,6 +391,10 @@ def test_data_sources_and_heldout_split(tmp_path):
     assert [p["text"] for p in load_prompts(tmp_path / "p.txt")] == ["a cat", "a dog"]
     (tmp_path / "p.jsonl").write_text('{"text": "a cat", "category": "color"}\n')
     assert load_prompts(tmp_path / "p.jsonl") == [{"text": "a cat", "category": "color"}]
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "a.txt").write_text("a red cat\n")
+    (tmp_path / "folder" / "b.csv").write_text("prompt\ntwo dogs\n")
+    assert sorted(p["text"] for p in load_prompts(tmp_path / "folder")) == ["a red cat", "two dogs"]
     rows = load_prompts("builtin:tiny")
     held = split_heldout(rows, 12)
     assert len({p["category"] for p in held}) == 6 and split_heldout(list(reversed(rows)), 12) == held

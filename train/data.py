@@ -1,14 +1,14 @@
 """Prompts for training and validation: loading, the held-out split, and a resumable stream.
 
-Sources: a curated-set folder (DIR/data/*.parquet, as `curate build` writes it), a .parquet or
-.jsonl file with a `text` column (and optionally `category`), a .txt file (one prompt a line), a .json
-list (of strings or objects with `text`), or `builtin:tiny` (the tiny recipe's prompt list).
+Sources: a curated-set folder (DIR/data/*.parquet, as `curate build` writes it), any source
+`curate build` reads (.txt one prompt a line, .jsonl/.csv/.parquet/.json with a text column and
+optionally `category`, folders of those, HF datasets), or `builtin:tiny` (the tiny recipe's prompts).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,57 +21,28 @@ Prompt = dict[str, str]  # {"text": ..., "category": ...}
 NO_CATEGORY = "all"
 
 
-def _rows_from_table(table: Any) -> list[Prompt]:
-    cols = table.column_names
-    if "text" not in cols:
-        raise ConfigError(f"no 'text' column (columns: {', '.join(cols)})")
-    texts = table.column("text").to_pylist()
-    cats = table.column("category").to_pylist() if "category" in cols else [None] * len(texts)
-    return [{"text": t, "category": c or NO_CATEGORY} for t, c in zip(texts, cats) if isinstance(t, str)]
-
-
 def load_prompts(source: str | Path) -> list[Prompt]:
-    """Read one source into [{"text", "category"}] (category "all" when the source has none)."""
+    """Read one source into [{"text", "category"}] (category "all" when the source has none).
+
+    Files and HF datasets are read by curate's own reader (so the same hostile-row handling
+    applies); a curated-set folder contributes its kept prompts (data/), never rejected/."""
     if str(source) == "builtin:tiny":
         from train.tiny import builtin_prompts
 
         return builtin_prompts()
+    from curate.sources.files import SourceError, SourceSpec, read_source
+
     path = Path(source)
-    if not path.exists():
-        raise ConfigError(f"data {source}: no such file or folder")
-    if path.is_dir():
-        files = sorted((path / "data").glob("*.parquet")) or sorted(path.glob("*.parquet"))
-        if not files:
-            raise ConfigError(f"data {source}: a folder must hold data/*.parquet (a curated set)")
-        import pyarrow.parquet as pq
-
-        rows: list[Prompt] = []
-        for f in files:
-            rows += _rows_from_table(pq.read_table(f, columns=None))
-        return rows
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return _rows_from_table(pq.read_table(path))
-    if suffix == ".txt":
-        return [{"text": line.strip(), "category": NO_CATEGORY} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            obj = json.loads(line)
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise ConfigError(f"{path}:{n}: each line must be an object with a 'text' string")
-            rows.append({"text": obj["text"], "category": obj.get("category") or NO_CATEGORY})
-        return rows
-    if suffix == ".json":
-        items = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(items, list):
-            raise ConfigError(f"{path}: expected a JSON list")
-        return [{"text": i, "category": NO_CATEGORY} if isinstance(i, str) else {"text": i["text"], "category": i.get("category") or NO_CATEGORY} for i in items]
-    raise ConfigError(f"data {source}: unsupported file type {suffix!r} (use a curated-set folder, .parquet, .jsonl, .txt or .json)")
+    if path.is_dir() and (path / "data").is_dir():
+        path = path / "data"
+    try:
+        result = read_source(SourceSpec(uri=str(path), category_column="category"), criterion="semantic")
+    except SourceError as exc:
+        raise ConfigError(f"data {exc}") from exc
+    if result.rejected:
+        warnings.warn(f"data {source}: {len(result.rejected)} rows skipped (first: {result.rejected[0][1]})")
+    # tags are set exactly when the source had a category for the row
+    return [{"text": r.text, "category": r.category if r.tags else NO_CATEGORY} for r in result.records]
 
 
 def load_stage_data(spec: Any) -> list[Prompt]:
