@@ -16,8 +16,9 @@ import click
 from curate.recipe import list_recipes
 
 
-class _Group(click.Group):
-    """Errors become one line on stderr and a non-zero exit; --debug shows the traceback."""
+class OneLineErrors(click.Group):
+    """Errors become one line on stderr and a non-zero exit (2 for bad input, 1 otherwise);
+    `--debug` on the group shows the traceback instead. Shared by `curate` and `train`."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -27,12 +28,12 @@ class _Group(click.Group):
         except Exception as exc:
             if ctx.params.get("debug"):
                 raise
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             click.echo(f"error: {message}", err=True)
             sys.exit(2 if isinstance(exc, (ValueError, FileNotFoundError, KeyError)) else 1)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 def main(debug: bool) -> None:
     """Curate balanced prompt sets for distilling T5-XXL into small text encoders.

@@ -409,9 +409,9 @@ def test_cli_help_and_one_line_errors(tmp_path):
     for cmd in ("run", "eval", "export"):
         assert runner.invoke(main, [cmd, "--help"]).exit_code == 0
     res = runner.invoke(main, ["run", "--recipe", "tiny", "--set", "optim.nope=1"])
-    assert res.exit_code == 1 and res.stderr.strip() == "error: unknown key 'optim.nope' in --set optim.nope=1"
+    assert res.exit_code == 2 and res.stderr.strip() == "error: unknown key 'optim.nope' in --set optim.nope=1"
     res = runner.invoke(main, ["run", "--recipe", "no-such-recipe"])
-    assert res.exit_code == 1 and res.stderr.startswith("error: no train recipe named 'no-such-recipe'")
+    assert res.exit_code == 2 and res.stderr.startswith("error: no train recipe named 'no-such-recipe'")
     res = runner.invoke(main, ["export", "--checkpoint", str(tmp_path), "--output", str(tmp_path / "o")])
-    assert res.exit_code == 1 and "not a student, checkpoint or run folder" in res.stderr
+    assert res.exit_code == 2 and "not a student, checkpoint or run folder" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1

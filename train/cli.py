@@ -4,27 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-import traceback
 import warnings
 from pathlib import Path
 
 import click
 
-
-class TrainGroup(click.Group):
-    """Every failure becomes one line on stderr and exit code 1 (a traceback only with --debug)."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into a line
-            if ctx.obj and ctx.obj.get("debug"):
-                traceback.print_exc()
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            click.echo(f"error: {msg}", err=True)
-            ctx.exit(1)
+from curate.cli import OneLineErrors
 
 
 def _quiet_libraries() -> None:
@@ -46,7 +31,7 @@ def _warnings_to_stderr(message, category, filename, lineno, file=None, line=Non
     click.echo(f"warning: {message}", err=True)
 
 
-@click.group(cls=TrainGroup)
+@click.group(cls=OneLineErrors)
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:

@@ -30,16 +30,7 @@ import yaml
 
 from curate.records import CATEGORIES, Prompt, dedup_key
 
-COMPOSITIONAL_CATEGORIES = (
-    "color",
-    "shape",
-    "texture",
-    "spatial",
-    "3d_spatial",
-    "non_spatial",
-    "numeracy",
-    "complex",
-)
+COMPOSITIONAL_CATEGORIES = CATEGORIES[:8]  # all but text_rendering and general
 CRITERION_OF = {"compositional": "semantic", "text_rendering": "text", "quality": "quality"}
 
 # A category gives up when this many draws in a row per prompt still asked for have not found
