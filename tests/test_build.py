@@ -153,3 +153,40 @@ def test_row_order_of_a_source_does_not_change_the_set(tmp_path):
         outs.append(out)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "source"} for r in rows]  # noqa: E731 (paths differ)
     assert strip(read_records(outs[0])) == strip(read_records(outs[1]))
+
+
+def test_inspect_json_counts_equal_the_data(balanced):
+    result = CliRunner().invoke(main, ["inspect", str(balanced), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    rows = read_records(balanced)
+    assert {c: v["count"] for c, v in summary["criteria"].items()} == dict(Counter(r["criterion"] for r in rows))
+    by_pair = Counter((r["criterion"], r["category"]) for r in rows)
+    reported = {(crit, cat): v["count"] for crit, cats in summary["categories"].items() for cat, v in cats.items()}
+    assert reported == dict(by_pair)
+
+
+def test_diff_reports_exact_count_changes(tmp_path):
+    a = _build(tmp_path, name="a")
+    b = _build(tmp_path, name="b", overrides=["quotas.quality.fraction=0.37", "quotas.text.fraction=0.33"])
+    result = CliRunner().invoke(main, ["diff", str(a), str(b), "--json"])
+    assert result.exit_code == 0, result.output
+    changes = json.loads(result.stdout)
+    count = lambda d, c: Counter(r["criterion"] for r in read_records(d))[c]  # noqa: E731
+    for criterion in ("quality", "semantic", "text"):
+        assert changes["criteria"][criterion]["delta"] == count(b, criterion) - count(a, criterion)
+    assert changes["criteria"]["quality"]["delta"] == -30 and changes["criteria"]["text"]["delta"] == 30
+    assert {"quotas.quality.fraction", "quotas.text.fraction"} <= set(changes["recipe"])
+
+
+def test_tag_command_writes_one_object_per_prompt_in_order(tmp_path):
+    prompts = ["a red car and a blue bench", "a neon sign that says 'that's great'", "three apples on a table"]
+    (tmp_path / "p.txt").write_text("\n".join(prompts) + "\n")
+    out = tmp_path / "tags.jsonl"
+    result = CliRunner().invoke(main, ["tag", str(tmp_path / "p.txt"), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in rows] == prompts
+    assert [r["category"] for r in rows] == ["color", "text_rendering", "numeracy"]
+    assert rows[1]["rendered_text"] == ["that's great"]
+    assert all(r["category"] in r["tags"] for r in rows)
