@@ -1,0 +1,54 @@
+"""bench/train_step.py at tiny scale on CPU: both loop shapes run, the JSON holds times and ratios."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_train_step", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("scale, configs", [("tiny", None), ("tiny-sd3", "reference,ours")])
+def test_tiny_cpu_run_writes_both_configurations(bench, tmp_path, capsys, scale, configs):
+    out = tmp_path / "bench.json"
+    argv = ["--scale", scale, "--device", "cpu", "--iters", "2", "--warmup", "1", "--batch", "2", "--json", str(out)]
+    bench.main(argv + (["--configs", configs] if configs else []))
+    res = json.loads(out.read_text())
+    assert res["scale"] == scale and res["device"] == "cpu"
+    for name, passes in (("reference", 1), ("ours", res["k"])):
+        row = res["train"][name]
+        assert row["status"] == "ok", row
+        assert row["ms_per_iter"] > 0 and row["ms_per_pass"] > 0 and row["passes"] == passes
+        assert "peak_mem_gib" in row  # None on CPU
+    ratio = res["ratios"]["ours"]
+    assert ratio["vs"] == "reference" and ratio["time_per_pass"] > 0 and ratio["time_per_iter"] > 0
+    assert "memory" in ratio
+    assert res["encode"]["student eager"]["ms"] > 0 and res["encode"]["t5_xxl eager"]["ms"] > 0
+    if configs is None:  # CPU skips what needs CUDA or --compile, with a reason
+        assert res["train"]["ours+ckpt"]["status"] == "ok" and res["ratios"]["ours+ckpt"]["vs"] == "reference+ckpt"
+        assert res["train"]["ours+compile"]["status"] == "skipped" and res["train"]["ours+fp8"]["status"] == "skipped"
+    assert "ours" in capsys.readouterr().out  # the table
+
+
+def test_out_of_memory_is_reported_not_raised(bench):
+    def oom():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    def wrapped():
+        raise RuntimeError("backend compiler failed: CUDA out of memory")
+
+    assert bench.guarded(oom) == {"status": "OOM"}
+    assert bench.guarded(wrapped) == {"status": "OOM"}
+    assert bench.guarded(lambda: 1 / 0)["status"] == "error"
