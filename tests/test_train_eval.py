@@ -160,7 +160,7 @@ def test_cli_table_and_one_line_errors(flux, tiny_clip, student_dir):
     rows = [line.split() for line in lines[3:]]
     assert len(rows) == 6 and sum(r[2] != "-" for r in rows) == 2  # a gap for every category, images for two
     res = runner.invoke(main, base + ["--clip-pretrained", "openai"])
-    assert res.exit_code == 1 and res.stderr.strip() == "error: --clip-pretrained needs --clip (the open_clip model it belongs to)"
+    assert res.exit_code == 2 and res.stderr.strip() == "error: --clip-pretrained needs --clip (the open_clip model it belongs to)"
     res = runner.invoke(main, base + ["--clip", "local-dir:/no/such/clip"])
     assert res.exit_code == 1 and res.stderr.startswith("error: could not load open_clip")
     assert len(res.stderr.strip().splitlines()) == 1

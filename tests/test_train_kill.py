@@ -9,7 +9,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-SMALL = ["--max-steps", "8", "--set", "checkpoint.every=2", "--set", "checkpoint.keep=10",
+SMALL = ["--max-steps", "24", "--set", "checkpoint.every=2", "--set", "checkpoint.keep=20",
          "--set", "validation.num_prompts=8", "--set", "validation.every=0", "--set", "distill.sampling_steps=4",
          "--set", "optim.batch_size=4"]
 
@@ -29,7 +29,7 @@ def reference(tmp_path_factory):
     return load_file(str(out / "student" / "model.safetensors"))
 
 
-@pytest.mark.parametrize("kill_at_checkpoint, extra_delay", [(2, 0.0), (4, 0.4)])
+@pytest.mark.parametrize("kill_at_checkpoint, extra_delay", [(2, 0.0), (4, 0.3)])
 def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, reference, kill_at_checkpoint, extra_delay):
     out = tmp_path / "run"
     proc = subprocess.Popen(_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
