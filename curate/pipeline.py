@@ -55,12 +55,13 @@ def resolve_recipe(recipe: str, overrides: list[str] = (), sources: list[str] = 
     """Load a recipe and apply the command line on top: --set, --source, --size, --seed."""
     name, data = load_recipe(recipe, "curate")
     validate(data, CURATE_SCHEMA)
-    data = apply_overrides(data, list(overrides), CURATE_SCHEMA)
+    # --source first, so that --set sources.<criterion>.0.text_column=... applies to the new pool
     for item in sources:
         criterion, sep, uri = item.partition("=")
         if not sep or not uri:
             raise ConfigError(f"--source {item!r} is not CRITERION=URI")
         data.setdefault("sources", {})[criterion] = [{"uri": uri}]
+    data = apply_overrides(data, list(overrides), CURATE_SCHEMA)
     if size is not None:
         data["size"] = size
     if seed is not None:

@@ -59,8 +59,14 @@ def write_curated(out_dir: Path, kept: list[Prompt], rejected: list[tuple[Prompt
                   manifest: dict[str, Any]) -> Path:
     """Write DIR/data, DIR/rejected and DIR/manifest.json; replace DIR only when done."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
-        raise OutputError(f"{out_dir} exists, is not empty and is not a curated set; refusing to replace it")
+    if out_dir.exists():
+        entries = {p.name for p in out_dir.iterdir()}
+        if entries and "manifest.json" not in entries:
+            raise OutputError(f"{out_dir} exists, is not empty and is not a curated set; refusing to replace it")
+        foreign = sorted(entries - {"data", "rejected", "manifest.json"})
+        if foreign:  # replacing the set would delete these too
+            raise OutputError(f"{out_dir} holds {foreign[0]!r}, which is not part of a curated set; "
+                              "move it or choose another --output")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)

@@ -120,6 +120,14 @@ def test_output_of_another_kind_is_never_replaced(tmp_path):
     assert (precious / "thesis.tex").exists()
 
 
+def test_a_set_with_foreign_files_inside_is_not_replaced(tmp_path):
+    out = _build(tmp_path)
+    (out / "stage1").mkdir()
+    result = CliRunner().invoke(main, ["build", "--recipe", "tiny", "--output", str(out), "--quiet"])
+    assert result.exit_code != 0 and "stage1" in result.output
+    assert (out / "stage1").exists() and (out / "manifest.json").exists()
+
+
 def test_rebuild_replaces_a_previous_set_atomically(tmp_path):
     out = _build(tmp_path, seed=1)
     first = read_manifest(out)["outputs"]
@@ -190,3 +198,20 @@ def test_tag_command_writes_one_object_per_prompt_in_order(tmp_path):
     assert [r["category"] for r in rows] == ["color", "text_rendering", "numeracy"]
     assert rows[1]["rendered_text"] == ["that's great"]
     assert all(r["category"] in r["tags"] for r in rows)
+
+
+def test_a_scored_caption_pool_is_thresholded_by_aesthetic_score(tmp_path):
+    import pyarrow as pa
+
+    texts = [f"a misty mountain lake at sunrise number {i}, oil painting" for i in range(60)]
+    scores = [5.0 + (i % 4) for i in range(60)]  # 5, 6, 7, 8: half are >= 6.5
+    pq.write_table(pa.table({"TEXT": texts, "AESTHETIC_SCORE": scores}), tmp_path / "laion.parquet")
+    out = _build(tmp_path, sources=[f"quality={tmp_path / 'laion.parquet'}"],
+                 overrides=["sources.quality.0.text_column=TEXT",
+                            "sources.quality.0.score_columns.aesthetic=AESTHETIC_SCORE",
+                            "steps.aesthetic.mode=column", "steps.aesthetic.min_score=6.5",
+                            "steps.aesthetic.criteria=[quality]", "on_shortfall=warn"])
+    kept = [r for r in read_records(out) if r["criterion"] == "quality"]
+    assert len(kept) == 30 and all(r["scores"]["aesthetic"] >= 6.5 for r in kept)
+    dropped = [r for r in read_records(out, "rejected") if r["step"] == "aesthetic"]
+    assert len(dropped) == 30 and all(r["reason"].startswith("aesthetic: ") for r in dropped)

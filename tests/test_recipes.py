@@ -65,3 +65,12 @@ def test_overrides_index_into_lists():
         resolve_recipe("balanced", ["sources.quality.5.uri=x"])
     with pytest.raises(ConfigError, match="sources.quality.0.text_colum"):
         resolve_recipe("balanced", ["sources.quality.0.text_colum=TEXT"])
+
+
+def test_set_applies_to_a_pool_given_with_source(tmp_path):
+    pool = tmp_path / "laion.parquet"
+    _, data = resolve_recipe("balanced", ["sources.quality.0.text_column=TEXT",
+                                          "sources.quality.0.score_columns.aesthetic=AESTHETIC_SCORE"],
+                             sources=[f"quality={pool}"])
+    assert data["sources"]["quality"] == [{"uri": str(pool), "text_column": "TEXT",
+                                           "score_columns": {"aesthetic": "AESTHETIC_SCORE"}}]
