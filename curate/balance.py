@@ -119,8 +119,8 @@ def balance(records: list[Prompt], size: int, quotas: dict[str, dict[str, Any]],
         for category, cat_target in cat_targets.items():
             pool = sorted(pools.get((criterion, category), []), key=lambda r: r.id)
             take = _select(pool, cat_target, seed)
-            chosen = {r.id for r in take}
-            dropped.extend((r, f"balance: over_quota {criterion}/{category or 'all'}") for r in pool if r.id not in chosen)
+            chosen = {id(r) for r in take}  # by object: with dedup off, two rows can share an id
+            dropped.extend((r, f"balance: over_quota {criterion}/{category or 'all'}") for r in pool if id(r) not in chosen)
             selected.extend(take)
             entry["selected"] += len(take)
             if category is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from curate.recipe import list_recipes
+from curate.records import CRITERIA
 
 
 class OneLineErrors(click.Group):
@@ -94,10 +95,14 @@ def build(recipe: str, output: Path, size: int | None, seed: int | None, overrid
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @click.option("--output", type=click.Path(path_type=Path), help="JSONL file to write (default: stdout).")
 @click.option("--text-column", help="Column holding the prompt in .jsonl/.csv/.parquet input.")
+@click.option("--criterion", type=click.Choice(CRITERIA),
+              help="Criterion for every prompt (default: text if it asks for rendered text, semantic if it has "
+                   "a compositional category, else quality).")
 @click.option("--model", default="en_core_web_sm", show_default=True, help="spaCy pipeline to load.")
 @click.option("--processes", default=1, show_default=True, help="Worker processes for spaCy.")
-def tag(input_path: Path, output: Path | None, text_column: str | None, model: str, processes: int) -> None:
-    """Tag prompts with categories, rendered text and scores, one JSON object per prompt.
+def tag(input_path: Path, output: Path | None, text_column: str | None, criterion: str | None, model: str,
+        processes: int) -> None:
+    """Tag prompts: one Prompt record (JSON) per input prompt, in input order.
 
     \b
     Examples:
@@ -107,20 +112,29 @@ def tag(input_path: Path, output: Path | None, text_column: str | None, model: s
     from curate.sources.files import SourceSpec, read_source
     from filters.tagging import tag_texts
 
-    result = read_source(SourceSpec(uri=str(input_path), text_column=text_column), criterion="semantic")
+    result = read_source(SourceSpec(uri=str(input_path), text_column=text_column), criterion="quality")
     if result.rejected:
         click.echo(f"warning: {len(result.rejected)} rows could not be read "
                    f"(first: {result.rejected[0][1]})", err=True)
     started = time.perf_counter()
-    rows = tag_texts([r.text for r in result.records], model=model, n_process=processes)
+    tags = tag_texts([r.text for r in result.records], model=model, n_process=processes)
     sink = open(output, "w", encoding="utf-8") if output else sys.stdout
     try:
-        for row in rows:
-            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for record, found in zip(result.records, tags):
+            record.category, record.tags = found["category"], found["tags"]
+            record.rendered_text, record.scores = found["rendered_text"], found["scores"]
+            record.criterion = criterion or _infer_criterion(record.category)
+            sink.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
     finally:
         if output:
             sink.close()
-    click.echo(f"tagged {len(rows):,} prompts in {time.perf_counter() - started:.1f}s", err=True)
+    click.echo(f"tagged {len(tags):,} prompts in {time.perf_counter() - started:.1f}s", err=True)
+
+
+def _infer_criterion(category: str) -> str:
+    if category == "text_rendering":
+        return "text"
+    return "quality" if category == "general" else "semantic"
 
 
 @main.command()

@@ -70,8 +70,9 @@ def write_curated(out_dir: Path, kept: list[Prompt], rejected: list[tuple[Prompt
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a killed build
+    for pattern in (f".{out_dir.name}.partial-*", f".{out_dir.name}.old-*"):
+        for stale in out_dir.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed build
     outputs = {f"data/{PART}": _write_parquet([r.to_dict() for r in kept], partial / "data" / PART, False)}
     rejected_rows = []
     for record, reason in rejected:

@@ -198,6 +198,8 @@ def test_tag_command_writes_one_object_per_prompt_in_order(tmp_path):
     assert [r["category"] for r in rows] == ["color", "text_rendering", "numeracy"]
     assert rows[1]["rendered_text"] == ["that's great"]
     assert all(r["category"] in r["tags"] for r in rows)
+    assert [r["criterion"] for r in rows] == ["semantic", "text", "semantic"]
+    assert all(r["id"] and r["source"] == str(tmp_path / "p.txt") for r in rows)
 
 
 def test_a_scored_caption_pool_is_thresholded_by_aesthetic_score(tmp_path):

@@ -28,6 +28,7 @@ def _hostile_jsonl(path):
         json.dumps({"text": None}).encode(),
         json.dumps({"text": ["a", "list"]}).encode(),
         json.dumps({"caption": "wrong column in this row"}).encode(),
+        b'{"text": 5, "x": "\\ud800 lone surrogate"}',
         json.dumps({"id": "dup", "text": "the same text twice"}).encode(),
         json.dumps({"id": "dup", "text": "The same text twice."}).encode(),
     ]
@@ -58,7 +59,7 @@ def test_hostile_corpus_builds_and_accounts_for_every_row(tmp_path):
     by_uri = {s["uri"]: s for s in manifest["sources"]}
     jsonl = by_uri[str(tmp_path / "quality.jsonl")]
     # the final newline ends the last row; the empty line inside is a row (rejected)
-    assert jsonl["rows_read"] == 44 and jsonl["records"] + jsonl["rejected"] == 44
+    assert jsonl["rows_read"] == 45 and jsonl["records"] + jsonl["rejected"] == 45
     assert by_uri[str(tmp_path / "text.csv")]["rows_read"] == 6
     rejected = read_records(tmp_path / "out", "rejected")
     reasons = " | ".join(r["reason"] for r in rejected)
@@ -70,23 +71,47 @@ def test_hostile_corpus_builds_and_accounts_for_every_row(tmp_path):
 
 
 def _run_build(out, extra=()):
-    return [sys.executable, "-m", "curate.cli", "build", "--recipe", "tiny", "--output", str(out), "--quiet", *extra]
+    # 20,000 prompts from 40,000 generated: long enough (seconds) to be killed inside each phase
+    return [sys.executable, "-m", "curate.cli", "build", "--recipe", "tiny", "--size", "20000", "--output", str(out),
+            "--quiet", *extra]
 
 
-@pytest.mark.parametrize("kill_after", [0.5, 1.5, 3.0])
-def test_kill_minus_9_then_rerun_gives_the_uninterrupted_result(tmp_path, kill_after):
-    reference = tmp_path / "reference"
-    subprocess.run(_run_build(reference), check=True, capture_output=True)
+def _partial(parent, name="out"):
+    return next(iter(parent.glob(f".{name}.partial-*")), None)
+
+
+KILL_POINTS = {
+    "mid-pipeline": lambda parent: None,  # after a fixed delay, while generating and deduplicating
+    "writer started": lambda parent: _partial(parent),
+    "data written, rejected not yet": lambda parent: (p := _partial(parent)) and (p / "data/part-00000.parquet").exists()
+    and p,
+}
+
+
+@pytest.fixture(scope="module")
+def reference_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "out"
+    subprocess.run(_run_build(out), check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_kill_minus_9_then_rerun_gives_the_uninterrupted_result(tmp_path, reference_build, point):
     out = tmp_path / "out"
+    if point != "mid-pipeline":
+        # a previous finished set is there too: the killed build and the rerun must replace it cleanly
+        subprocess.run(_run_build(out, ["--seed", "5"]), check=True, capture_output=True)
     proc = subprocess.Popen(_run_build(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(kill_after)
+    deadline = time.monotonic() + (1.5 if point == "mid-pipeline" else 60)
+    while time.monotonic() < deadline and proc.poll() is None and not KILL_POINTS[point](tmp_path):
+        time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, "the build finished before the kill: the test would prove nothing"
     # Whatever the moment, nothing half-written passes as a finished set.
     assert not out.exists() or (out / "manifest.json").exists()
     subprocess.run(_run_build(out), check=True, capture_output=True)
-    assert (out / "data/part-00000.parquet").read_bytes() == (reference / "data/part-00000.parquet").read_bytes()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
+    assert (out / "data/part-00000.parquet").read_bytes() == (reference_build / "data/part-00000.parquet").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 
 def test_no_unsafe_loading_in_the_code():
@@ -104,3 +129,14 @@ def test_no_unsafe_loading_in_the_code():
                     or re.search(r"\bpickle\.loads?\(", code) or "trust_remote_code=True" in code:
                 offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
     assert offenders == []
+
+
+def test_rows_sharing_an_id_are_all_accounted_for_without_dedup(tmp_path):
+    pool = tmp_path / "twice.txt"
+    pool.write_text("".join(f"a lighthouse on a cliff number {i}\n" * 2 for i in range(20)))
+    name, data = resolve_recipe("tiny", sources=[f"quality={pool}"], overrides=["steps.dedup_exact=null", "on_shortfall=warn"])
+    build(name, data, tmp_path / "out", progress=False)
+    counts = read_manifest(tmp_path / "out")["counts"]
+    assert counts["rows_read"] == counts["kept"] + counts["rejected"]
+    balance = read_manifest(tmp_path / "out")["steps"][-1]
+    assert balance["in"] == balance["kept"] + balance["dropped"]

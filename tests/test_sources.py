@@ -95,3 +95,10 @@ def test_hostile_jsonl_every_row_kept_or_rejected(tmp_path):
     assert any("not an object" in r for r in reasons)
     texts = [r.text for r in result.records]
     assert texts[0] == "a red car number 0" and "nul byte here" in texts
+
+
+def test_category_column_accepts_only_known_categories(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("text,label\na red car,color\na yellow banana,banana\n")
+    records = _read(path, category_column="label").records
+    assert [(r.category, r.tags) for r in records] == [("color", ["color"]), ("general", [])]

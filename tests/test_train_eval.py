@@ -164,3 +164,17 @@ def test_cli_table_and_one_line_errors(flux, tiny_clip, student_dir):
     res = runner.invoke(main, base + ["--clip", "local-dir:/no/such/clip"])
     assert res.exit_code == 1 and res.stderr.startswith("error: could not load open_clip")
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_export_never_replaces_a_folder_holding_other_things(tmp_path):
+    from train.export import _atomic_dir
+
+    (tmp_path / "exports" / "other-model").mkdir(parents=True)
+    with pytest.raises(ValueError, match="other-model"):
+        _atomic_dir(tmp_path / "exports")
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    for name in ("t5shrink.json", "config.json", "model.safetensors"):
+        (previous / name).write_text("{}")
+    assert _atomic_dir(previous).exists()  # a previous export may be replaced
+    assert _atomic_dir(tmp_path / "new").exists()

@@ -43,7 +43,7 @@ def main(ctx: click.Context, debug: bool) -> None:
       train run --recipe flux-t5-base --output runs/flux-base
       train run --recipe flux-t5-base --output runs/flux-base --resume
       train eval --student runs/flux-base/student --teacher black-forest-labs/FLUX.1-dev --data heldout.txt
-      train export --checkpoint runs/flux-base --output export/ --format diffusers
+      train export --checkpoint runs/flux-base --output export/flux-base --format diffusers
     """
     ctx.obj = {"debug": debug}
     if not debug:

@@ -84,7 +84,20 @@ def load_student_dir(path: str | Path) -> tuple[DistillT5EncoderModel, Any, dict
     return student, tokenizer, meta
 
 
+EXPORT_FILES = {"t5shrink.json", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                "spiece.model", "special_tokens_map.json", "text_encoder_2", "tokenizer_2", "text_encoder_3",
+                "tokenizer_3", "added_tokens.json", "generation_config.json"}
+
+
 def _atomic_dir(out: Path):
+    """A temp folder beside `out`; refuses an `out` that holds anything but a previous export,
+    since committing replaces the whole folder."""
+    if out.exists():
+        entries = {p.name for p in out.iterdir()} if out.is_dir() else {out.name}
+        foreign = sorted(entries - EXPORT_FILES) if "t5shrink.json" in entries or not entries else sorted(entries)
+        if foreign:
+            raise ValueError(f"{out} holds {foreign[0]!r}, which is not part of an export; "
+                             "choose a new --output folder (it is replaced as a whole)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():

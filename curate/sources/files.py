@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curate.records import Prompt, clean_text
+from curate.records import CATEGORIES, Prompt, clean_text
 
 SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 TEXT_COLUMNS = ("text", "prompt", "caption", "TEXT", "Prompt", "Caption", "sentence")
@@ -87,7 +87,9 @@ def _to_records(rows: Iterable[tuple[Any, str | None]], spec: SourceSpec, criter
         n += 1
         text, error = _row_text(raw, column, error)
         if error is not None:
-            rejected.append((Prompt(text=text[:MAX_RAW_CHARS], criterion=criterion, source=spec.uri), f"ingest: {error}"))
+            # lone surrogates (from \ud800 escapes in JSON) cannot be written as UTF-8
+            raw_text = text[:MAX_RAW_CHARS].encode("utf-8", "replace").decode("utf-8")
+            rejected.append((Prompt(text=raw_text, criterion=criterion, source=spec.uri), f"ingest: {error}"))
             continue
         record = Prompt(text=clean_text(text), criterion=criterion, source=spec.uri)
         if not record.text:
@@ -138,9 +140,10 @@ def _copy_columns(raw: dict[str, Any], spec: SourceSpec, record: Prompt) -> None
             pass  # a missing score is the aesthetic step's business, not ingest's
     if spec.image_column and raw.get(spec.image_column):
         record.meta["image"] = str(raw[spec.image_column])
-    if spec.category_column and isinstance(raw.get(spec.category_column), str):
-        record.category = raw[spec.category_column]
-        record.tags = [record.category]
+    label = raw.get(spec.category_column) if spec.category_column else None
+    if label in CATEGORIES:  # anything else stays unlabelled, for the `tag` step to label
+        record.category = label
+        record.tags = [label]
 
 
 def _decode_lines(data: bytes) -> Iterator[tuple[str, str | None]]:
