@@ -8,7 +8,6 @@ and the manifest's per-step counts satisfy in == kept + dropped.
 from __future__ import annotations
 
 import math
-import os
 import platform
 import sys
 import time
@@ -26,7 +25,7 @@ from curate.recipe import ANY_KEY, apply_overrides, load_recipe, recipe_hash, va
 from curate.records import CRITERIA, Prompt
 from curate.sources.files import SourceSpec, read_source
 from curate.writer import write_curated
-from filters.base import ConfigError, Context, build_step
+from filters.base import ConfigError, Context, build_step, cache_dir
 
 SOURCE_SCHEMA = {
     "generator": str, "n": int, "categories": [str],
@@ -44,10 +43,6 @@ CURATE_SCHEMA: dict[str, Any] = {
     "steps": {ANY_KEY: {ANY_KEY: Any}},
     "quotas": {ANY_KEY: {"fraction": (int, float), "categories": {ANY_KEY: (int, float)}}},
 }
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("T5SHRINK_CACHE", Path.home() / ".cache" / "t5shrink"))
 
 
 def resolve_recipe(recipe: str, overrides: list[str] = (), sources: list[str] = (),

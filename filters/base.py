@@ -8,6 +8,7 @@ by name with explicit keyword arguments, so a typo in a recipe fails loudly.
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -16,6 +17,11 @@ if TYPE_CHECKING:
     import numpy as np
 
     from curate.records import Prompt
+
+
+def cache_dir() -> Path:
+    """Where embeddings and tiny teachers are cached: $T5SHRINK_CACHE or ~/.cache/t5shrink."""
+    return Path(os.environ.get("T5SHRINK_CACHE", Path.home() / ".cache" / "t5shrink"))
 
 
 @dataclass

@@ -231,15 +231,13 @@ def _save(pipe, out_dir: str | Path) -> Path:
 BUILDERS = {"flux": build_flux, "sd3": build_sd3}
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("T5SHRINK_CACHE", Path.home() / ".cache" / "t5shrink"))
-
-
 def tiny_teacher_path(kind: str) -> Path:
     """Folder of the tiny `kind` pipeline, built on first use (and rebuilt when TINY_VERSION changes)."""
     if kind not in BUILDERS:
         raise ValueError(f"unknown tiny teacher {kind!r} (known: {', '.join(BUILDERS)})")
-    path = cache_root() / f"tiny-{kind}-v{TINY_VERSION}"
+    from filters.base import cache_dir
+
+    path = cache_dir() / f"tiny-{kind}-v{TINY_VERSION}"
     if not (path / "model_index.json").exists():
         BUILDERS[kind](path)
     return path
