@@ -1,7 +1,7 @@
 """`curate`: build, tag, inspect and compare distillation prompt sets.
 
 The commands only parse arguments and call one plain function each (pipeline.build,
-tagging.tag_texts, report.summarize/diff), so tests call those functions directly.
+tagging.tag_texts, report.summarize, report_diff.diff), so tests call those functions directly.
 """
 
 from __future__ import annotations
@@ -158,7 +158,9 @@ def inspect(set_dir: Path, html_path: Path | None, as_json: bool) -> None:
     else:
         click.echo(report.render_tables(summary))
     if html_path:
-        report.write_html(set_dir, summary, html_path)
+        from curate.report_html import write_html
+
+        write_html(set_dir, summary, html_path)
         click.echo(f"wrote {html_path}", err=True)
 
 
@@ -173,10 +175,10 @@ def diff(dir_a: Path, dir_b: Path, as_json: bool) -> None:
     Example:
       curate diff out_v1 out_v2
     """
-    from curate import report
+    from curate import report_diff
 
-    changes = report.diff(dir_a, dir_b)
-    click.echo(json.dumps(changes, indent=2, ensure_ascii=False) if as_json else report.render_diff(changes))
+    changes = report_diff.diff(dir_a, dir_b)
+    click.echo(json.dumps(changes, indent=2, ensure_ascii=False) if as_json else report_diff.render_diff(changes))
 
 
 if __name__ == "__main__":

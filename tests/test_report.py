@@ -22,17 +22,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from report_fixtures import make_set, pool, write_set  # noqa: E402
 
 from curate.plots import HashingEmbedder, pca_2d  # noqa: E402
-from curate.report import (  # noqa: E402
-    ReportError,
-    diff,
-    embedding_points,
-    flatten,
-    parse_reason,
-    render_diff,
-    render_tables,
-    summarize,
-    write_html,
-)
+from curate.report import ReportError, parse_reason, render_tables, summarize  # noqa: E402
+from curate.report_diff import diff, flatten, render_diff  # noqa: E402
+from curate.report_html import embedding_points, write_html  # noqa: E402
 
 XSS = '<script>alert("pwned")</script> a red cube on a table'
 IMG = 'a poster <img src="http://evil.example/x.png"> with a logo'

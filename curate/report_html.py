@@ -1,0 +1,215 @@
+"""`curate inspect --html`: one self-contained HTML report of a curated set (tables, embedded PNG plots,
+no scripts, no external URLs; everything user-supplied is escaped)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curate.report import MAX_MAP_POINTS, Embedder, Table, _header_lines, _pct, _read_parts, _tables
+
+_CSS = """
+:root { --ink:#1f2328; --muted:#59636e; --line:#d1d9e0; --soft:#f6f8fa; --accent:#4C72B0; --warn:#9a6700; }
+* { box-sizing: border-box; }
+body { margin:0; font:14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color:var(--ink);
+       background:#fff; }
+main { max-width:1240px; margin:0 auto; padding:24px 28px 48px; }
+h1 { font-size:22px; margin:0 0 4px; }
+h2 { font-size:17px; margin:32px 0 10px; padding-bottom:4px; border-bottom:1px solid var(--line); }
+h3 { font-size:14px; margin:14px 0 6px; }
+.meta { color:var(--muted); margin:0 0 12px; }
+.meta code { background:var(--soft); padding:1px 5px; border-radius:4px; }
+.kpis { display:flex; flex-wrap:wrap; gap:10px; margin:14px 0; }
+.kpi { border:1px solid var(--line); border-radius:8px; padding:8px 14px; min-width:120px; background:var(--soft); }
+.kpi b { display:block; font-size:20px; }
+.kpi span { color:var(--muted); font-size:12px; }
+.warn { border:1px solid #d4a72c; background:#fff8c5; border-radius:8px; padding:8px 14px; margin:12px 0; }
+.warn li { margin:2px 0; }
+.grid { display:grid; grid-template-columns:repeat(auto-fit, minmax(540px, 1fr)); gap:18px; align-items:start; }
+figure { margin:0; }
+figure img { max-width:100%; height:auto; display:block; border:1px solid var(--line); border-radius:6px; }
+figcaption { color:var(--muted); font-size:12px; margin-top:4px; }
+table { border-collapse:collapse; font-size:13px; margin:4px 0 8px; }
+th, td { padding:3px 10px; border-bottom:1px solid var(--line); white-space:nowrap; }
+th { text-align:left; background:var(--soft); font-weight:600; }
+td.r, th.r { text-align:right; font-variant-numeric:tabular-nums; }
+tr.total td { font-weight:600; border-top:2px solid var(--line); }
+.note { color:var(--muted); font-size:12px; }
+.scroll { overflow-x:auto; }
+ul.ex { margin:4px 0 10px; padding-left:18px; }
+ul.ex li { margin:2px 0; word-break:break-word; }
+ul.ex .id, .reason { color:var(--muted); font-family:ui-monospace, Menlo, Consolas, monospace; font-size:11px; }
+details { margin:6px 0; }
+summary { cursor:pointer; color:var(--accent); }
+.cols { columns:2 420px; column-gap:28px; }
+.cols > div { break-inside:avoid; }
+"""
+
+
+def _html_table(t: Table, with_title: bool = True) -> str:
+    e = html.escape
+    head = "".join(f'<th class="{a}">{e(h)}</th>' for h, a in zip(t.headers, t.align))
+    body = []
+    for row in t.rows:
+        cls = ' class="total"' if row and row[0] == "total" else ""
+        body.append(f"<tr{cls}>" + "".join(f'<td class="{a}">{e(c)}</td>' for c, a in zip(row, t.align)) + "</tr>")
+    if not t.rows:
+        body.append(f'<tr><td colspan="{len(t.headers)}" class="note">none</td></tr>')
+    title = f"<h3>{e(t.title)}</h3>" if with_title else ""
+    note = f'<p class="note">{e(t.note)}</p>' if t.note else ""
+    table = f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return f'{title}<div class="scroll">{table}</div>{note}'
+
+
+def _img(png: bytes, alt: str, caption: str = "") -> str:
+    data = base64.b64encode(png).decode("ascii")
+    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">{cap}</figure>'
+
+
+def _default_embedder() -> tuple[Any, str]:
+    try:
+        from filters.embed import build_embedder
+
+        emb = build_embedder(progress=False)
+        return emb, str(getattr(emb, "name", "") or "filters.embed default")
+    except Exception as exc:  # missing module or weights: the map still renders, labelled as such
+        from curate.plots import HashingEmbedder
+
+        return HashingEmbedder(), f"hashed n-grams (no embedding model: {type(exc).__name__})"
+
+
+def embedding_points(dir: Path, embedder: Embedder | None = None,
+                     max_points: int = MAX_MAP_POINTS) -> tuple[np.ndarray, list[str], np.ndarray, str]:
+    """PCA coordinates for the embedding map: (coords (n, 2), criteria, explained, embedder label).
+
+    Takes the first `max_points` kept records by id (ids are hashes: a reproducible
+    uniform sample). With no `embedder`, uses `filters.embed.build_embedder()`, falling
+    back to `plots.HashingEmbedder` when that cannot load or encode."""
+    from curate.plots import HashingEmbedder, pca_2d
+
+    cols = _read_parts(Path(dir) / "data", ("id", "text", "criterion"))
+    order = sorted(range(len(cols["id"])), key=lambda i: cols["id"][i] or "")[:max_points]
+    texts = [cols["text"][i] or "" for i in order]
+    labels = [cols["criterion"][i] or "unknown" for i in order]
+    if not texts:
+        return np.zeros((0, 2)), [], np.zeros(2), "no records"
+    if embedder is not None:
+        label = getattr(embedder, "name", type(embedder).__name__)
+        vectors = embedder.encode(texts)
+    else:
+        emb, label = _default_embedder()
+        try:
+            vectors = emb.encode(texts)
+        except Exception as exc:  # weights missing offline: still draw a map, and say which
+            emb = HashingEmbedder()
+            label = f"hashed n-grams (embedding model failed: {type(exc).__name__})"
+            vectors = emb.encode(texts)
+    coords, explained = pca_2d(np.asarray(vectors, dtype=np.float32))
+    return coords, labels, explained, str(label)
+
+
+def write_html(dir: Path, summary: dict[str, Any], path: Path, embedder: Embedder | None = None,
+               max_points: int = MAX_MAP_POINTS) -> Path:
+    """Write one self-contained HTML report (inline CSS, plots as PNG data URIs, no
+    scripts, no external references; all prompt text escaped). Returns `path`."""
+    from curate import plots
+
+    e = html.escape
+    tables = _tables(summary)
+    m = summary["manifest"]
+    title = f"Curated set: {m['recipe_name'] or Path(summary['dir']).name}"
+
+    out: list[str] = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        # The policy makes the no-network promise hold even for a browser that follows
+        # markup we failed to escape: only inline styles and data: images may load.
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+        "style-src 'unsafe-inline'\">",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{e(title)}</title><style>{_CSS}</style></head><body><main>",
+        f"<h1>{e(title)}</h1>",
+        f'<p class="meta">{" &middot; ".join(e(x) for x in _header_lines(summary)[:2])}</p>',
+    ]
+    kpis = [(f"{summary['total']:,}", "kept prompts"), (f"{summary['rejected']['total']:,}", "rejected")]
+    kpis += [(_pct(c["share"]), f"{name} ({c['count']:,})") for name, c in summary["criteria"].items()]
+    out.append('<div class="kpis">' + "".join(f"<div class=\"kpi\"><b>{e(a)}</b><span>{e(b)}</span></div>"
+                                                for a, b in kpis) + "</div>")
+    if m["shortfalls"]:
+        out.append('<div class="warn"><b>Shortfalls</b><ul>' + "".join(f"<li>{e(s)}</li>" for s in m["shortfalls"])
+                   + "</ul></div>")
+
+    out.append('<h2 id="mixture">Mixture</h2><div class="grid">')
+    out.append(f"<div>{_html_table(tables['criteria'])}{_html_table(tables['sources'])}</div>")
+    out.append(_img(plots.category_bars(summary), "prompts per category by criterion"))
+    out.append("</div>")
+    out.append(_html_table(tables["categories"]))
+
+    out.append('<h2 id="pipeline">Pipeline and rejections</h2><div class="grid">')
+    out.append("<div>" + "".join(_html_table(tables[k]) for k in ("inputs", "steps") if k in tables) + "</div>")
+    out.append(f"<div>{_html_table(tables['rejected'])}</div></div>")
+    rej_ex = summary["rejected"]["examples"]
+    if rej_ex:
+        items = []
+        for key, recs in rej_ex.items():
+            lis = "".join(f'<li>{e(r["text"])}<br><span class="reason">{e(r["reason"])}</span></li>' for r in recs)
+            items.append(f"<div><h3>{e(key)}</h3><ul class=\"ex\">{lis}</ul></div>")
+        out.append(f'<details><summary>Rejected examples (first by id)</summary><div class="cols">{"".join(items)}'
+                   "</div></details>")
+
+    out.append('<h2 id="scores">Scores and length</h2>')
+    score_png = plots.score_histograms(summary)
+    if score_png:
+        out.append(_img(score_png, "score histograms", "stacked by criterion"))
+        out.append(_html_table(tables["scores"]))
+    else:
+        out.append('<p class="note">No scores recorded in this set.</p>')
+    out.append('<div class="grid">')
+    out.append(_img(plots.length_histogram(summary), "prompt length histogram"))
+    out.append(f"<div>{_html_table(tables['length'])}</div></div>")
+
+    out.append('<h2 id="map">Embedding map and clusters</h2><div class="grid">')
+    coords, labels, explained, label = embedding_points(Path(dir), embedder, max_points)
+    caption = f"PCA of {len(labels):,} prompts (first by id), embedder: {label}"
+    out.append(_img(plots.embedding_map(coords, labels, explained, "Text embeddings, PCA"), "embedding map", caption))
+    if "clusters" in tables:
+        out.append(f"<div>{_html_table(tables['clusters'])}</div>")
+    else:
+        out.append('<p class="note">No cluster ids recorded in this set.</p>')
+    out.append("</div>")
+
+    out.append('<h2 id="examples">Examples (first by id)</h2><div class="cols">')
+    for crit, cats in summary["examples"].items():
+        for cat, items in cats.items():
+            lis = "".join(f'<li>{e(it["text"])} <span class="id">{e(str(it["id"]))}</span></li>' for it in items)
+            out.append(f"<div><h3>{e(crit)} / {e(cat)}</h3><ul class=\"ex\">{lis}</ul></div>")
+    out.append("</div>")
+
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(m["versions"].items()))
+    if versions:
+        out.append(f'<p class="note" style="margin-top:28px">Built with {e(versions)}.</p>')
+    out.append("</main></body></html>\n")
+
+    path = Path(path)
+    _atomic_write(path, "\n".join(out))
+    return path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    # Write beside the target, then rename: a reader never sees half a report. A plain
+    # open() (not mkstemp, which makes 0600 files) so the umask decides who may read it.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
