@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -76,6 +77,8 @@ def run(recipe: str, data: str | None, teacher: str | None, output: str | None, 
     name, cfg = resolve(recipe, overrides=list(sets), data=data, teacher=teacher)
     out = Path(output or f"runs/{name}")
     summary = train(cfg, out, resume=resume, max_steps=max_steps, progress=not quiet, recipe_name=name)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun / accelerate launch, rank 0 reports
+        return
     init = summary["gap_initial"]
     click.echo(f"student: {summary['student']}  steps: {summary['steps']}  held-out gap: "
                + (f"{init:.4f} -> " if init is not None else "") + f"{summary['gap_final']:.4f}")

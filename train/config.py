@@ -24,6 +24,7 @@ SCHEMA: dict[str, Any] = {
         "guidance": [NUM],  # [min, max]: FLUX guidance input / SD3 CFG scale, drawn per batch
         "empty_prompt_prob": NUM,  # share of prompts replaced by "" (distils SD3's unconditional branch)
         "gradient_checkpointing": bool,  # recompute transformer activations in the backward pass
+        "fp8": bool,  # transformer linears as torchao float8 training linears (needs t5shrink[fp8])
     },
     "student": {
         "init": str,  # "config", a T5 name/path (e.g. google/flan-t5-base), or a student folder
@@ -48,6 +49,7 @@ SCHEMA: dict[str, Any] = {
     "distill": {
         "sampling_steps": int,  # N: steps of the teacher's sampler per trajectory
         "train_steps": int,  # K: steps of each trajectory that are regressed (null: all N)
+        "update": str,  # step: an optimizer update per regressed step | trajectory: one per trajectory
     },
     "cache": {
         "dir": str,  # teacher embeddings on disk (safetensors); null: no cache
@@ -85,12 +87,12 @@ SCHEMA: dict[str, Any] = {
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "teacher": {"dtype": "auto", "trust_remote_code": False, "guidance": [2.0, 5.0], "empty_prompt_prob": 0.0,
-                "gradient_checkpointing": False},
+                "gradient_checkpointing": False, "fp8": False},
     "student": {"init": "google/flan-t5-base", "config": {}, "projection_dropout": 0.1, "gradient_checkpointing": False},
     "optim": {"lr": 1.0e-4, "betas": [0.9, 0.999], "eps": 1.0e-8, "weight_decay": 1.0e-3, "warmup_steps": 0,
               "schedule": "constant", "min_lr_ratio": 0.1, "grad_clip": 1.0, "batch_size": 32, "micro_batch_size": None,
               "mixed_precision": "auto", "max_bad_steps": 10},
-    "distill": {"sampling_steps": 20, "train_steps": None},
+    "distill": {"sampling_steps": 20, "train_steps": None, "update": "step"},
     "cache": {"dir": None, "precompute": False, "offload_text_encoders": False},
     "validation": {"every": 1000, "data": None, "num_prompts": 64, "batch_size": 8, "sigmas": [0.25, 0.5, 0.75],
                    "guidance": 3.5, "resolution": None, "max_sequence_length": None, "images": False, "image_prompts": 4,
@@ -158,6 +160,8 @@ def resolve(
     n, k = cfg["distill"]["sampling_steps"], cfg["distill"]["train_steps"]
     if n < 1 or (k is not None and not 1 <= k <= n):
         raise ConfigError(f"distill.train_steps must be in 1..sampling_steps ({n}), got {k}")
+    if cfg["distill"]["update"] not in ("step", "trajectory"):
+        raise ConfigError(f"distill.update must be step or trajectory, got {cfg['distill']['update']!r}")
     cfg.setdefault("description", "")
     return name, cfg
 

@@ -1,19 +1,20 @@
 """Vision-guided distillation of a T5 student from a frozen FLUX/SD3 teacher (`train run`).
 
-One optimizer step:
-  1. take the next global batch of prompts from the current stage; get the teacher's embeddings once
-     for the batch (from the disk cache when enabled; never again per denoising step);
-  2. run the student once on the teacher's token ids;
-  3. start from noise at the stage's resolution and follow the teacher's own sampler for N steps with
+One step (one batch of prompts, one trajectory):
+  1. get the teacher's embeddings once for the batch (from the disk cache when enabled; never again
+     per denoising step);
+  2. start from noise at the stage's resolution and follow the teacher's own sampler for N steps with
      the teacher-conditioned prediction (FLUX: guidance input g; SD3: CFG at scale g; g drawn per batch);
-  4. at K sampled steps of that trajectory, push the student's embeddings through the frozen
-     transformer and regress its output onto the teacher-conditioned output (MSE; the target is computed
-     under no_grad). Gradients reach only the student, through the frozen transformer;
-  5. clip the student's gradient norm, AdamW step on float32 master weights.
+  3. at K sampled steps of that trajectory, run the student on the teacher's token ids, push its
+     embeddings through the frozen transformer and regress the output onto the teacher-conditioned
+     output (MSE; the target is computed under no_grad). Gradients reach only the student;
+  4. after each regressed step (distill.update: step, the default and the published shape) or once after
+     the trajectory with the K gradients summed (update: trajectory): average the gradient over ranks,
+     clip the student's gradient norm, AdamW step on float32 master weights.
 
-Around it: warmup + constant/cosine LR, bf16 autocast on CUDA, accelerate for devices and DDP, tqdm,
+Around it: warmup + constant/cosine LR, bf16 autocast on CUDA, accelerate for devices and processes, tqdm,
 JSONL + tensorboard logs, the held-out conditioning gap every N steps, atomic checkpoints with optimizer,
-RNG and data position (`--resume` continues from the last complete one), and skipping of non-finite steps.
+RNG and data position (`--resume` continues from the last complete one), and skipping of non-finite updates.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -138,35 +139,73 @@ def load_checkpoint(path: Path, student: DistillT5EncoderModel, optimizer: Any, 
 # ---- one trajectory -----------------------------------------------------------------------------
 
 
-def trajectory_loss(student: torch.nn.Module, teacher: Teacher, tcond: Cond, ids: torch.Tensor, x: torch.Tensor,
-                    max_len: int, n_steps: int, train_idx: set[int], guidance: float, amp: Any,
-                    scale: float) -> tuple[float, bool]:
-    """Follow the teacher's sampler from noise `x` for n_steps; at the steps in train_idx regress the
-    transformer output under the student's embeddings onto the output under the teacher's. Leaves
-    the gradient in the student's parameters; returns (scaled loss, all finite)."""
-    with amp():
-        seq = student(ids)[0]
-    # The student runs once. Its output becomes a leaf for the K transformer passes, whose gradients
-    # accumulate in seq_leaf.grad one pass at a time (activation memory of a single pass), and then
-    # flow through the student in one backward - the same gradient as summing the K losses.
-    seq_leaf = seq.detach().requires_grad_(True)
-    scond = teacher.student_cond(seq_leaf, tcond, max_len)
+class MicroBatch(NamedTuple):
+    tcond: Cond  # the teacher's conditioning (computed once per batch, or from the cache)
+    ids: torch.Tensor  # the teacher's T5 token ids, which the student reads
+    noise: torch.Tensor  # the trajectory's starting point
+
+
+def distill_trajectory(student: torch.nn.Module, teacher: Teacher, parts: list[MicroBatch], max_len: int, n_steps: int,
+                       train_idx: set[int], guidance: float, amp: Any, update: Callable[[float], None],
+                       per_step: bool = True) -> None:
+    """Follow the teacher's sampler from each micro-batch's noise for n_steps (all micro-batches in
+    lockstep); at the steps in train_idx regress the transformer output under the student's embeddings
+    onto the output under the teacher's (MSE, target under no_grad; gradients reach only the student).
+
+    per_step: `update(loss)` after every regressed step, with that step's gradient (summed over the
+    micro-batches), as the published recipe does. Otherwise one `update(mean loss)` after the trajectory with
+    the K steps' gradients summed: the student then runs once per micro-batch and its output is a leaf for
+    the K transformer passes. At equal compute per-step updates reach a given gap with fewer transformer
+    passes (bench/distill_efficiency.py), so it is the default."""
+    k = len(train_idx)
+    scale = 1.0 / len(parts) if per_step else 1.0 / (len(parts) * k)
+    xs = [p.noise for p in parts]
+    sizes, velocities = [len(x) for x in xs], [None] * len(parts)
+    seqs = leaves = None
+    if not per_step:
+        with amp():
+            seqs = [student(p.ids)[0] for p in parts]
+        leaves = [s.detach().requires_grad_(True) for s in seqs]
     total = 0.0
-    for i, t in enumerate(teacher.timesteps(n_steps, x)):
-        with torch.no_grad(), amp():
-            target = teacher.predict(x, t, tcond, guidance)
+    for i, t in enumerate(teacher.timesteps(n_steps, xs[0])):
+        step_loss = 0.0
+        for pi, part in enumerate(parts):
+            with torch.no_grad(), amp():
+                target = teacher.predict(xs[pi], t, part.tcond, guidance)
+            if i in train_idx:
+                with amp():
+                    seq = leaves[pi] if leaves else student(part.ids)[0]
+                    pred = teacher.predict(xs[pi], t, teacher.student_cond(seq, part.tcond, max_len), guidance)
+                loss = F.mse_loss(pred.float(), target.float()) * scale
+                loss.backward()
+                step_loss += loss.item()
+            with torch.no_grad(), amp():
+                velocities[pi] = teacher.velocity(xs[pi], t, target, guidance, max_len)
+        # One scheduler step for all micro-batches: the scheduler counts its calls.
+        xs = list(teacher.step(torch.cat(velocities), t, torch.cat(xs)).split(sizes))
         if i in train_idx:
-            with amp():
-                pred = teacher.predict(x, t, scond, guidance)  # frozen transformer, grad to seq_leaf only
-            loss = F.mse_loss(pred.float(), target.float()) * scale
-            loss.backward()
-            total += loss.item()
-        with torch.no_grad(), amp():
-            x = teacher.step(teacher.velocity(x, t, target, guidance, max_len), t, x)
-    finite = math.isfinite(total) and seq_leaf.grad is not None and bool(torch.isfinite(seq_leaf.grad).all())
-    if finite:
-        seq.backward(seq_leaf.grad)
-    return total, finite
+            total += step_loss
+            if per_step:
+                update(step_loss)
+    if not per_step:
+        for seq, leaf in zip(seqs, leaves):
+            seq.backward(leaf.grad)
+        update(total)
+
+
+def average_gradients(model: torch.nn.Module) -> None:
+    """Mean of the gradients over all ranks, in place (one all-reduce over a flat buffer)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    torch.distributed.all_reduce(flat)
+    flat /= torch.distributed.get_world_size()
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -232,6 +271,8 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
                            trust_remote_code=cfg["teacher"]["trust_remote_code"])
     if cfg["teacher"]["gradient_checkpointing"]:
         teacher.transformer.enable_gradient_checkpointing()
+    if cfg["teacher"]["fp8"]:  # targets, predictions and the validation gap all go through the fp8 transformer
+        teacher.transformer_to_fp8()
     amp_on = device.type == "cuda" and opt["mixed_precision"] in ("auto", "bf16") and torch.cuda.is_bf16_supported()
     if opt["mixed_precision"] == "bf16" and not amp_on:
         warnings.warn("bf16 autocast needs a CUDA device with bf16; training in float32")
@@ -259,7 +300,7 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
 
     # Student: from a pretrained T5, a student folder, or a config (shape from the teacher's T5).
     scfg = cfg["student"]
-    torch.manual_seed(seed + rank)  # here, not earlier: building a tiny teacher on first use draws numbers too
+    torch.manual_seed(seed)  # here, not earlier (building a tiny teacher draws numbers); the same on every rank
     student = build_student(scfg["init"], project_out_dim=teacher.width, vocab_size=teacher.vocab_size,
                             base_config=teacher.t5_config, overrides=scfg["config"],
                             projection_dropout=scfg["projection_dropout"],
@@ -269,10 +310,14 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
         # transformers 5 renamed it; fall back to the old name on older versions
         getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
     student.train()
+    torch.manual_seed(seed + 1 + rank)  # each rank its own dropout
     optimizer = torch.optim.AdamW(student.parameters(), lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"],
                                   weight_decay=opt["weight_decay"])
-    student, optimizer = accelerator.prepare(student, optimizer)
-    raw_student: DistillT5EncoderModel = accelerator.unwrap_model(student)
+    raw_student: DistillT5EncoderModel = student
+    # No DDP wrapper: gradients are averaged over ranks by hand before every update, because one
+    # trajectory interleaves several forwards and backwards per micro-batch, which DDP's hooks do not model.
+    if world > 1 and opt["batch_size"] % world:
+        raise TrainingError(f"optim.batch_size ({opt['batch_size']}) must be a multiple of the {world} processes")
 
     # Step plan: stage boundaries; --max-steps truncates, or extends the last stage.
     planned = total_steps(cfg)
@@ -367,43 +412,53 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
         train_idx = set(torch.randperm(n_steps, generator=gen)[:k_steps].tolist())
         drop = torch.rand(len(batch), generator=gen) < cfg["teacher"]["empty_prompt_prob"]
         texts = ["" if d else p["text"] for p, d in zip(batch, drop.tolist())]
-        # This rank's share, in micro-batches (gradient accumulation across them).
-        mine = texts[rank::world]
-        chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
-        loss_sum, finite = 0.0, True
-        for ci, chunk in enumerate(chunks):
-            # DDP syncs gradients on the last micro-batch's backward only
-            with contextlib.nullcontext() if ci == len(chunks) - 1 else accelerator.no_sync(student):
-                noise = teacher.noise(len(chunk), res, step_generator(seed, step, 1 + rank * 1_000 + ci))
-                part, ok = trajectory_loss(student, teacher, teacher_cond(chunk, max_len),
-                                           teacher.tokenize(chunk, max_len).to(device), noise, max_len, n_steps,
-                                           train_idx, guidance, amp, scale=1 / (k_steps * len(chunks)))
-                loss_sum, finite = loss_sum + part, finite and ok
-        # Average the logged loss over ranks; every rank must agree to skip a step.
-        stats = torch.tensor([loss_sum, 0.0 if finite else 1.0], device=device)
-        stats = accelerator.reduce(stats, reduction="sum") if world > 1 else stats
-        loss_value, finite = stats[0].item() / world, stats[1].item() == 0
-        grad_norm = float("nan")
-        if finite and opt["grad_clip"] > 0:
-            grad_norm = float(accelerator.clip_grad_norm_(student.parameters(), opt["grad_clip"]))  # student only
-            finite = math.isfinite(grad_norm)
-        if finite:
-            optimizer.step()
-        else:
-            state["bad_steps"] += 1
-            warnings.warn(f"step {step}: non-finite loss or gradient; step skipped ({state['bad_steps']} so far)")
-            if state["bad_steps"] > opt["max_bad_steps"]:
-                logger.close()
-                raise TrainingError(f"aborting at step {step}: {state['bad_steps']} non-finite steps "
-                                    f"(optim.max_bad_steps={opt['max_bad_steps']})")
-        optimizer.zero_grad(set_to_none=True)
+        # This rank's contiguous share, in micro-batches (gradient accumulation across them). A micro-batch's
+        # noise is keyed by its first prompt's place in the batch, so N ranks x M prompts draw the same
+        # numbers as 1 rank with micro-batches of M.
+        share = len(texts) // world
+        first = rank * share
+        starts = range(first, first + share, micro)
+        parts = [MicroBatch(teacher_cond(texts[i : min(i + micro, first + share)], max_len),
+                            teacher.tokenize(texts[i : min(i + micro, first + share)], max_len).to(device),
+                            teacher.noise(min(micro, first + share - i), res, step_generator(seed, step, 1 + i)))
+                 for i in starts]
+        done: list[tuple[float, float]] = []  # (loss, grad norm) of this batch's updates
+
+        def update(loss: float) -> None:
+            # Average the loss over ranks; every rank must agree to skip an update.
+            stats = torch.tensor([loss, 0.0 if math.isfinite(loss) else 1.0], device=device)
+            stats = accelerator.reduce(stats, reduction="sum") if world > 1 else stats
+            loss, finite = stats[0].item() / world, stats[1].item() == 0
+            grad_norm = float("nan")
+            if finite:
+                if world > 1:
+                    average_gradients(student)
+                # max_norm inf only measures: the finiteness check needs the norm
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), opt["grad_clip"] or math.inf))
+                finite = math.isfinite(grad_norm)
+            if finite:
+                optimizer.step()
+                done.append((loss, grad_norm))
+            else:
+                state["bad_steps"] += 1
+                warnings.warn(f"step {step}: non-finite loss or gradient; update skipped ({state['bad_steps']} so far)")
+                if state["bad_steps"] > opt["max_bad_steps"]:
+                    logger.close()
+                    raise TrainingError(f"aborting at step {step}: {state['bad_steps']} non-finite updates "
+                                        f"(optim.max_bad_steps={opt['max_bad_steps']})")
+            optimizer.zero_grad(set_to_none=True)
+
+        distill_trajectory(student, teacher, parts, max_len, n_steps, train_idx, guidance, amp, update,
+                           per_step=dist["update"] == "step")
+        loss_value = sum(d[0] for d in done) / len(done) if done else float("nan")
+        grad_norm = sum(d[1] for d in done) / len(done) if done else float("nan")
         step += 1
         state["step"], state["lr"] = step, lr
         bar.update(1)
         if step % cfg["log"]["every"] == 0 or step == stop:
             bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}")
             logger.log({"step": step, "stage": stage["name"], "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                        "guidance": guidance, "elapsed_s": round(time.time() - t0, 2)})
+                        "updates": len(done), "guidance": guidance, "elapsed_s": round(time.time() - t0, 2)})
         if val["every"] and step % val["every"] == 0 and step != stop:
             validate(step)
         if cfg["checkpoint"]["every"] and (step % cfg["checkpoint"]["every"] == 0 or step == stop):

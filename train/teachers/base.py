@@ -111,6 +111,23 @@ class Teacher:
     def check_resolution(self, resolution: int) -> None:
         raise NotImplementedError
 
+    def transformer_to_fp8(self) -> int:
+        """Swap the frozen transformer's linears for torchao float8 training linears (rowwise scales):
+        the forward and grad-input matmuls run in fp8 on H100-class GPUs, and the gradient still reaches
+        the text input. Layers whose sizes are not multiples of 16 stay as they are. Returns the count."""
+        try:
+            from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+        except ImportError as exc:
+            raise ImportError("teacher.fp8 needs torchao: pip install 't5shrink[fp8]'") from exc
+
+        def eligible(module: torch.nn.Module, _name: str) -> bool:
+            return module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+        before = sum(isinstance(m, torch.nn.Linear) for m in self.transformer.modules())
+        convert_to_float8_training(self.transformer, module_filter_fn=eligible,
+                                   config=Float8LinearConfig.from_recipe_name("rowwise"))
+        return before - sum(type(m) is torch.nn.Linear for m in self.transformer.modules())
+
     def noise(self, batch: int, resolution: int, generator: torch.Generator) -> torch.Tensor:
         """Starting noise in the transformer's input layout (drawn on the CPU, so it is the same on
         every device), in float32."""
