@@ -7,19 +7,20 @@ a flan-t5-base-shaped student (train.student.DistillT5EncoderModel, project_out_
 are bf16 on CUDA; the student keeps float32 master weights under bf16 autocast, as in train/distill.py.
 On CPU everything is float32 without autocast (what the trainer does there).
 
-Configurations (same batch / resolution / tokens; each has a fresh student + AdamW):
-  reference        per iteration: T5-XXL + CLIP encode again, teacher transformer forward (no_grad),
-                   student forward + transformer forward + backward into the student, AdamW step;
-                   T5-XXL resident. One regressed denoising step per optimizer step.
-  ours             train.distill.trajectory_loss's shape: teacher embeddings from the cache (tensors
-                   already on the device, T5-XXL/CLIP freed), the student once, K transformer passes
-                   (target under no_grad + prediction with grad into a leaf + backward), one student
-                   backward, AdamW step. K regressed denoising steps per optimizer step.
+Configurations (same batch / resolution / tokens; each has a fresh student + AdamW). An iteration is one
+regressed denoising step and one optimizer update in both loops: the trainer's default (distill.update:
+step) makes the same updates as the reference; bench/distill_efficiency.py shows why (at equal compute it
+beats one update per trajectory).
+  reference        T5-XXL + CLIP encode again, teacher transformer forward (no_grad), student forward +
+                   transformer forward + backward into the student, AdamW step; T5-XXL resident.
+  ours             train.distill.distill_trajectory's step: teacher embeddings from the cache (tensors
+                   already on the device, T5-XXL/CLIP freed), then the same forward/backward and AdamW.
   +ckpt            gradient checkpointing of the transformer;  ours+compile: torch.compile(student);
-  ours+fp8         frozen transformer quantised to fp8 by torchao (only if importable; run last, in place).
-Time ratios compare ms per regressed pass (ours / K vs reference / 1); a +ckpt row compares with
-reference+ckpt. A configuration that runs out of GPU memory reports OOM and the run goes on. Also: student
-encode latency at batch 1 x 512 tokens, eager vs torch.compile (CUDA, or CPU with --compile), beside T5-XXL.
+  ours+fp8         the frozen transformer's linears as torchao float8 training linears (rowwise): forward
+                   and grad-input matmuls in fp8, gradients still reach the text (run last: in place).
+Ratios are ours / reference per iteration (a +ckpt row against reference+ckpt). A configuration that runs
+out of GPU memory reports OOM and the run goes on. Also: student encode latency at batch 1 x 512 tokens,
+eager vs torch.compile (CUDA, or CPU with --compile), beside T5-XXL.
 Backward passes through the transformer run under sdpa_kernel(FLASH_ATTENTION) on CUDA (the default
 backend crashed with an illegal memory access on an H100).
 
@@ -29,7 +30,8 @@ backend crashed with an illegal memory access on an H100).
 On the device machine only torch, transformers and accelerate (and their dependencies: huggingface_hub,
 safetensors, numpy, regex, requests, Pillow, ...) are installed, so carry the diffusers wheel:
     python3 -m pip download --no-deps --only-binary=:all: -d .whl diffusers==0.42.1
-(diffusers-0.42.1-py3-none-any.whl; optional: a torchao wheel built for that torch, for the fp8 row).
+    python3 -m pip download --no-deps --only-binary=:all: -d .whl torchao==0.18.0    # the fp8 row
+(fp8 works on CPU too, slowly: a tiny run exercises it.)
 This script imports only train.student from the repo (torch + transformers at module level), so the repo
 plus that wheel suffice. Results are written to --json after every configuration (a killed run keeps them).
 """
@@ -132,7 +134,7 @@ class Setup:
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
         self.kind, tcfg, t5cfg, self.student_shape, clips, default_res = SCALES[args.scale]
-        self.device, self.cuda, self.k, self.tokens = device, device.type == "cuda", args.k, args.tokens
+        self.device, self.cuda, self.tokens = device, device.type == "cuda", args.tokens
         self.dtype = torch.bfloat16 if self.cuda else torch.float32
         cls = FluxTransformer2DModel if self.kind == "flux" else SD3Transformer2DModel
         self.transformer = build(cls, tcfg, device, self.dtype)
@@ -228,25 +230,32 @@ def reference_step(s: Setup, student, opt, state):
 
 
 def ours_step(s: Setup, student, opt, state):
-    """One t5shrink iteration, as train.distill.trajectory_loss: cached teacher embeddings, the student once,
-    K passes accumulating into a leaf, one backward through the student, AdamW."""
-    x = s.x0
+    """One t5shrink iteration, as train.distill.distill_trajectory with update: step: teacher embeddings
+    from the cache (T5-XXL and CLIP off the device), teacher forward, student + transformer forward/backward,
+    AdamW. The same regressed denoising step and update as the reference's, without the re-encode."""
+    x, i = state
+    t = 1.0 - (i % 20) / 20
+    with torch.no_grad(), s.amp(), s.flash():
+        target = s.predict(x, t, s.cached)
     with s.amp():
         seq = student(s.ids)[0]
-    leaf = seq.detach().requires_grad_(True)
-    for i in range(s.k):
-        t = 1.0 - i / s.k
-        with torch.no_grad(), s.amp(), s.flash():
-            target = s.predict(x, t, s.cached)
-        with s.amp(), s.flash():
-            loss = F.mse_loss(s.predict(x, t, s.student_cond(leaf, s.cached)).float(), target.float()) / s.k
         with s.flash():
-            loss.backward()
-        x = s.sampler_step(x, t, -1 / s.k, target)
-    seq.backward(leaf.grad)
+            loss = F.mse_loss(s.predict(x, t, s.student_cond(seq, s.cached)).float(), target.float())
+    with s.flash():
+        loss.backward()
     torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
+    state[0], state[1] = s.sampler_step(x, t, -1 / 20, target), i + 1
+
+
+def to_fp8(transformer: torch.nn.Module) -> None:
+    """torchao float8 training linears (rowwise scales): forward and grad-input matmuls in fp8, so the
+    gradient still reaches the text input; layers whose sizes are not multiples of 16 stay bf16."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    convert_to_float8_training(transformer, config=Float8LinearConfig.from_recipe_name("rowwise"),
+                               module_filter_fn=lambda m, _: m.in_features % 16 == 0 and m.out_features % 16 == 0)
 
 
 def timed(fn, iters: int, warmup: int, cuda: bool) -> float:
@@ -272,13 +281,10 @@ def run_train(name: str, s: Setup, args) -> dict:
     if "+compile" in name and not (s.cuda or args.compile):
         return {"status": "skipped", "note": "CPU: pass --compile to include torch.compile"}
     if "+fp8" in name:
-        if not s.cuda:
-            return {"status": "skipped", "note": "fp8 needs a CUDA device (H100)"}
         try:
-            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
+            to_fp8(s.transformer)
         except ImportError:
             return {"status": "skipped", "note": "torchao not importable"}
-        quantize_(s.transformer, Float8DynamicActivationFloat8WeightConfig())
     s.transformer.enable_gradient_checkpointing() if ckpt else s.transformer.disable_gradient_checkpointing()
     torch.manual_seed(0)
     student = make_student(s.student_shape, s.width, s.device)
@@ -289,9 +295,7 @@ def run_train(name: str, s: Setup, args) -> dict:
     if s.cuda:
         torch.cuda.reset_peak_memory_stats()
     ms = timed(step, args.iters, args.warmup, s.cuda)
-    passes = 1 if ref else s.k
-    return {"status": "ok", "ms_per_iter": round(ms, 2), "passes": passes, "ms_per_pass": round(ms / passes, 2),
-            "peak_mem_gib": gib(torch.cuda.max_memory_allocated()) if s.cuda else None}
+    return {"status": "ok", "ms_per_iter": round(ms, 2), "peak_mem_gib": gib(torch.cuda.max_memory_allocated()) if s.cuda else None}
 
 
 def run_encode(name: str, model, s: Setup, args) -> dict:
@@ -336,11 +340,10 @@ def ratios(train: dict) -> dict:
         base = "reference+ckpt" if "+ckpt" in name and train.get("reference+ckpt", {}).get("status") == "ok" else "reference"
         b = train.get(base, {})
         if b.get("status") != "ok":
-            out[name] = {"vs": base, "time_per_iter": None, "time_per_pass": None, "memory": None}
+            out[name] = {"vs": base, "time": None, "memory": None}
             continue
         mem = r["peak_mem_gib"] / b["peak_mem_gib"] if r["peak_mem_gib"] and b["peak_mem_gib"] else None
-        out[name] = {"vs": base, "time_per_iter": round(r["ms_per_iter"] / b["ms_per_iter"], 3),
-                     "time_per_pass": round(r["ms_per_pass"] / b["ms_per_pass"], 3), "memory": mem and round(mem, 3)}
+        out[name] = {"vs": base, "time": round(r["ms_per_iter"] / b["ms_per_iter"], 3), "memory": mem and round(mem, 3)}
     return out
 
 
@@ -349,17 +352,15 @@ def fmt(v, spec=".1f") -> str:
 
 
 def report(res: dict) -> None:
-    print(f"\ntrain step  scale={res['scale']}  device={res['device_name']}  batch={res['batch']}  resolution={res['resolution']}"
-          f"  tokens={res['tokens']}  K={res['k']}  torch {res['torch']}")
+    print(f"\ntrain iteration  scale={res['scale']}  device={res['device_name']}  batch={res['batch']}  "
+          f"resolution={res['resolution']}  tokens={res['tokens']}  torch {res['torch']}")
     print("params (M): " + ", ".join(f"{k} {v / 1e6:.4g}" for k, v in res["params"].items()))
-    print(f"{'config':<16}{'status':<9}{'ms/iter':>10}{'passes':>7}{'ms/pass':>10}{'peak GiB':>10}"
-          f"{'vs':>16}{'t/pass':>8}{'t/iter':>8}{'mem':>7}")
+    print(f"{'config':<16}{'status':<9}{'ms/iter':>10}{'peak GiB':>10}{'vs':>16}{'time':>8}{'memory':>8}")
     for name, r in res["train"].items():
         q = res["ratios"].get(name, {})
-        line = (f"{name:<16}{r['status']:<9}{fmt(r.get('ms_per_iter')):>10}{fmt(r.get('passes'), 'd'):>7}"
-                f"{fmt(r.get('ms_per_pass')):>10}{fmt(r.get('peak_mem_gib'), '.2f'):>10}")
+        line = f"{name:<16}{r['status']:<9}{fmt(r.get('ms_per_iter')):>10}{fmt(r.get('peak_mem_gib'), '.2f'):>10}"
         if q:
-            line += f"{q['vs']:>16}{fmt(q['time_per_pass'], '.3f'):>8}{fmt(q['time_per_iter'], '.3f'):>8}{fmt(q['memory'], '.3f'):>7}"
+            line += f"{q['vs']:>16}{fmt(q['time'], '.3f'):>8}{fmt(q['memory'], '.3f'):>8}"
         print(line + (f"  ({r['note']})" if r.get("note") else ""))
     print(f"\nencode, batch 1 x 512 tokens{'':<4}{'status':<9}{'ms':>10}{'weights GiB':>13}{'act GiB':>9}")
     for name, r in res["encode"].items():
@@ -373,7 +374,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--resolution", type=int, default=None, help="pixels (default 512; tiny: 64)")
     p.add_argument("--tokens", type=int, default=77)
-    p.add_argument("--k", type=int, default=4, help="transformer passes per iteration of ours (the recipes use 20)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict:
     wanted = [c for c in CONFIGS if c in args.configs.split(",")]  # fixed order: fp8 quantises in place, last
     s = Setup(args, device)
     res = {"scale": args.scale, "device": device.type, "batch": args.batch, "resolution": s.resolution, "tokens": args.tokens,
-           "k": args.k, "iters": args.iters, "warmup": args.warmup, "torch": torch.__version__, "params": s.params,
+           "iters": args.iters, "warmup": args.warmup, "torch": torch.__version__, "params": s.params,
            "device_name": torch.cuda.get_device_name(device) if s.cuda else "cpu", "train": {}, "ratios": {}, "encode": {}}
 
     def save(section: str, name: str, row: dict) -> None:

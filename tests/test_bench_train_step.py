@@ -27,18 +27,19 @@ def test_tiny_cpu_run_writes_both_configurations(bench, tmp_path, capsys, scale,
     bench.main(argv + (["--configs", configs] if configs else []))
     res = json.loads(out.read_text())
     assert res["scale"] == scale and res["device"] == "cpu"
-    for name, passes in (("reference", 1), ("ours", res["k"])):
+    for name in ("reference", "ours"):
         row = res["train"][name]
         assert row["status"] == "ok", row
-        assert row["ms_per_iter"] > 0 and row["ms_per_pass"] > 0 and row["passes"] == passes
+        assert row["ms_per_iter"] > 0
         assert "peak_mem_gib" in row  # None on CPU
     ratio = res["ratios"]["ours"]
-    assert ratio["vs"] == "reference" and ratio["time_per_pass"] > 0 and ratio["time_per_iter"] > 0
-    assert "memory" in ratio
+    assert ratio["vs"] == "reference" and ratio["time"] > 0 and "memory" in ratio
     assert res["encode"]["student eager"]["ms"] > 0 and res["encode"]["t5_xxl eager"]["ms"] > 0
     if configs is None:  # CPU skips what needs CUDA or --compile, with a reason
         assert res["train"]["ours+ckpt"]["status"] == "ok" and res["ratios"]["ours+ckpt"]["vs"] == "reference+ckpt"
-        assert res["train"]["ours+compile"]["status"] == "skipped" and res["train"]["ours+fp8"]["status"] == "skipped"
+        assert res["train"]["ours+compile"]["status"] == "skipped"
+        fp8 = res["train"]["ours+fp8"]  # torchao float8 linears run on CPU too; without torchao: skipped
+        assert fp8["status"] == "ok" if importlib.util.find_spec("torchao") else fp8["status"] == "skipped", fp8
     assert "ours" in capsys.readouterr().out  # the table
 
 
