@@ -125,12 +125,13 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=6000, help="compute per configuration, teacher-forward units")
     ap.add_argument("--pass-cost", type=float, default=2.12, help="regressed pass (fwd + bwd) / teacher forward")
     ap.add_argument("--lr", type=float, default=None, help="learning rate for all (default: the tiny recipe's)")
+    ap.add_argument("--seed", type=int, default=0, help="student init, prompt order, noise and guidance draws")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    sets = [f"distill.sampling_steps={args.sampling_steps}"] + ([f"optim.lr={args.lr}"] if args.lr else [])
+    sets = [f"distill.sampling_steps={args.sampling_steps}", f"seed={args.seed}"] + ([f"optim.lr={args.lr}"] if args.lr else [])
     _, cfg = resolve("tiny", sets, data=args.data, teacher=args.teacher)
     stage, val = cfg["stages"][-1], cfg["validation"]
     teacher = load_teacher(cfg["teacher"]["path"], device="cuda" if torch.cuda.is_available() else "cpu")
@@ -140,7 +141,7 @@ def main() -> None:
     configs = [("reference", "reference", args.sampling_steps)]
     configs += [(f"{m[:4]} K={k}", m, int(k)) for m in args.modes.split(",") for k in args.ks.split(",")]
     results = []
-    print(f"teacher {cfg['teacher']['path']}, {len(rows)} train / {len(heldout)} held-out prompts, N={args.sampling_steps}, "
+    print(f"seed {args.seed}, teacher {cfg['teacher']['path']}, {len(rows)} train / {len(heldout)} held-out prompts, N={args.sampling_steps}, "
           f"lr {cfg['optim']['lr']}, budget {args.budget:g} units, regressed pass = {args.pass_cost} units")
     print(f"{'config':<14}{'traj':>6}{'updates':>9}{'gap@25%':>9}{'gap@50%':>9}{'gap@100%':>10}{'cpu s':>8}")
     for name, mode, k in configs:

@@ -12,7 +12,11 @@ The teacher encoder re-run at every step in the reference gives the same numbers
 batch (frozen, eval mode), so it is encoded once here. Both students are scored with the same
 GapEvaluator on the same held-out prompts (the tiny recipe's split of --data).
 
-    python bench/reference_gap.py --teacher DIR --data DIR --steps 400 --ours runs/ours
+Compare at equal compute: the reference's --steps counts updates, one regressed denoising step each, while
+ours counts trajectories of K regressed steps, so give the reference K x ours' steps (or use
+bench/distill_efficiency.py, which equalises compute for every configuration itself).
+
+    python bench/reference_gap.py --teacher DIR --data DIR --steps 3200 --ours runs/ours   # ours: 400 x K=8
     (runs/ours from: train run --recipe tiny --teacher DIR --data DIR --max-steps 400 --output runs/ours,
      optionally exported: train export --checkpoint runs/ours --output ours-dt5 --format distillt5)
 """
