@@ -18,7 +18,7 @@ beats one update per trajectory).
   +ckpt            gradient checkpointing of the transformer;  ours+compile: torch.compile(student);
   ours+fp8         the frozen transformer's linears as torchao float8 training linears (rowwise): forward
                    and grad-input matmuls in fp8, gradients still reach the text (run last: in place).
-Ratios are ours / reference per iteration (a +ckpt row against reference+ckpt). A configuration that runs
+Ratios are ours / reference per iteration, against both reference rows. A configuration that runs
 out of GPU memory reports OOM and the run goes on. Also: student encode latency at batch 1 x 512 tokens,
 eager vs torch.compile (CUDA, or CPU with --compile), beside T5-XXL.
 Backward passes through the transformer run under sdpa_kernel(FLASH_ATTENTION) on CUDA (the default
@@ -26,6 +26,7 @@ backend crashed with an illegal memory access on an H100).
 
     python bench/train_step.py --scale tiny --device cpu --iters 2 --warmup 1          # seconds, smoke
     python bench/train_step.py --scale flux-dev --device cuda --json out/flux.json     # one H100, ~4 min
+    bash bench/device_train_step.sh          # the same on a lent device machine (wheels to carry: see there)
 
 On the device machine only torch, transformers and accelerate (and their dependencies: huggingface_hub,
 safetensors, numpy, regex, requests, Pillow, ...) are installed, so carry the diffusers wheel:
@@ -333,17 +334,18 @@ def guarded(fn, *a) -> dict:
 
 
 def ratios(train: dict) -> dict:
+    """Each ours row against the published loop shape (reference) and against reference+ckpt."""
     out = {}
     for name, r in train.items():
         if not name.startswith("ours") or r["status"] != "ok":
             continue
-        base = "reference+ckpt" if "+ckpt" in name and train.get("reference+ckpt", {}).get("status") == "ok" else "reference"
-        b = train.get(base, {})
-        if b.get("status") != "ok":
-            out[name] = {"vs": base, "time": None, "memory": None}
-            continue
-        mem = r["peak_mem_gib"] / b["peak_mem_gib"] if r["peak_mem_gib"] and b["peak_mem_gib"] else None
-        out[name] = {"vs": base, "time": round(r["ms_per_iter"] / b["ms_per_iter"], 3), "memory": mem and round(mem, 3)}
+        out[name] = {}
+        for base in ("reference", "reference+ckpt"):
+            b = train.get(base, {})
+            ok = b.get("status") == "ok"
+            mem = r["peak_mem_gib"] / b["peak_mem_gib"] if ok and r["peak_mem_gib"] and b["peak_mem_gib"] else None
+            out[name][base] = {"time": round(r["ms_per_iter"] / b["ms_per_iter"], 3) if ok else None,
+                               "memory": mem and round(mem, 3)}
     return out
 
 
@@ -355,12 +357,14 @@ def report(res: dict) -> None:
     print(f"\ntrain iteration  scale={res['scale']}  device={res['device_name']}  batch={res['batch']}  "
           f"resolution={res['resolution']}  tokens={res['tokens']}  torch {res['torch']}")
     print("params (M): " + ", ".join(f"{k} {v / 1e6:.4g}" for k, v in res["params"].items()))
-    print(f"{'config':<16}{'status':<9}{'ms/iter':>10}{'peak GiB':>10}{'vs':>16}{'time':>8}{'memory':>8}")
+    print(f"{'':<45}{'vs reference':>16}{'vs reference+ckpt':>20}")
+    print(f"{'config':<16}{'status':<9}{'ms/iter':>10}{'peak GiB':>10}{'time':>8}{'memory':>8}{'time':>10}{'memory':>10}")
     for name, r in res["train"].items():
         q = res["ratios"].get(name, {})
         line = f"{name:<16}{r['status']:<9}{fmt(r.get('ms_per_iter')):>10}{fmt(r.get('peak_mem_gib'), '.2f'):>10}"
         if q:
-            line += f"{q['vs']:>16}{fmt(q['time'], '.3f'):>8}{fmt(q['memory'], '.3f'):>8}"
+            a, b = q["reference"], q["reference+ckpt"]
+            line += f"{fmt(a['time'], '.3f'):>8}{fmt(a['memory'], '.3f'):>8}{fmt(b['time'], '.3f'):>10}{fmt(b['memory'], '.3f'):>10}"
         print(line + (f"  ({r['note']})" if r.get("note") else ""))
     print(f"\nencode, batch 1 x 512 tokens{'':<4}{'status':<9}{'ms':>10}{'weights GiB':>13}{'act GiB':>9}")
     for name, r in res["encode"].items():
