@@ -13,7 +13,8 @@ CLIP kept) on the same teacher, and differs only in the loop shape:
                  summed into one optimizer update.
 
 Compute is counted in teacher-forward units at real scale: following the trajectory costs one
-transformer forward per denoising step; a regressed step adds a forward + backward into the text input,
+transformer forward per denoising step up to the last regressed one (the trainer stops there); a
+regressed step adds a forward + backward into the text input,
 `--pass-cost` units (2.12 = 358 ms / 169 ms, FLUX.1-dev on an H100 at batch 4, 512 px, 77 tokens; the
 student T5-base and the reference's per-step T5-XXL re-encode are not charged, which favours the
 reference). Each configuration runs until it has spent `--budget` units; the gap is measured at 25, 50 and
@@ -87,7 +88,6 @@ def run_config(name: str, mode: str, k: int, teacher, cfg: dict, rows, evaluator
         updates += 1
 
     stream = PromptStream(rows, seed)
-    per_traj = trajectory_cost(n_steps, k, pass_cost)
     marks = [budget * f for f in (0.25, 0.5, 1.0)]
     spent, traj, seconds, gaps = 0.0, 0, 0.0, []
     while marks:
@@ -107,7 +107,7 @@ def run_config(name: str, mode: str, k: int, teacher, cfg: dict, rows, evaluator
                                contextlib.nullcontext, update, per_step=mode == "step")
         seconds += time.perf_counter() - t0
         traj += 1
-        spent += per_traj
+        spent += trajectory_cost(n_steps if mode == "reference" else max(train_idx) + 1, k, pass_cost)
         while marks and spent >= marks[0] - 1e-9:
             gaps.append(round(evaluator(student)["gap"], 4))
             marks.pop(0)

@@ -366,6 +366,65 @@ def test_update_per_step_and_per_trajectory(tiny, tmp_path):
     assert any(not torch.allclose(c[n], d[n], rtol=1e-4, atol=1e-6) for n in c)  # 3 updates vs 1 differ
 
 
+@pytest.mark.parametrize("mode", ["step", "trajectory"])
+def test_any_micro_batch_split_gives_the_whole_batch_result(tiny, tmp_path, mode):
+    """Micro-batches of 3 + 1 prompts train exactly like one micro-batch of 4: per-prompt noise, and
+    micro-batches weighted by their size."""
+    from safetensors.torch import load_file
+
+    from train.distill import train
+
+    weights = []
+    for micro in (4, 3):
+        cfg = small_cfg("tiny:flux", steps=2, distill={"sampling_steps": 3, "update": mode})
+        cfg["optim"]["micro_batch_size"] = micro
+        train(cfg, tmp_path / f"m{micro}", progress=False)
+        weights.append(load_file(str(tmp_path / f"m{micro}" / "student" / "model.safetensors")))
+    a, b = weights
+    assert all(torch.allclose(a[n], b[n], rtol=1e-4, atol=1e-6) for n in a)
+
+
+def test_trajectory_stops_after_its_last_regressed_step_and_after_a_skipped_update(tiny):
+    import contextlib
+
+    from train.distill import MicroBatch, distill_trajectory
+    from train.student import build_student
+    from train.teachers import load_teacher
+
+    teacher = load_teacher("tiny:flux")
+    student = build_student("config", teacher.width, teacher.vocab_size, base_config=teacher.t5_config,
+                            projection_dropout=0.0)
+    texts = ["a red cube", "two cats"]
+    part = MicroBatch(teacher.encode(texts, 12), teacher.tokenize(texts, 12), teacher.noise(2, 32, torch.Generator().manual_seed(0)))
+    passes, real_predict = [], teacher.predict
+    teacher.predict = lambda *a, **kw: passes.append(1) or real_predict(*a, **kw)  # counts transformer passes
+    for per_step in (True, False):
+        losses: list[float] = []
+        passes.clear()
+        distill_trajectory(student, teacher, [part], 12, 6, {1, 3}, 3.5, contextlib.nullcontext,
+                           lambda loss: losses.append(loss) or True, per_step=per_step)
+        assert len(losses) == (2 if per_step else 1) and all(loss > 0 for loss in losses)
+        assert len(passes) == 4 + 2  # targets at steps 0-3 (none after the last regressed one) + 2 regressed
+    losses, passes[:] = [], []
+    distill_trajectory(student, teacher, [part], 12, 6, {1, 3}, 3.5, contextlib.nullcontext,
+                       lambda loss: losses.append(loss) or False)  # the update at step 1 is skipped
+    assert len(losses) == 1 and len(passes) == 2 + 1
+
+
+def test_resume_refuses_a_checkpoint_whose_steps_counted_updates(tiny, tmp_path):
+    from train.distill import TrainingError, train
+
+    cfg = small_cfg("tiny:flux", steps=2, ckpt_every=1)
+    train(cfg, tmp_path / "r", progress=False, max_steps=1)
+    state_file = tmp_path / "r" / "checkpoints" / "step-00000001" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["format"] == 2
+    del state["format"]  # as written before steps counted trajectories
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(TrainingError, match="older t5shrink"):
+        train(cfg, tmp_path / "r", progress=False, resume=True)
+
+
 def test_two_processes_train_like_one_with_micro_batches(tiny, tmp_path):
     """torchrun with 2 CPU processes (gloo) x 2 prompts gives the weights of 1 process with micro-batches of
     2: the same noise per micro-batch, gradients averaged over ranks before every update."""

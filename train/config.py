@@ -44,7 +44,7 @@ SCHEMA: dict[str, Any] = {
         "batch_size": int,  # prompts per optimizer step, all devices together
         "micro_batch_size": int,  # prompts per device per forward; the rest is gradient accumulation
         "mixed_precision": str,  # auto | bf16 | no  (autocast; master weights stay float32)
-        "max_bad_steps": int,  # abort after more than this many non-finite steps
+        "max_bad_steps": int,  # abort after more than this many steps (batches) with a non-finite loss
     },
     "distill": {
         "sampling_steps": int,  # N: steps of the teacher's sampler per trajectory

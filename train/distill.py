@@ -41,6 +41,7 @@ from train.student import DistillT5EncoderModel, build_student, load_student_sta
 from train.teachers import Cond, Teacher, load_teacher
 
 CKPT_RE = re.compile(r"^step-(\d{8})$")
+STATE_FORMAT = 2  # 2: a step is one trajectory (batch); 1 counted optimizer updates
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -146,19 +147,24 @@ class MicroBatch(NamedTuple):
 
 
 def distill_trajectory(student: torch.nn.Module, teacher: Teacher, parts: list[MicroBatch], max_len: int, n_steps: int,
-                       train_idx: set[int], guidance: float, amp: Any, update: Callable[[float], None],
+                       train_idx: set[int], guidance: float, amp: Any, update: Callable[[float], bool],
                        per_step: bool = True) -> None:
-    """Follow the teacher's sampler from each micro-batch's noise for n_steps (all micro-batches in
-    lockstep); at the steps in train_idx regress the transformer output under the student's embeddings
-    onto the output under the teacher's (MSE, target under no_grad; gradients reach only the student).
+    """Follow the teacher's sampler from each micro-batch's noise (all micro-batches in lockstep, up to
+    the last step in train_idx); at the steps in train_idx regress the transformer output under the
+    student's embeddings onto the output under the teacher's (MSE, target under no_grad; gradients reach
+    only the student). Micro-batches are weighted by their number of prompts, so any split of a batch
+    gives the gradient of the whole batch.
 
-    per_step: `update(loss)` after every regressed step, with that step's gradient (summed over the
-    micro-batches), as the published recipe does. Otherwise one `update(mean loss)` after the trajectory with
-    the K steps' gradients summed: the student then runs once per micro-batch and its output is a leaf for
-    the K transformer passes. At equal compute per-step updates reach a given gap with fewer transformer
-    passes (bench/distill_efficiency.py), so it is the default."""
-    k = len(train_idx)
-    scale = 1.0 / len(parts) if per_step else 1.0 / (len(parts) * k)
+    per_step: `update(loss)` after every regressed step, with that step's gradient, as the published
+    recipe does. Otherwise one `update(loss)` after the trajectory with the K steps' gradients averaged: the
+    student then runs once per micro-batch and its output is a leaf for the K transformer passes (the
+    student graphs of all micro-batches are held until the end). At equal compute and learning rate,
+    per-step updates reach a given gap with fewer transformer passes (bench/distill_efficiency.py), so it
+    is the default. `update` returns False when the update was skipped as non-finite: the trajectory is
+    abandoned then, since non-finite latents would stay so."""
+    k, last = len(train_idx), max(train_idx)
+    prompts = sum(len(p.ids) for p in parts)
+    weights = [len(p.ids) / prompts / (1 if per_step else k) for p in parts]
     xs = [p.noise for p in parts]
     sizes, velocities = [len(x) for x in xs], [None] * len(parts)
     seqs = leaves = None
@@ -176,17 +182,20 @@ def distill_trajectory(student: torch.nn.Module, teacher: Teacher, parts: list[M
                 with amp():
                     seq = leaves[pi] if leaves else student(part.ids)[0]
                     pred = teacher.predict(xs[pi], t, teacher.student_cond(seq, part.tcond, max_len), guidance)
-                loss = F.mse_loss(pred.float(), target.float()) * scale
+                loss = F.mse_loss(pred.float(), target.float()) * weights[pi]
                 loss.backward()
                 step_loss += loss.item()
-            with torch.no_grad(), amp():
-                velocities[pi] = teacher.velocity(xs[pi], t, target, guidance, max_len)
-        # One scheduler step for all micro-batches: the scheduler counts its calls.
-        xs = list(teacher.step(torch.cat(velocities), t, torch.cat(xs)).split(sizes))
+            if i < last:
+                with torch.no_grad(), amp():
+                    velocities[pi] = teacher.velocity(xs[pi], t, target, guidance, max_len)
         if i in train_idx:
             total += step_loss
-            if per_step:
-                update(step_loss)
+            if per_step and not update(step_loss):
+                return
+        if i == last:
+            break  # nothing after the last regressed step feeds the loss
+        # One scheduler step for all micro-batches: the scheduler counts its calls.
+        xs = list(teacher.step(torch.cat(velocities), t, torch.cat(xs)).split(sizes))
     if not per_step:
         for seq, leaf in zip(seqs, leaves):
             seq.backward(leaf.grad)
@@ -328,13 +337,17 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
         acc += s["steps"] if i < len(stages) - 1 else s["steps"] + (total - planned)
         bounds.append(acc)
 
-    state = {"step": 0, "positions": [0] * len(stages), "bad_steps": 0, "recipe_hash": config_hash(cfg)}
+    state = {"format": STATE_FORMAT, "step": 0, "positions": [0] * len(stages), "bad_steps": 0,
+             "recipe_hash": config_hash(cfg)}
     if resume:
         ckpt = find_checkpoint(output)
         if ckpt is None:
             warnings.warn(f"--resume: no complete checkpoint in {output / 'checkpoints'}; starting from step 0")
         else:
             state = load_checkpoint(ckpt, raw_student, optimizer, accelerator)
+            if state.get("format") != STATE_FORMAT:
+                raise TrainingError(f"{ckpt} was written by an older t5shrink whose steps counted updates, not "
+                                    "trajectories; it cannot be resumed (its student/ folder still loads)")
             if main and (output / "log.jsonl").exists():  # drop records written after the checkpoint
                 keep = [line for line in (output / "log.jsonl").read_text().splitlines()
                         if line.strip() and json.loads(line).get("step", 0) <= state["step"]]
@@ -412,19 +425,19 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
         train_idx = set(torch.randperm(n_steps, generator=gen)[:k_steps].tolist())
         drop = torch.rand(len(batch), generator=gen) < cfg["teacher"]["empty_prompt_prob"]
         texts = ["" if d else p["text"] for p, d in zip(batch, drop.tolist())]
-        # This rank's contiguous share, in micro-batches (gradient accumulation across them). A micro-batch's
-        # noise is keyed by its first prompt's place in the batch, so N ranks x M prompts draw the same
-        # numbers as 1 rank with micro-batches of M.
+        # This rank's contiguous share, in micro-batches (gradient accumulation across them). Each prompt's
+        # noise is keyed by its place in the batch, so any split over ranks and micro-batches draws the
+        # same numbers.
         share = len(texts) // world
-        first = rank * share
-        starts = range(first, first + share, micro)
-        parts = [MicroBatch(teacher_cond(texts[i : min(i + micro, first + share)], max_len),
-                            teacher.tokenize(texts[i : min(i + micro, first + share)], max_len).to(device),
-                            teacher.noise(min(micro, first + share - i), res, step_generator(seed, step, 1 + i)))
-                 for i in starts]
+        parts = []
+        for i in range(rank * share, (rank + 1) * share, micro):
+            idx = range(i, min(i + micro, (rank + 1) * share))
+            chunk = [texts[j] for j in idx]
+            noise = torch.cat([teacher.noise(1, res, step_generator(seed, step, 1 + j)) for j in idx])
+            parts.append(MicroBatch(teacher_cond(chunk, max_len), teacher.tokenize(chunk, max_len).to(device), noise))
         done: list[tuple[float, float]] = []  # (loss, grad norm) of this batch's updates
 
-        def update(loss: float) -> None:
+        def update(loss: float) -> bool:
             # Average the loss over ranks; every rank must agree to skip an update.
             stats = torch.tensor([loss, 0.0 if math.isfinite(loss) else 1.0], device=device)
             stats = accelerator.reduce(stats, reduction="sum") if world > 1 else stats
@@ -439,14 +452,16 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
             if finite:
                 optimizer.step()
                 done.append((loss, grad_norm))
-            else:
+            optimizer.zero_grad(set_to_none=True)
+            if not finite:  # the rest of this batch is skipped too, and the batch counts once
                 state["bad_steps"] += 1
-                warnings.warn(f"step {step}: non-finite loss or gradient; update skipped ({state['bad_steps']} so far)")
+                warnings.warn(f"step {step}: non-finite loss or gradient; rest of the batch skipped "
+                              f"({state['bad_steps']} so far)")
                 if state["bad_steps"] > opt["max_bad_steps"]:
                     logger.close()
-                    raise TrainingError(f"aborting at step {step}: {state['bad_steps']} non-finite updates "
+                    raise TrainingError(f"aborting at step {step}: {state['bad_steps']} non-finite batches "
                                         f"(optim.max_bad_steps={opt['max_bad_steps']})")
-            optimizer.zero_grad(set_to_none=True)
+            return finite
 
         distill_trajectory(student, teacher, parts, max_len, n_steps, train_idx, guidance, amp, update,
                            per_step=dist["update"] == "step")
