@@ -289,7 +289,7 @@ def run_train(name: str, s: Setup, args) -> dict:
     s.transformer.enable_gradient_checkpointing() if ckpt else s.transformer.disable_gradient_checkpointing()
     torch.manual_seed(0)
     student = make_student(s.student_shape, s.width, s.device)
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=s.cuda and not ref)  # ours: as train/distill.py
     model = torch.compile(student) if "+compile" in name else student
     state = [s.x0, 0]
     step = (lambda: reference_step(s, model, opt, state)) if ref else (lambda: ours_step(s, model, opt, state))

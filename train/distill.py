@@ -320,8 +320,9 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
         getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
     student.train()
     torch.manual_seed(seed + 1 + rank)  # each rank its own dropout
+    # fused: one kernel for all parameters on CUDA; with an update per regressed step it runs 20 times a batch
     optimizer = torch.optim.AdamW(student.parameters(), lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"],
-                                  weight_decay=opt["weight_decay"])
+                                  weight_decay=opt["weight_decay"], fused=device.type == "cuda")
     raw_student: DistillT5EncoderModel = student
     # No DDP wrapper: gradients are averaged over ranks by hand before every update, because one
     # trajectory interleaves several forwards and backwards per micro-batch, which DDP's hooks do not model.
