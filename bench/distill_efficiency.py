@@ -80,12 +80,13 @@ def run_config(name: str, mode: str, k: int, teacher, cfg: dict, rows, evaluator
                                   weight_decay=opt["weight_decay"])
     updates = 0
 
-    def update(loss: float) -> None:
+    def update(loss: float) -> bool:
         nonlocal updates
         torch.nn.utils.clip_grad_norm_(student.parameters(), opt["grad_clip"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         updates += 1
+        return True  # applied (False would end the trajectory)
 
     stream = PromptStream(rows, seed)
     marks = [budget * f for f in (0.25, 0.5, 1.0)]

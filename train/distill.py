@@ -147,7 +147,7 @@ class MicroBatch(NamedTuple):
 
 
 def distill_trajectory(student: torch.nn.Module, teacher: Teacher, parts: list[MicroBatch], max_len: int, n_steps: int,
-                       train_idx: set[int], guidance: float, amp: Any, update: Callable[[float], bool],
+                       train_idx: set[int], guidance: float, amp: Any, update: Callable[[float], bool | None],
                        per_step: bool = True) -> None:
     """Follow the teacher's sampler from each micro-batch's noise (all micro-batches in lockstep, up to
     the last step in train_idx); at the steps in train_idx regress the transformer output under the
@@ -190,7 +190,7 @@ def distill_trajectory(student: torch.nn.Module, teacher: Teacher, parts: list[M
                     velocities[pi] = teacher.velocity(xs[pi], t, target, guidance, max_len)
         if i in train_idx:
             total += step_loss
-            if per_step and not update(step_loss):
+            if per_step and update(step_loss) is False:
                 return
         if i == last:
             break  # nothing after the last regressed step feeds the loss
