@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,9 @@ def load_recipe(name_or_path: str, kind: str) -> tuple[str, dict[str, Any]]:
     return path.stem, data
 
 
+FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """'a.b=3' -> (['a', 'b'], 3); the value is read as YAML (numbers, lists, null)."""
     if "=" not in item:
@@ -65,6 +69,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and FLOAT_RE.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; on a command line it is a number
     return key.strip().split("."), value
 
 
@@ -129,7 +135,8 @@ def validate(data: Any, schema: Any, where: str = "") -> None:
     elif isinstance(schema, tuple):
         if not isinstance(data, schema) or (bool not in schema and isinstance(data, bool)):
             names = "/".join(t.__name__ for t in schema)
-            raise ConfigError(f"{where} must be {names}, got {data!r}")
+            hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(data, str) and FLOAT_RE.fullmatch(data) else ""
+            raise ConfigError(f"{where} must be {names}, got {data!r}{hint}")
     elif isinstance(schema, type):
         validate(data, (schema,), where)
 

@@ -148,7 +148,7 @@ class Aesthetic(Filter):
         if self.mode == "column":
             for r in records:
                 if "aesthetic" not in r.scores:
-                    self._why[id(r)] = "no aesthetic score in the source (mode column)"
+                    self._why[id(r)] = "no_score (no aesthetic value in the source row; mode column)"
             return
         if not records:
             return
@@ -167,11 +167,11 @@ class Aesthetic(Filter):
             r.scores["aesthetic"] = s
         for r, good in zip(todo, ok):
             if not good:
-                self._why[id(r)] = f"unreadable image {r.meta['image']}"
+                self._why[id(r)] = f"unreadable_image {r.meta['image']}"
 
     def reason(self, record: Prompt) -> str | None:
         why = self._why.get(id(record))
         if why is not None or "aesthetic" not in record.scores:
-            return None if self.missing == "keep" else (why or "no aesthetic score")
+            return None if self.missing == "keep" else (why or "no_score")
         score = record.scores["aesthetic"]
-        return f"{score:.2f} < {self.min_score:.2f}" if score < self.min_score else None
+        return f"low_aesthetic {score:.2f} < {self.min_score:.2f}" if score < self.min_score else None

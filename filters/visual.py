@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 @register
 class VisualFilter(Filter):
     """Keeps prompts whose visualness (scores["visual"], see filters/tag_rules.visual_score) is at
-    least `min_score`; drops the rest with "visual: score 0.12 < 0.30". Records that no `tag` step
+    least `min_score`; drops the rest with "visual: not_visual 0.12 < 0.30". Records that no `tag` step
     scored are scored here first, with the same spaCy pipeline."""
 
     name = "visual"
@@ -37,5 +37,5 @@ class VisualFilter(Filter):
     def reason(self, record: Prompt) -> str | None:
         score = record.scores["visual"]
         if score < self.min_score:
-            return f"score {score:.2f} < {self.min_score:.2f}"
+            return f"not_visual {score:.2f} < {self.min_score:.2f}"
         return None

@@ -83,8 +83,8 @@ def test_column_mode_needs_no_model():
     recs = [_prompt("a", scores={"aesthetic": 7.1}), _prompt("b", scores={"aesthetic": 5.91}), _prompt("c")]
     result = step.run(recs, Context(progress=False))
     assert [r.text for r in result.kept] == ["a"]
-    assert [why for _, why in result.dropped] == ["aesthetic: 5.91 < 6.50",
-                                                  "aesthetic: no aesthetic score in the source (mode column)"]
+    assert [why for _, why in result.dropped] == ["aesthetic: low_aesthetic 5.91 < 6.50",
+                                                  "aesthetic: no_score (no aesthetic value in the source row; mode column)"]
     keep = build_step("aesthetic", {"min_score": 5.0, "missing": "keep"}).run(recs, Context(progress=False))
     assert [r.text for r in keep.kept] == ["a", "b", "c"]
 
@@ -122,7 +122,7 @@ def test_image_mode_scores_images_and_drops_missing_ones(weights, tiny_clip, tmp
     assert [r.text for r in result.kept] == ["p0", "p1", "p2"]
     scores = [r.scores["aesthetic"] for r in result.kept]
     assert np.isfinite(scores).all() and len(set(np.round(scores, 6))) == 3
-    assert [why for _, why in result.dropped] == [f"aesthetic: unreadable image {tmp_path / 'broken.png'}",
+    assert [why for _, why in result.dropped] == [f"aesthetic: unreadable_image {tmp_path / 'broken.png'}",
                                                   "aesthetic: no image path in meta['image'] (mode image)"]
     # Image embeddings are cached by file content: a second build reads them back.
     again = build_step("aesthetic", {"mode": "image", "weights": str(weights / "mlp.pth"), "min_score": -1e9,

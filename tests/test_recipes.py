@@ -36,6 +36,23 @@ def test_overrides_are_typed_yaml_values():
     assert data["steps"]["length"]["min_words"] == 4 and data["seed"] == 7
 
 
+def test_exponent_numbers_without_a_dot_are_numbers_on_the_command_line():
+    """YAML 1.1 reads 1e-3 as text; `--set optim.lr=1e-3` means the number (train uses the same parser)."""
+    from train.config import resolve
+
+    _, cfg = resolve("tiny", ["optim.lr=1e-3", "optim.eps=-2E-8"])
+    assert cfg["optim"]["lr"] == 0.001 and cfg["optim"]["eps"] == -2e-8
+
+
+def test_a_number_written_as_yaml_text_gets_a_hint(tmp_path):
+    from train.config import resolve
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("teacher: {path: tiny:flux}\noptim: {lr: 1e-3}\nstages: [{data: builtin:tiny, steps: 1}]\n")
+    with pytest.raises(ConfigError, match=r"optim.lr must be int/float, got '1e-3' \(YAML reads 1e-3 as text"):
+        resolve(str(recipe))
+
+
 def test_a_step_can_be_disabled_with_null():
     _, data = resolve_recipe("tiny", ["steps.dedup_exact=null"])
     assert data["steps"]["dedup_exact"] is None

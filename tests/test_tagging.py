@@ -194,5 +194,5 @@ def test_visual_filter_drops_abstract_prompts_with_reason(tag) -> None:
     result = build_step("visual", {"min_score": 0.3}).run(records, Context(progress=False))
     assert [r.text for r in result.kept] == ["a red barn in a snowy field"]
     reasons = {r.text: why for r, why in result.dropped}
-    assert reasons["anything at all"] == "visual: score 0.12 < 0.30"  # a cached score is not recomputed
-    assert re.fullmatch(r"visual: score 0\.[0-2]\d < 0\.30", reasons["How do I make my code faster?"])
+    assert reasons["anything at all"] == "visual: not_visual 0.12 < 0.30"  # a cached score is not recomputed
+    assert re.fullmatch(r"visual: not_visual 0\.[0-2]\d < 0\.30", reasons["How do I make my code faster?"])

@@ -56,7 +56,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--data", default=None, help="Curated-set folder or .txt/.jsonl/.parquet file for ALL stages.")
 @click.option("--teacher", default=None, help="Teacher pipeline folder, hub id, or tiny:flux / tiny:sd3.")
 @click.option("--output", default=None, type=click.Path(file_okay=False), help="Run folder [runs/<recipe>].")
-@click.option("--max-steps", default=None, type=int, help="Stop after N optimizer steps (extends the last stage if longer).")
+@click.option("--max-steps", default=None, type=int, help="Stop after N steps, i.e. batches of K updates (extends the last stage if longer).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. optim.lr=3e-4.")
 @click.option("--resume", is_flag=True, help="Continue from the last complete checkpoint in --output.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
