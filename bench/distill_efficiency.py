@@ -5,8 +5,8 @@ same guidance draws, same AdamW at the same constant learning rate, student-only
 CLIP kept) on the same teacher, and differs only in the loop shape:
 
   reference      every denoising step of the trajectory is regressed and is its own optimizer step
-                 (the student re-encodes the prompt each time), as in LifuWang-66/DistillT5; written
-                 out here independently of the trainer;
+                 (the student re-encodes the prompt each time), as in LifuWang-66/DistillT5: the loop of
+                 bench/reference_gap.py, written independently of the trainer;
   step K=k       train.distill.distill_trajectory with update: step (the default): k of the N steps
                  regressed, an optimizer update after each (k=N is the reference's shape);
   traj K=k       the same with update: trajectory: the student once per batch, the k steps' gradients
@@ -34,9 +34,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from train.config import resolve  # noqa: E402
 from train.data import PromptStream, heldout_split, load_stage_data  # noqa: E402
@@ -45,27 +45,11 @@ from train.evaluate import GapEvaluator  # noqa: E402
 from train.student import build_student  # noqa: E402
 from train.teachers import load_teacher  # noqa: E402
 
+from reference_gap import reference_trajectory  # noqa: E402  (bench/: the reference loop, written once)
+
 
 def trajectory_cost(n_steps: int, regressed: int, pass_cost: float) -> float:
     return n_steps + regressed * pass_cost
-
-
-def reference_trajectory(student, optimizer, teacher, tcond, ids, x, max_len, n_steps, guidance, clip) -> float:
-    """One trajectory of the reference loop: an optimizer step at every denoising step."""
-    total = 0.0
-    for t in teacher.timesteps(n_steps, x):
-        with torch.no_grad():
-            target = teacher.predict(x, t, tcond, guidance)
-        scond = teacher.student_cond(student(ids)[0], tcond, max_len)
-        loss = F.mse_loss(teacher.predict(x, t, scond, guidance).float(), target.float())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        total += loss.item()
-        with torch.no_grad():
-            x = teacher.step(teacher.velocity(x, t, target, guidance, max_len), t, x)
-    return total / n_steps
 
 
 def run_config(name: str, mode: str, k: int, teacher, cfg: dict, rows, evaluator, budget: float, pass_cost: float) -> dict:
@@ -101,8 +85,8 @@ def run_config(name: str, mode: str, k: int, teacher, cfg: dict, rows, evaluator
         tcond = teacher.encode(texts, max_len)
         ids = teacher.tokenize(texts, max_len).to(teacher.device)
         if mode == "reference":
-            reference_trajectory(student, optimizer, teacher, tcond, ids, noise, max_len, n_steps, guidance, opt["grad_clip"])
-            updates += n_steps
+            updates += reference_trajectory(student, optimizer, teacher, tcond, ids, noise, max_len, n_steps, guidance,
+                                            clip=opt["grad_clip"])
         else:
             distill_trajectory(student, teacher, [MicroBatch(tcond, ids, noise)], max_len, n_steps, train_idx, guidance,
                                contextlib.nullcontext, update, per_step=mode == "step")

@@ -62,20 +62,32 @@ def train_reference(teacher, prompts, steps: int, batch_size: int, resolution: i
         ids = teacher.tokenize(texts, max_len).to(teacher.device)
         guidance = rng.choice(guidance_grid)
         x = teacher.noise(len(texts), resolution, torch.Generator().manual_seed(seed * 100_003 + done))
-        for t in teacher.timesteps(sampling_steps, x):
-            with torch.no_grad():
-                target = teacher.predict(x, t, tcond, guidance)
-            scond = teacher.student_cond(student(ids)[0], tcond, max_len)
-            loss = F.mse_loss(teacher.predict(x, t, scond, guidance).float(), target.float())
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                x = teacher.step(teacher.velocity(x, t, target, guidance, max_len), t, x)
-            done += 1
-            if done >= steps:
-                break
+        done += reference_trajectory(student, opt, teacher, tcond, ids, x, max_len, sampling_steps, guidance,
+                                     max_updates=steps - done)
     return student
+
+
+def reference_trajectory(student, optimizer, teacher, tcond, ids, x, max_len: int, n_steps: int, guidance: float,
+                         clip: float | None = None, max_updates: int | None = None) -> int:
+    """One trajectory of the reference loop: the student re-run and an optimizer step at every denoising
+    step (clip: max student grad norm, None as published). Stops after max_updates; returns the updates made."""
+    updates = 0
+    for t in teacher.timesteps(n_steps, x):
+        if max_updates is not None and updates >= max_updates:
+            break
+        with torch.no_grad():
+            target = teacher.predict(x, t, tcond, guidance)
+        scond = teacher.student_cond(student(ids)[0], tcond, max_len)
+        loss = F.mse_loss(teacher.predict(x, t, scond, guidance).float(), target.float())
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        updates += 1
+        with torch.no_grad():
+            x = teacher.step(teacher.velocity(x, t, target, guidance, max_len), t, x)
+    return updates
 
 
 def main() -> None:

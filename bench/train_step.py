@@ -13,8 +13,8 @@ step) makes the same updates as the reference; bench/distill_efficiency.py shows
 beats one update per trajectory).
   reference        T5-XXL + CLIP encode again, teacher transformer forward (no_grad), student forward +
                    transformer forward + backward into the student, AdamW step; T5-XXL resident.
-  ours             train.distill.distill_trajectory's step: teacher embeddings from the cache (tensors
-                   already on the device, T5-XXL/CLIP freed), then the same forward/backward and AdamW.
+  ours             train.distill.distill_trajectory's step (update: step): teacher embeddings from the
+                   cache (already on the device, T5-XXL/CLIP freed), then the same forward/backward, AdamW.
   +ckpt            gradient checkpointing of the transformer;  ours+compile: torch.compile(student);
   ours+fp8         the frozen transformer's linears as torchao float8 training linears (rowwise): forward
                    and grad-input matmuls in fp8, gradients still reach the text (run last: in place).
@@ -210,38 +210,20 @@ class Setup:
         return x + dt * target.float()
 
 
-def reference_step(s: Setup, student, opt, state):
-    """One reference iteration: encode again, teacher forward, student + transformer forward/backward, AdamW."""
+def train_iteration(s: Setup, student, opt, state, reencode: bool):
+    """One iteration: the teacher's conditioning (reference: T5-XXL + CLIP encode again; ours, as
+    train.distill.distill_trajectory with update: step: the cached embeddings, T5-XXL/CLIP off the device),
+    teacher forward, student + transformer forward/backward, clip, AdamW, one Euler step of the trajectory."""
     x, i = state
     t = 1.0 - (i % 20) / 20
     with torch.no_grad(), s.amp():
-        tcond = s.encode(s.ids, s.clip_ids)
+        tcond = s.encode(s.ids, s.clip_ids) if reencode else s.cached
         with s.flash():
             target = s.predict(x, t, tcond)
     with s.amp():
         seq = student(s.ids)[0]  # outside the flash-only context: T5's position bias is an attention mask
         with s.flash():
             loss = F.mse_loss(s.predict(x, t, s.student_cond(seq, tcond)).float(), target.float())
-    with s.flash():
-        loss.backward()
-    torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    state[0], state[1] = s.sampler_step(x, t, -1 / 20, target), i + 1
-
-
-def ours_step(s: Setup, student, opt, state):
-    """One t5shrink iteration, as train.distill.distill_trajectory with update: step: teacher embeddings
-    from the cache (T5-XXL and CLIP off the device), teacher forward, student + transformer forward/backward,
-    AdamW. The same regressed denoising step and update as the reference's, without the re-encode."""
-    x, i = state
-    t = 1.0 - (i % 20) / 20
-    with torch.no_grad(), s.amp(), s.flash():
-        target = s.predict(x, t, s.cached)
-    with s.amp():
-        seq = student(s.ids)[0]
-        with s.flash():
-            loss = F.mse_loss(s.predict(x, t, s.student_cond(seq, s.cached)).float(), target.float())
     with s.flash():
         loss.backward()
     torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -292,7 +274,7 @@ def run_train(name: str, s: Setup, args) -> dict:
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=s.cuda and not ref)  # ours: as train/distill.py
     model = torch.compile(student) if "+compile" in name else student
     state = [s.x0, 0]
-    step = (lambda: reference_step(s, model, opt, state)) if ref else (lambda: ours_step(s, model, opt, state))
+    step = lambda: train_iteration(s, model, opt, state, reencode=ref)  # noqa: E731
     if s.cuda:
         torch.cuda.reset_peak_memory_stats()
     ms = timed(step, args.iters, args.warmup, s.cuda)
