@@ -108,7 +108,7 @@ def run_stage(stage: str, n: int, embed_sample: int, threads: int) -> dict:
         t = time.perf_counter()
         emb.encode(texts)
         rate = embed_sample / (time.perf_counter() - t)
-        info.update(seconds=n / rate, prompts_per_s=rate, note=f"EXTRAPOLATED from {embed_sample} prompts, batch 64")
+        info.update(seconds=n / rate, prompts_per_s=rate, note=f"EXTRAPOLATED from {embed_sample} prompts, batch 256")
     elif stage == "embed_cached":
         import hashlib
 

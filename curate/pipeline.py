@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from curate.balance import SHORTFALL_POLICIES, balance
 from curate.recipe import ANY_KEY, apply_overrides, load_recipe, recipe_hash, validate
-from curate.records import CRITERIA, Prompt
+from curate.records import CRITERIA, Prompt, parse_reason
 from curate.sources.files import SourceSpec, read_source
 from curate.writer import write_curated
 from filters.base import ConfigError, Context, build_step, cache_dir
@@ -98,8 +98,7 @@ class BuildResult:
 
 def reason_kind(reason: str) -> str:
     """'dedup_near: near_dup of ab12 jaccard=0.9' -> 'near_dup'."""
-    detail = reason.split(":", 1)[-1].split()
-    return detail[0] if detail else reason
+    return parse_reason(reason)[1]
 
 
 def _seed_for(seed: int, *parts: object) -> int:

@@ -66,6 +66,19 @@ def prompt_id(text: str) -> str:
     return hashlib.sha1(normalize_text(text).encode("utf-8")).hexdigest()[:16]
 
 
+def parse_reason(reason: str | None, step: str | None = None) -> tuple[str, str]:
+    """(step, kind) of a rejection reason "<step>: <kind> <detail>" (how every step words its drops).
+
+    The `step` column wins over the reason's prefix; a reason without a prefix is all
+    kind and detail."""
+    reason = (reason or "").strip()
+    head, sep, rest = reason.partition(": ")
+    if not sep:
+        head, rest = "", reason
+    words = rest.split(None, 1)
+    return (step or head or "unknown"), (words[0] if words else "unspecified")
+
+
 @dataclass(slots=True)
 class Prompt:
     text: str

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow.parquet as pq
 
-from curate.records import CATEGORIES, CRITERIA
+from curate.records import CATEGORIES, CRITERIA, parse_reason
 
 SUMMARY_FORMAT = "t5shrink.summary/1"
 DIFF_FORMAT = "t5shrink.diff/1"
@@ -127,19 +127,6 @@ def _ordered(keys: Iterable[str], canonical: Sequence[str], counts: Counter | No
     first = [k for k in canonical if k in keys]
     rest = sorted(keys - set(canonical), key=lambda k: (-(counts or {}).get(k, 0), k))
     return first + rest
-
-
-def parse_reason(reason: str | None, step: str | None = None) -> tuple[str, str]:
-    """(step, kind) of a rejection reason "<step>: <kind> <detail>".
-
-    The `step` column wins over the reason's prefix; a reason without a prefix is all
-    kind and detail."""
-    reason = (reason or "").strip()
-    head, sep, rest = reason.partition(": ")
-    if not sep:
-        head, rest = "", reason
-    words = rest.split(None, 1)
-    return (step or head or "unknown"), (words[0] if words else "unspecified")
 
 
 def _stats(values: np.ndarray) -> dict[str, Any]:

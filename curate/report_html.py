@@ -74,9 +74,10 @@ def _img(png: bytes, alt: str, caption: str = "") -> str:
 
 def _default_embedder() -> tuple[Any, str]:
     try:
+        from filters.base import cache_dir
         from filters.embed import build_embedder
 
-        emb = build_embedder(progress=False)
+        emb = build_embedder(cache_dir=cache_dir(), progress=False)  # `curate build` has embedded these texts
         return emb, str(getattr(emb, "name", "") or "filters.embed default")
     except Exception as exc:  # missing module or weights: the map still renders, labelled as such
         from curate.plots import HashingEmbedder

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from curate.records import Prompt
+from curate.records import Prompt, parse_reason
 
 FORMAT = "t5shrink.curated/1"
 PART = "part-00000.parquet"
@@ -77,7 +77,7 @@ def write_curated(out_dir: Path, kept: list[Prompt], rejected: list[tuple[Prompt
     rejected_rows = []
     for record, reason in rejected:
         row = record.to_dict()
-        row["step"], row["reason"] = reason.split(":", 1)[0], reason
+        row["step"], row["reason"] = parse_reason(reason)[0], reason
         rejected_rows.append(row)
     outputs[f"rejected/{PART}"] = _write_parquet(rejected_rows, partial / "rejected" / PART, True)
     manifest = {"format": FORMAT, **manifest, "outputs": outputs}

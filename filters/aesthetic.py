@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from filters.base import Context, Filter, register
+from filters.base import cache_dir as default_cache_dir  # the parameter is called cache_dir
 
 if TYPE_CHECKING:
     from curate.records import Prompt
@@ -59,7 +60,7 @@ def fetch_weights(path_or_url: str | os.PathLike, cache_dir: str | os.PathLike |
         return Path(src)
     import torch
 
-    folder = Path(cache_dir or Path.home() / ".cache" / "t5shrink") / "aesthetic"
+    folder = Path(cache_dir or default_cache_dir()) / "aesthetic"
     target = folder / src.split("?")[0].rsplit("/", 1)[-1]
     if not target.is_file():
         folder.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.records import Prompt
+from curate.writer import _schema
 
 SEMANTIC_CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial", "non_spatial", "numeracy", "complex")
 DEFAULT_FRACTIONS = {"quality": 0.47, "semantic": 0.30, "text": 0.23}
@@ -105,13 +106,9 @@ def pool(criterion: str, category: str, n: int, seed: int = 0) -> list[dict[str,
     return out
 
 
-SCHEMA = pa.schema([
-    ("id", pa.string()), ("text", pa.string()), ("criterion", pa.string()), ("category", pa.string()),
-    ("tags", pa.list_(pa.string())), ("rendered_text", pa.list_(pa.string())), ("source", pa.string()),
-    ("scores", pa.struct([("aesthetic", pa.float64()), ("tokens", pa.float64()), ("visual", pa.float64())])),
-    ("cluster", pa.int64()), ("stage", pa.string()),
-])
-REJECTED_SCHEMA = SCHEMA.append(pa.field("reason", pa.string())).append(pa.field("step", pa.string()))
+SCORE_KEYS = ["aesthetic", "tokens", "visual"]
+SCHEMA = _schema(SCORE_KEYS, rejected=False)  # the writer's own layout, so the fixture cannot drift from it
+REJECTED_SCHEMA = _schema(SCORE_KEYS, rejected=True)
 
 
 def _rows(records: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -119,7 +116,7 @@ def _rows(records: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     for r in records:
         row = dict(r)
         scores = row.get("scores")
-        row["scores"] = None if scores is None else {k: scores.get(k) for k in ("aesthetic", "tokens", "visual")}
+        row["scores"] = None if scores is None else {k: scores.get(k) for k in SCORE_KEYS}
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=schema)
 

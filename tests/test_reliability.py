@@ -1,7 +1,6 @@
 """Hostile input and crash safety of `curate build` (issue: reliability)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

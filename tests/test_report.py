@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from report_fixtures import make_set, pool, write_set  # noqa: E402
 
 from curate.plots import HashingEmbedder, pca_2d  # noqa: E402
-from curate.report import ReportError, parse_reason, render_tables, summarize  # noqa: E402
+from curate.records import parse_reason  # noqa: E402
+from curate.report import ReportError, render_tables, summarize  # noqa: E402
 from curate.report_diff import diff, flatten, render_diff  # noqa: E402
 from curate.report_html import embedding_points, write_html  # noqa: E402
 

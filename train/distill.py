@@ -323,7 +323,6 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     # fused: one kernel for all parameters on CUDA; with an update per regressed step it runs 20 times a batch
     optimizer = torch.optim.AdamW(student.parameters(), lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"],
                                   weight_decay=opt["weight_decay"], fused=device.type == "cuda")
-    raw_student: DistillT5EncoderModel = student
     # No DDP wrapper: gradients are averaged over ranks by hand before every update, because one
     # trajectory interleaves several forwards and backwards per micro-batch, which DDP's hooks do not model.
     if world > 1 and opt["batch_size"] % world:
@@ -345,7 +344,7 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
         if ckpt is None:
             warnings.warn(f"--resume: no complete checkpoint in {output / 'checkpoints'}; starting from step 0")
         else:
-            state = load_checkpoint(ckpt, raw_student, optimizer, accelerator)
+            state = load_checkpoint(ckpt, student, optimizer, accelerator)
             if state.get("format") != STATE_FORMAT:
                 raise TrainingError(f"{ckpt} was written by an older t5shrink whose steps counted updates, not "
                                     "trajectories; it cannot be resumed (its student/ folder still loads)")
@@ -392,12 +391,12 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     results: dict[str, Any] = {"initial": None, "final": None}
 
     def validate(step: int) -> dict[str, Any]:
-        report = evaluator(raw_student)
+        report = evaluator(student)
         logger.log({"step": step, "val_gap": report["gap"], "val_gap_per_category": report["per_category"]})
         if val["images"] and main:
             n = val["image_prompts"]
             texts = [p["text"] for p in heldout[:n]]
-            preview_grid(teacher, raw_student, texts, teacher_cond(texts, val_len).to(device), val_len, val_res,
+            preview_grid(teacher, student, texts, teacher_cond(texts, val_len).to(device), val_len, val_res,
                          val["image_steps"], val["guidance"], val["image_seeds"], output / "val" / f"step-{step:08d}.png")
         return report
 
@@ -478,7 +477,7 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
         if val["every"] and step % val["every"] == 0 and step != stop:
             validate(step)
         if cfg["checkpoint"]["every"] and (step % cfg["checkpoint"]["every"] == 0 or step == stop):
-            save_checkpoint(output, step, raw_student, optimizer, state, teacher, meta, accelerator, cfg["checkpoint"]["keep"])
+            save_checkpoint(output, step, student, optimizer, state, teacher, meta, accelerator, cfg["checkpoint"]["keep"])
     bar.close()
     results["final"] = validate(step)
     if main:
@@ -486,7 +485,7 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
         tmp = output / ".student.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        raw_student.save_pretrained(tmp, tokenizer=teacher.tokenizer, meta={**meta, "step": step})
+        student.save_pretrained(tmp, tokenizer=teacher.tokenizer, meta={**meta, "step": step})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
