@@ -85,12 +85,22 @@ def write_curated(out_dir: Path, kept: list[Prompt], rejected: list[tuple[Prompt
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
     os.replace(tmp, partial / "manifest.json")
     _fsync_dir(partial)
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    if out_dir.exists():
-        os.rename(out_dir, old)
-    os.rename(partial, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_into_place(partial, out_dir)
     return out_dir
+
+
+def swap_into_place(staging: Path, out: Path) -> None:
+    """Replace `out` (a folder or file, or nothing) with the complete folder `staging`. The old one is
+    moved aside first and deleted last, so a kill at any moment leaves the old or the new `out` whole
+    (plus, at worst, a hidden `.NAME.old-PID` leftover), never neither."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.rename(out, old)
+    os.rename(staging, out)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old.exists():
+        old.unlink()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -18,19 +18,12 @@ from train.cli import main  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """Build the tiny FLUX and SD3 teachers once into a private cache (what `tiny:flux` resolves to)."""
+def tiny():
+    """Build the tiny FLUX and SD3 teachers once into the session's cache (conftest isolates it); that
+    is what `tiny:flux` / `tiny:sd3` resolve to."""
     from train.tiny import tiny_teacher_path
 
-    root = tmp_path_factory.mktemp("t5shrink-cache")
-    old = os.environ.get("T5SHRINK_CACHE")
-    os.environ["T5SHRINK_CACHE"] = str(root)
-    paths = {"flux": tiny_teacher_path("flux"), "sd3": tiny_teacher_path("sd3")}
-    yield paths
-    if old is None:
-        os.environ.pop("T5SHRINK_CACHE", None)
-    else:
-        os.environ["T5SHRINK_CACHE"] = old
+    return {"flux": tiny_teacher_path("flux"), "sd3": tiny_teacher_path("sd3")}
 
 
 def small_cfg(teacher: str, **over) -> dict:
@@ -494,7 +487,7 @@ def test_non_finite_losses_skip_then_abort(tiny, tmp_path):
 
 
 def test_embedding_cache_roundtrip_and_offloaded_training(tiny, tmp_path):
-    from train.cache import EmbeddingCache
+    from train.cache import EmbeddingCache, teacher_cache_id
     from train.distill import train
     from train.teachers import load_teacher
 
@@ -508,7 +501,19 @@ def test_embedding_cache_roundtrip_and_offloaded_training(tiny, tmp_path):
 
     cfg = small_cfg("tiny:flux", steps=2, cache={"dir": str(tmp_path / "c2"), "precompute": True, "offload_text_encoders": True})
     train(cfg, tmp_path / "run", progress=False)
-    assert len(EmbeddingCache(tmp_path / "c2", str(tiny["flux"]))) >= 500  # every stage prompt + held-out
+    cache_id = teacher_cache_id(str(tiny["flux"]), teacher.dtype)
+    assert len(EmbeddingCache(tmp_path / "c2", cache_id)) >= 500  # every stage prompt + held-out
+
+    # the same folder path with other contents, or another dtype, is another teacher
+    import shutil
+
+    copy = tmp_path / "teacher"
+    shutil.copytree(tiny["flux"], copy)
+    before = teacher_cache_id(str(copy), teacher.dtype)
+    config = copy / "text_encoder_2" / "config.json"
+    config.write_text(config.read_text().replace("{", '{"edited": 1, ', 1))
+    assert teacher_cache_id(str(copy), teacher.dtype) != before
+    assert teacher_cache_id(str(copy), torch.bfloat16) != teacher_cache_id(str(copy), torch.float32)
 
 
 # ---- data and CLI -------------------------------------------------------------------------------

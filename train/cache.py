@@ -3,8 +3,8 @@
 
 Layout: DIR/<teacher key>/shard-<hash>.safetensors, one shard per `put` (a batch), each holding
 `embeds` (n, S, D), `pooled` (n, P) and, in its metadata, the JSON list of the n prompt keys. A
-prompt's key hashes the teacher source, the max_sequence_length and the text, so changing either
-never returns stale embeddings. Shards are written to a temp name and renamed, so a run killed
+prompt's key hashes the teacher (`teacher_cache_id`: source, content fingerprint of a local folder,
+dtype), the max_sequence_length and the text, so changing any of them never returns stale embeddings. Shards are written to a temp name and renamed, so a run killed
 mid-write leaves no half shard behind. Disk: about S x D x 2 bytes a prompt in bf16 (77 x 4096 x 2
 = 630 kB for FLUX/SD3).
 """
@@ -21,6 +21,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from train.teachers.base import Cond
+
+
+def teacher_cache_id(source: str, dtype: torch.dtype) -> str:
+    """The teacher part of every cache key. A local folder is also fingerprinted by content (as the
+    curation embedding cache does), so a checkpoint replaced in place never reads stale embeddings."""
+    from filters.embed import fingerprint
+
+    content = fingerprint(source) if Path(source).exists() else "hub"
+    return f"{source}#{content}:{dtype}"
 
 
 def prompt_key(teacher_id: str, max_len: int, text: str) -> str:

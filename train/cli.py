@@ -19,6 +19,8 @@ def _quiet_libraries() -> None:
 
     if (click.get_current_context().find_root().obj or {}).get("debug"):
         return
+    # transformers imports torchao when installed, and torch warns about torchao's enums on that import
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -40,7 +42,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 
     \b
     Examples:
-      train run --recipe tiny                                 # CPU smoke run, ~1 minute
+      train run --recipe tiny                                 # CPU smoke run, ~30 s
       train run --recipe flux-t5-base --output runs/flux-base
       train run --recipe flux-t5-base --output runs/flux-base --resume
       train eval --student runs/flux-base/student --teacher black-forest-labs/FLUX.1-dev --data heldout.txt
@@ -114,11 +116,11 @@ def eval_cmd(student: str, teacher: str, data: str, as_json: bool, max_prompts: 
                  --clip ViT-L-14 --clip-pretrained openai --images 32 --save-grid eval.png
     """
     _quiet_libraries()
-    from train.export import evaluate_student
+    from train.evaluate import evaluate_student
 
     report = evaluate_student(student, teacher, data, max_prompts=max_prompts, max_len=max_sequence_length,
                               resolution=resolution, guidance=guidance, batch_size=batch_size, clip=clip,
-                              clip_pretrained=clip_pretrained, images=images, steps=steps, seed=seed, save_grid=save_grid)
+                              clip_pretrained=clip_pretrained, images=images, steps=steps, seed=seed, grid_path=save_grid)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

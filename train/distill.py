@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -33,16 +32,16 @@ from typing import Any, Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from train.cache import EmbeddingCache
+from curate.writer import swap_into_place
+from train.cache import EmbeddingCache, teacher_cache_id
 from train.config import config_hash, total_steps
 from train.data import PromptStream, heldout_split, load_stage_data
 from train.evaluate import GapEvaluator, preview_grid
-from train.student import DistillT5EncoderModel, build_student, load_student_state_dict
+from train.student import DTYPES, DistillT5EncoderModel, build_student, load_student_state_dict
 from train.teachers import Cond, Teacher, load_teacher
 
 CKPT_RE = re.compile(r"^step-(\d{8})$")
 STATE_FORMAT = 2  # 2: a step is one trajectory (batch); 1 counted optimizer updates
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 class TrainingError(RuntimeError):
@@ -111,9 +110,7 @@ def save_checkpoint(output: Path, step: int, student: DistillT5EncoderModel, opt
         student.save_pretrained(tmp / "student", tokenizer=teacher.tokenizer, meta={**meta, "step": step})
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")  # written last
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        swap_into_place(tmp, final)
         done = sorted(p for p in root.iterdir() if CKPT_RE.match(p.name))
         for old in done[: max(0, len(done) - keep)] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
@@ -296,7 +293,8 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     streams = [PromptStream(rows, seed + 7 * i) for i, rows in enumerate(train_rows)]
 
     # Teacher embeddings: once per batch, optionally from/to the disk cache.
-    cache = EmbeddingCache(cfg["cache"]["dir"], teacher.source) if cfg["cache"]["dir"] else None
+    cache_id = teacher_cache_id(teacher.source, teacher.dtype) if cfg["cache"]["dir"] else None
+    cache = EmbeddingCache(cfg["cache"]["dir"], cache_id) if cache_id else None
 
     def teacher_cond(texts: list[str], max_len: int) -> Cond:
         if cache is None:
@@ -379,7 +377,7 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
                 texts = [t for t, m in chunk if m == max_len]
                 cache.put(texts, max_len, teacher.encode(texts, max_len))
         accelerator.wait_for_everyone()
-        cache = EmbeddingCache(cfg["cache"]["dir"], teacher.source)  # pick up the other ranks' shards
+        cache = EmbeddingCache(cfg["cache"]["dir"], cache_id)  # pick up the other ranks' shards
     evaluator = GapEvaluator(teacher, heldout, val_len, val_res, val["sigmas"], val["guidance"], val["batch_size"],
                              seed=seed, encode=teacher_cond)
     if cfg["cache"]["offload_text_encoders"]:
@@ -486,9 +484,7 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
         if tmp.exists():
             shutil.rmtree(tmp)
         student.save_pretrained(tmp, tokenizer=teacher.tokenizer, meta={**meta, "step": step})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        swap_into_place(tmp, final)
     logger.close()
     accelerator.wait_for_everyone()
     summary = {"output": str(output), "steps": step, "student": str(output / "student"),

@@ -1,4 +1,5 @@
-"""The conditioning gap (DESIGN.md), teacher-vs-student image pairs (preview grids, CLIP metrics).
+"""The conditioning gap (DESIGN.md), teacher-vs-student image pairs (preview grids, CLIP metrics), and
+`evaluate_student` behind `train eval`.
 
     gap = sum ||f(x,t,S(p)) - f(x,t,T(p))||^2  /  sum ||f(x,t,T(p)) - f(x,t,0)||^2
 
@@ -13,6 +14,7 @@ Everything but f(x,t,S) is fixed, so it is computed once and each validation is 
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -172,3 +174,60 @@ def clip_report(clip: Any, prompts: list[dict[str, str]], pairs: list[tuple[Any,
 
     cats = np.array([p["category"] for p in prompts])
     return summary(np.ones(len(prompts), bool)) | {"per_category": {c: summary(cats == c) for c in sorted(set(cats))}}
+
+
+def evaluate_student(student_path: str | Path, teacher_source: str, data: str, max_prompts: int = 256,
+                     max_len: int | None = None, resolution: int | None = None, guidance: float = 3.5,
+                     batch_size: int = 8, device: str | None = None, clip: str | None = None,
+                     clip_pretrained: str | None = None, images: int = 8, steps: int = 20, seed: int = 0,
+                     grid_path: str | Path | None = None) -> dict[str, Any]:
+    """Held-out conditioning gap of a saved student against a teacher, overall and per category.
+
+    With `clip` (an open_clip model name or 'local-dir:...', weights `clip_pretrained`) it also samples
+    the first `images` held-out prompts with the teacher's T5 and with the student in its place (same
+    seed, `steps` steps) and adds report["clip"]: CLIP scores of both and their image similarity, overall
+    and per category (clip_report). `grid_path` gets those pairs as a teacher|student PNG.
+    """
+    from filters.base import ConfigError
+    from train.data import load_prompts, split_heldout
+    from train.export import load_student_dir, resolve_student_dir
+    from train.student import check_vocab
+    from train.teachers import load_teacher
+
+    if clip_pretrained and not clip:
+        raise ConfigError("--clip-pretrained needs --clip (the open_clip model it belongs to)")
+    if images < 1 or steps < 1:
+        raise ConfigError(f"images and steps must be at least 1 (got {images} images, {steps} steps)")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    folder = resolve_student_dir(student_path)  # once: a run folder's checkpoint search warns
+    student, tokenizer, meta = load_student_dir(folder)
+    teacher = load_teacher(teacher_source, device=device)
+    if student.config.project_out_dim != teacher.width:
+        raise ConfigError(f"the student projects to {student.config.project_out_dim}, the teacher reads {teacher.width}")
+    check_vocab(tokenizer, teacher.tokenizer, str(student_path))
+    max_len = max_len or meta.get("max_sequence_length") or 77
+    resolution = resolution or meta.get("resolution") or 512
+    if meta.get("max_sequence_length") and max_len != meta["max_sequence_length"]:
+        warnings.warn(f"evaluating at {max_len} tokens; the student was trained at {meta['max_sequence_length']}")
+    prompts = split_heldout(load_prompts(data), max_prompts)
+    embedder = None
+    if clip:  # load it before the slow part, so a wrong model name fails at once
+        from filters.embed import build_embedder
+
+        embedder = build_embedder("clip", model=clip, pretrained=clip_pretrained, batch_size=batch_size,
+                                  device=device, progress=False)
+    student = student.to(device).float()
+    evaluator = GapEvaluator(teacher, prompts, max_len, resolution, guidance=guidance, batch_size=batch_size)
+    report = evaluator(student)
+    report.update({"student": str(folder), "teacher": teacher_source, "resolution": resolution})
+    if embedder is not None or grid_path:
+        shown = prompts[:images]
+        texts = [p["text"] for p in shown]
+        pairs = image_pairs(teacher, student, texts, teacher.encode(texts, max_len), max_len, resolution, steps,
+                            guidance, [seed], batch_size=batch_size)
+        if grid_path:
+            report["grid"] = str(save_grid(pairs, grid_path))
+        if embedder is not None:
+            report["clip"] = {"model": embedder.name, "steps": steps, "seed": seed,
+                              **clip_report(embedder, shown, pairs)}
+    return report

@@ -1,4 +1,4 @@
-"""Exporting a trained student and evaluating one (`train export`, `train eval`).
+"""Finding, loading and exporting a trained student (`train export`; `train eval` is in train/evaluate.py).
 
 Formats:
   distillt5  the DESIGN layout: config.json + model.safetensors (published key set) + tokenizer files.
@@ -22,14 +22,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from curate.writer import swap_into_place
 from filters.base import ConfigError
-from train.student import META_NAME, DistillT5EncoderModel, is_student_folder, published_state_dict
+from train.student import DTYPES, META_NAME, DistillT5EncoderModel, is_student_folder, published_state_dict
+from train.teachers.flux import FluxTeacher
+from train.teachers.sd3 import SD3Teacher
 
-SLOTS = {"flux": ("text_encoder_2", "tokenizer_2"), "sd3": ("text_encoder_3", "tokenizer_3")}
+SLOTS = {t.kind: (t.t5_slot, t.tokenizer_slot) for t in (FluxTeacher, SD3Teacher)}  # where each pipeline's T5 sits
+ENCODER_SLOTS = [encoder for encoder, _ in SLOTS.values()]
+TOKENIZER_SLOTS = [tokenizer for _, tokenizer in SLOTS.values()]
 COMFY_T5_BASE = {"d_model": 768, "num_layers": 12, "num_heads": 12, "d_ff": 2048, "project_out_dim": 4096}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _is_student(folder: Path) -> bool:
@@ -44,7 +46,7 @@ def resolve_student_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such folder")
-    for c in (path, path / "text_encoder_2", path / "text_encoder_3"):
+    for c in (path, *(path / slot for slot in ENCODER_SLOTS)):
         if _is_student(c):
             return c
     # a run folder: the final student, unless a later (resumed, unfinished) run checkpointed past it
@@ -65,7 +67,7 @@ def _meta_step(folder: Path) -> int:
 
 
 def _tokenizer_dir(student_dir: Path) -> Path | None:
-    for c in (student_dir, student_dir.parent / "tokenizer_2", student_dir.parent / "tokenizer_3"):
+    for c in (student_dir, *(student_dir.parent / slot for slot in TOKENIZER_SLOTS)):
         if (c / "tokenizer_config.json").is_file():
             return c
     return None
@@ -85,8 +87,8 @@ def load_student_dir(path: str | Path) -> tuple[DistillT5EncoderModel, Any, dict
 
 
 EXPORT_FILES = {"t5shrink.json", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                "spiece.model", "special_tokens_map.json", "text_encoder_2", "tokenizer_2", "text_encoder_3",
-                "tokenizer_3", "added_tokens.json", "generation_config.json"}
+                "spiece.model", "special_tokens_map.json", "added_tokens.json", "generation_config.json",
+                *ENCODER_SLOTS, *TOKENIZER_SLOTS}
 
 
 def _atomic_dir(out: Path):
@@ -107,9 +109,7 @@ def _atomic_dir(out: Path):
 
 
 def _commit(tmp: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    os.replace(tmp, out)
+    swap_into_place(tmp, out)
 
 
 def export_student(checkpoint: str | Path, output: str | Path, fmt: str = "distillt5", dtype: str = "fp32") -> Path:
@@ -151,59 +151,3 @@ def export_student(checkpoint: str | Path, output: str | Path, fmt: str = "disti
         os.replace(tmp, path)
         return path
     raise ConfigError(f"unknown export format {fmt!r} (diffusers, distillt5, comfyui)")
-
-
-def evaluate_student(student_path: str | Path, teacher_source: str, data: str, max_prompts: int = 256,
-                     max_len: int | None = None, resolution: int | None = None, guidance: float = 3.5,
-                     batch_size: int = 8, device: str | None = None, clip: str | None = None,
-                     clip_pretrained: str | None = None, images: int = 8, steps: int = 20, seed: int = 0,
-                     save_grid: str | Path | None = None) -> dict[str, Any]:
-    """Held-out conditioning gap of a saved student against a teacher, overall and per category.
-
-    With `clip` (an open_clip model name or 'local-dir:...', weights `clip_pretrained`) it also samples
-    the first `images` held-out prompts with the teacher's T5 and with the student in its place (same
-    seed, `steps` steps) and adds report["clip"]: CLIP scores of both and their image similarity, overall
-    and per category (train.evaluate.clip_report). `save_grid` writes those pairs as a teacher|student PNG.
-    """
-    from train.data import load_prompts, split_heldout
-    from train.evaluate import GapEvaluator, clip_report, image_pairs
-    from train.evaluate import save_grid as write_grid
-    from train.student import check_vocab
-    from train.teachers import load_teacher
-
-    if clip_pretrained and not clip:
-        raise ConfigError("--clip-pretrained needs --clip (the open_clip model it belongs to)")
-    if images < 1 or steps < 1:
-        raise ConfigError(f"images and steps must be at least 1 (got {images} images, {steps} steps)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    student, tokenizer, meta = load_student_dir(student_path)
-    teacher = load_teacher(teacher_source, device=device)
-    if student.config.project_out_dim != teacher.width:
-        raise ConfigError(f"the student projects to {student.config.project_out_dim}, the teacher reads {teacher.width}")
-    check_vocab(tokenizer, teacher.tokenizer, str(student_path))
-    max_len = max_len or meta.get("max_sequence_length") or 77
-    resolution = resolution or meta.get("resolution") or 512
-    if meta.get("max_sequence_length") and max_len != meta["max_sequence_length"]:
-        warnings.warn(f"evaluating at {max_len} tokens; the student was trained at {meta['max_sequence_length']}")
-    prompts = split_heldout(load_prompts(data), max_prompts)
-    embedder = None
-    if clip:  # load it before the slow part, so a wrong model name fails at once
-        from filters.embed import build_embedder
-
-        embedder = build_embedder("clip", model=clip, pretrained=clip_pretrained, batch_size=batch_size,
-                                  device=device, progress=False)
-    student = student.to(device).float()
-    evaluator = GapEvaluator(teacher, prompts, max_len, resolution, guidance=guidance, batch_size=batch_size)
-    report = evaluator(student)
-    report.update({"student": str(resolve_student_dir(student_path)), "teacher": teacher_source, "resolution": resolution})
-    if embedder is not None or save_grid:
-        shown = prompts[:images]
-        texts = [p["text"] for p in shown]
-        pairs = image_pairs(teacher, student, texts, teacher.encode(texts, max_len), max_len, resolution, steps,
-                            guidance, [seed], batch_size=batch_size)
-        if save_grid:
-            report["grid"] = str(write_grid(pairs, save_grid))
-        if embedder is not None:
-            report["clip"] = {"model": embedder.name, "steps": steps, "seed": seed,
-                              **clip_report(embedder, shown, pairs)}
-    return report

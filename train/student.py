@@ -31,6 +31,7 @@ from transformers import T5Config, T5EncoderModel, T5PreTrainedModel
 
 WEIGHTS_NAME = "model.safetensors"
 META_NAME = "t5shrink.json"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # recipe / CLI names
 # T5EncoderModel shares one embedding between `shared` and `encoder.embed_tokens`; the published file
 # stores only `encoder.shared.weight`, so the alias is optional when loading and dropped when saving.
 TIED_ALIAS = "encoder.encoder.embed_tokens.weight"

@@ -10,8 +10,6 @@ the exports can be exercised end to end on a CPU in about a minute.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -218,13 +216,13 @@ def build_sd3(out_dir: str | Path, seed: int = 0) -> Path:
 
 
 def _save(pipe, out_dir: str | Path) -> Path:
+    from curate.writer import swap_into_place
+
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     pipe.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    swap_into_place(tmp, out)
     return out
 
 
