@@ -361,20 +361,22 @@ def test_update_per_step_and_per_trajectory(tiny, tmp_path):
 
 @pytest.mark.parametrize("mode", ["step", "trajectory"])
 def test_any_micro_batch_split_gives_the_whole_batch_result(tiny, tmp_path, mode):
-    """Micro-batches of 3 + 1 prompts train exactly like one micro-batch of 4: per-prompt noise, and
-    micro-batches weighted by their size."""
-    from safetensors.torch import load_file
-
+    """Micro-batches of 3 + 1 prompts train like one micro-batch of 4: per-prompt noise, and micro-batches
+    weighted by their size (weighting them equally changes the loss by tens of percent). Compared through
+    the logged losses and the held-out gap, not bit for bit: 3 + 1 rounds differently from 4, and AdamW
+    turns rounding noise in a near-zero gradient into a full-size step for that one weight."""
     from train.distill import train
 
-    weights = []
+    runs = []
     for micro in (4, 3):
-        cfg = small_cfg("tiny:flux", steps=2, distill={"sampling_steps": 3, "update": mode})
+        cfg = small_cfg("tiny:flux", steps=3, distill={"sampling_steps": 3, "update": mode})
         cfg["optim"]["micro_batch_size"] = micro
-        train(cfg, tmp_path / f"m{micro}", progress=False)
-        weights.append(load_file(str(tmp_path / f"m{micro}" / "student" / "model.safetensors")))
-    a, b = weights
-    assert all(torch.allclose(a[n], b[n], rtol=1e-4, atol=1e-6) for n in a)
+        summary = train(cfg, tmp_path / f"m{micro}", progress=False)
+        losses = [r["loss"] for r in read_jsonl(tmp_path / f"m{micro}" / "log.jsonl") if "loss" in r]
+        runs.append((losses, summary["gap_final"]))
+    (losses4, gap4), (losses31, gap31) = runs
+    assert len(losses4) == 3 and losses31 == pytest.approx(losses4, rel=1e-4)
+    assert gap31 == pytest.approx(gap4, rel=1e-3) and gap4 < 0.9 * summary["gap_initial"]
 
 
 def test_trajectory_stops_after_its_last_regressed_step_and_after_a_skipped_update(tiny):
