@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from curate.balance import SHORTFALL_POLICIES, balance
 from curate.recipe import ANY_KEY, apply_overrides, load_recipe, recipe_hash, validate
-from curate.records import CRITERIA, Prompt, parse_reason
+from curate.records import CRITERIA, Prompt, canonical_key, parse_reason
 from curate.sources.files import SourceSpec, read_source
 from curate.writer import write_curated
 from filters.base import ConfigError, Context, build_step, cache_dir
@@ -163,8 +163,7 @@ def build(recipe_name: str, data: dict[str, Any], out_dir: Path, progress: bool 
     records, rejected, source_stats = _read_sources(data, seed, progress)
     # A canonical order makes every keep-the-first rule downstream independent of the
     # order rows came in: shuffling an input file changes nothing in the output.
-    rank = {c: i for i, c in enumerate(CRITERIA)}
-    records.sort(key=lambda r: (rank[r.criterion], r.id, r.source, r.text))
+    records.sort(key=canonical_key)
     rows_read = sum(s["rows_read"] for s in source_stats)
     step_stats = []
     for name, params in (data.get("steps") or {}).items():

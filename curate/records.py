@@ -25,6 +25,7 @@ CATEGORIES = (
     "general",
 )
 
+_CRITERION_RANK = {c: i for i, c in enumerate(CRITERIA)}
 _SPACE = re.compile(r"\s+")
 # Punctuation that never changes what an image should show; quotes are kept
 # because they delimit rendered text.
@@ -59,6 +60,13 @@ def dedup_key(text: str) -> str:
         parts = [re.sub(r"^(an?|the) ", "", p).strip() for p in parts]
         return " and ".join(sorted(parts))
     return norm
+
+
+def canonical_key(record: "Prompt") -> tuple[int, str, str, str]:
+    """The one order every keep-the-first rule follows (the pipeline sorts by it; dedup_exact keeps the
+    smallest): criterion in CRITERIA order, then id, source, text. It depends only on the records,
+    so the order rows came in changes nothing."""
+    return (_CRITERION_RANK.get(record.criterion, len(CRITERIA)), record.id, record.source, record.text)
 
 
 def prompt_id(text: str) -> str:

@@ -2,13 +2,13 @@
 
 The key ignores case, spacing, quote style and edge punctuation, and treats
 "A and B" as "B and A" (compositional pairs are order-free): see records.dedup_key.
-The record kept is the one with the smallest (id, criterion, source), so the
-result does not depend on the order the rows came in.
+The record kept is the first in records.canonical_key order (the order the pipeline
+sorts by, so the same rule as dedup_near and dedup_semantic), whatever order the rows came in.
 """
 
 from __future__ import annotations
 
-from curate.records import Prompt, dedup_key, normalize_text
+from curate.records import Prompt, canonical_key, dedup_key, normalize_text
 from filters.base import Context, Step, StepResult, register
 
 
@@ -25,7 +25,7 @@ class ExactDedup(Step):
         for record in records:
             key = key_of(record.text)
             best = keeper.get(key)
-            if best is None or _rank(record) < _rank(best):
+            if best is None or canonical_key(record) < canonical_key(best):
                 keeper[key] = record
         kept_ids = {id(r) for r in keeper.values()}
         result = StepResult(kept=[])
@@ -36,6 +36,3 @@ class ExactDedup(Step):
                 result.dropped.append((record, f"{self.name}: exact_dup of {keeper[key_of(record.text)].id}"))
         return result
 
-
-def _rank(record: Prompt) -> tuple[str, str, str, str]:
-    return (record.id, record.criterion, record.source, record.text)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curate.records import Prompt, dedup_key
+from curate.records import Prompt, canonical_key, dedup_key
 from filters.base import ConfigError, Context, build_step
 from filters.dedup_near import shingles
 from filters.dedup_semantic import first_kept, similar_pairs
@@ -193,3 +193,19 @@ def test_semantic_keeps_rearranged_words_unless_told(ctx):
     recs = [Prompt(text=t, criterion="semantic", source="t") for t in pair]
     assert len(build_step("dedup_semantic", {}).run(recs, ctx).kept) == 2
     assert len(build_step("dedup_semantic", {"keep_rearrangements": False}).run(recs, ctx).kept) == 1
+
+
+def test_exact_keeps_the_first_in_canonical_order_whatever_the_input_order(ctx):
+    # The same pair in two criteria: the pipeline visits quality before semantic, and so does dedup_exact,
+    # even when the semantic twin has the smaller id.
+    quality = Prompt(text="a red cube and a blue sphere", criterion="quality", source="b")
+    semantic = Prompt(text="a blue sphere and a red cube", criterion="semantic", source="a")
+    assert semantic.id < quality.id
+    step = build_step("dedup_exact", {})
+    for records in ([quality, semantic], [semantic, quality]):
+        result = step.run(list(records), ctx)
+        assert result.kept == [quality]
+        assert result.dropped == [(semantic, f"dedup_exact: exact_dup of {quality.id}")]
+    same = [Prompt(text=t, criterion="semantic", source="s") for t in GROUPS[0][:3]]  # one dedup_key
+    first = min(same, key=canonical_key)
+    assert step.run(same, ctx).kept == step.run(same[::-1], ctx).kept == [first]
