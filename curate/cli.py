@@ -1,7 +1,7 @@
 """`curate`: build, tag, inspect and compare distillation prompt sets.
 
 The commands only parse arguments and call one plain function each (pipeline.build,
-tagging.tag_texts, report.summarize, report_diff.diff), so tests call those functions directly.
+tagging.TagStep, report.summarize, report_diff.diff), so tests call those functions directly.
 """
 
 from __future__ import annotations
@@ -94,41 +94,59 @@ def build(recipe: str, output: Path, size: int | None, seed: int | None, overrid
 @main.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @click.option("--output", type=click.Path(path_type=Path), help="JSONL file to write (default: stdout).")
+@click.option("--rejected", "rejected_path", type=click.Path(path_type=Path),
+              help="JSONL file for rows that could not be read, with step and reason "
+                   "(default: OUTPUT's name + .rejected.jsonl, when --output is given).")
 @click.option("--text-column", help="Column holding the prompt in .jsonl/.csv/.parquet input.")
 @click.option("--criterion", type=click.Choice(CRITERIA),
               help="Criterion for every prompt (default: text if it asks for rendered text, semantic if it has "
                    "a compositional category, else quality).")
 @click.option("--model", default="en_core_web_sm", show_default=True, help="spaCy pipeline to load.")
 @click.option("--processes", default=1, show_default=True, help="Worker processes for spaCy.")
-def tag(input_path: Path, output: Path | None, text_column: str | None, criterion: str | None, model: str,
-        processes: int) -> None:
+def tag(input_path: Path, output: Path | None, rejected_path: Path | None, text_column: str | None,
+        criterion: str | None, model: str, processes: int) -> None:
     """Tag prompts: one Prompt record (JSON) per input prompt, in input order.
+
+    The same labelling as the build's `tag` step: category, tags, rendered_text, scores.visual,
+    scores.tokens.
 
     \b
     Examples:
       curate tag prompts.txt
       curate tag captions.parquet --text-column caption --output tags.jsonl
     """
+    from curate.records import parse_reason
     from curate.sources.files import SourceSpec, read_source
-    from filters.tagging import tag_texts
+    from filters.base import Context
+    from filters.tagging import TagStep
 
     result = read_source(SourceSpec(uri=str(input_path), text_column=text_column), criterion="quality")
+    if rejected_path is None and output is not None:
+        rejected_path = output.with_name(output.name.removesuffix(".jsonl") + ".rejected.jsonl")
     if result.rejected:
-        click.echo(f"warning: {len(result.rejected)} rows could not be read "
-                   f"(first: {result.rejected[0][1]})", err=True)
+        where = f"written to {rejected_path}" if rejected_path else "pass --rejected FILE to keep them"
+        click.echo(f"warning: {len(result.rejected)} rows could not be read (first: {result.rejected[0][1]}); "
+                   f"{where}", err=True)
     started = time.perf_counter()
-    tags = tag_texts([r.text for r in result.records], model=model, n_process=processes)
-    sink = open(output, "w", encoding="utf-8") if output else sys.stdout
+    records = TagStep(model=model, n_process=processes, overwrite=True).run(result.records, Context()).kept
+    for record in records:
+        record.criterion = criterion or _infer_criterion(record.category)
+    _write_jsonl(output, (r.to_dict() for r in records))
+    if rejected_path and result.rejected:
+        _write_jsonl(rejected_path, ({**r.to_dict(), "step": parse_reason(why)[0], "reason": why}
+                                     for r, why in result.rejected))
+    click.echo(f"tagged {len(records):,} prompts in {time.perf_counter() - started:.1f}s", err=True)
+
+
+def _write_jsonl(path: Path | None, rows) -> None:
+    """One JSON object a line, to `path` or to stdout."""
+    sink = open(path, "w", encoding="utf-8") if path else sys.stdout
     try:
-        for record, found in zip(result.records, tags):
-            record.category, record.tags = found["category"], found["tags"]
-            record.rendered_text, record.scores = found["rendered_text"], found["scores"]
-            record.criterion = criterion or _infer_criterion(record.category)
-            sink.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+        for row in rows:
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
     finally:
-        if output:
+        if path:
             sink.close()
-    click.echo(f"tagged {len(tags):,} prompts in {time.perf_counter() - started:.1f}s", err=True)
 
 
 def _infer_criterion(category: str) -> str:

@@ -1,6 +1,6 @@
 """Prompt understanding with spaCy: primary category, tags, rendered text and scores.
 
-`tag_texts` serves `curate tag`; the `tag` step labels the records of outside sources in a build.
+`tag_texts` is the plain function (benches, tests); the `tag` step labels records, in a build and in `curate tag`.
 The rules live in filters/tag_rules.py, the word lists in filters/tag_lexicon.py, and rendered
 text extraction (no spaCy) in filters/rendered_text.py.
 """

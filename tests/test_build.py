@@ -200,6 +200,22 @@ def test_tag_command_writes_one_object_per_prompt_in_order(tmp_path):
     assert all(r["category"] in r["tags"] for r in rows)
     assert [r["criterion"] for r in rows] == ["semantic", "text", "semantic"]
     assert all(r["id"] and r["source"] == str(tmp_path / "p.txt") for r in rows)
+    assert not (tmp_path / "tags.rejected.jsonl").exists()  # nothing was rejected
+
+
+def test_tag_command_writes_unreadable_rows_with_their_reason(tmp_path):
+    lines = ['{"caption": "a red car and a blue bench"}', "{not json", '{"caption": 3}', ""]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "tags.jsonl"
+    result = CliRunner().invoke(main, ["tag", str(tmp_path / "p.jsonl"), "--text-column", "caption",
+                                       "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "3 rows could not be read" in result.output and "tags.rejected.jsonl" in result.output
+    [row] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["category"] == "color" and row["scores"]["visual"] > 0
+    rejected = [json.loads(line) for line in (tmp_path / "tags.rejected.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rejected] == ["ingest"] * 3
+    assert "JSON" in rejected[0]["reason"] and "'caption'" in rejected[1]["reason"] and "empty" in rejected[2]["reason"]
 
 
 def test_a_scored_caption_pool_is_thresholded_by_aesthetic_score(tmp_path):
