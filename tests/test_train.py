@@ -525,12 +525,16 @@ def test_data_sources_and_heldout_split(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from filters.base import ConfigError
     from train.data import PromptStream, load_prompts, split_heldout
 
     (tmp_path / "set" / "data").mkdir(parents=True)
     pq.write_table(pa.table({"id": ["1", "2"], "text": ["a red cat", "two dogs"], "criterion": ["semantic"] * 2,
                              "category": ["color", "numeracy"], "tags": [["color"], ["numeracy"]],
                              "rendered_text": [[], []], "source": ["x", "x"]}), tmp_path / "set" / "data" / "part-0.parquet")
+    with pytest.raises(ConfigError, match="not a finished curated set"):  # a build that did not finish
+        load_prompts(tmp_path / "set")
+    (tmp_path / "set" / "manifest.json").write_text("{}")
     assert load_prompts(tmp_path / "set") == [{"text": "a red cat", "category": "color"}, {"text": "two dogs", "category": "numeracy"}]
     (tmp_path / "p.txt").write_text("a cat\n\na dog\n")
     assert [p["text"] for p in load_prompts(tmp_path / "p.txt")] == ["a cat", "a dog"]

@@ -25,16 +25,22 @@ def load_prompts(source: str | Path) -> list[Prompt]:
     """Read one source into [{"text", "category"}] (category "all" when the source has none).
 
     Files and HF datasets are read by curate's own reader (so the same hostile-row handling
-    applies); a curated-set folder contributes its kept prompts (data/), never rejected/."""
+    applies); a curated-set folder is read as curate writes it (curate.writer.read_records): its
+    kept prompts (data/), never rejected/, and only once its manifest.json says the build finished."""
     if str(source) == "builtin:tiny":
         from train.tiny import builtin_prompts
 
         return builtin_prompts()
     from curate.sources.files import SourceError, SourceSpec, read_source
+    from curate.writer import OutputError, read_records
 
     path = Path(source)
     if path.is_dir() and (path / "data").is_dir():
-        path = path / "data"
+        try:  # a set without manifest.json is one whose build did not finish
+            rows = read_records(path)
+        except OutputError as exc:
+            raise ConfigError(f"data {exc}") from exc
+        return [{"text": r["text"], "category": r["category"] or NO_CATEGORY} for r in rows]
     try:
         result = read_source(SourceSpec(uri=str(path), category_column="category"), criterion="semantic")
     except SourceError as exc:
