@@ -335,6 +335,18 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny, tmp_path):
     assert steps_b == [1, 2, 3, 4, 5, 6]
 
 
+def test_lr_ramps_per_update_and_ends_at_the_floor():
+    from train.distill import lr_at
+
+    opt = {"lr": 1.0, "warmup_steps": 2, "schedule": "cosine", "min_lr_ratio": 0.1}
+    per_traj = [lr_at(u, opt, total=6) for u in range(6)]
+    per_update = [lr_at(u, opt, total=6, per_step=4) for u in range(24)]
+    assert per_traj[:3] == [0.5, 1.0, 1.0] and per_traj[-1] > 0.1
+    assert per_update[:8] == [(u + 1) / 8 for u in range(8)]  # 8 distinct warmup lrs, not 2 blocks of 4
+    assert per_update[7] == 1.0 and all(a >= b for a, b in zip(per_update[7:], per_update[8:]))
+    assert lr_at(24, opt, total=6, per_step=4) == pytest.approx(0.1)
+
+
 def test_update_per_step_and_per_trajectory(tiny, tmp_path):
     """update: step makes an AdamW update per regressed step, update: trajectory one per batch. With one
     regressed step they are the same algorithm, so they must give the same weights (with micro-batches:

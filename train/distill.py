@@ -48,15 +48,17 @@ class TrainingError(RuntimeError):
     """A run that cannot go on (too many non-finite losses, nothing to resume, ...)."""
 
 
-def lr_at(step: int, cfg: dict[str, Any], total: int) -> float:
-    """Linear warmup, then constant or cosine down to min_lr_ratio * lr (a pure function of step, so
-    resuming needs no scheduler state)."""
-    lr, warm = cfg["lr"], cfg["warmup_steps"]
-    if warm and step < warm:
-        return lr * (step + 1) / warm
+def lr_at(update: int, cfg: dict[str, Any], total: int, per_step: int = 1) -> float:
+    """The lr of optimizer update `update` (0-based) of a run of `total` steps with `per_step` updates
+    each: linear warmup over warmup_steps * per_step updates, then constant or cosine down to
+    min_lr_ratio * lr. A pure function of the update index, so resuming needs no scheduler state, and
+    an update per regressed step ramps smoothly instead of in blocks of a trajectory."""
+    lr, warm, total = cfg["lr"], cfg["warmup_steps"] * per_step, total * per_step
+    if warm and update < warm:
+        return lr * (update + 1) / warm
     if cfg["schedule"] == "constant":
         return lr
-    progress = min(1.0, (step - warm) / max(1, total - warm))
+    progress = min(1.0, (update - warm) / max(1, total - warm))
     floor = lr * cfg["min_lr_ratio"]
     return floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -405,6 +407,8 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     gmin, gmax = cfg["teacher"]["guidance"]
     n_steps = dist["sampling_steps"]
     k_steps = dist["train_steps"] or n_steps
+    updates_per_step = k_steps if dist["update"] == "step" else 1
+    lr = lr_at(step * updates_per_step, opt, total, updates_per_step)
     t0 = time.time()
     while step < stop:
         si = next(i for i, b in enumerate(bounds) if step < b)
@@ -413,9 +417,6 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
         micro = stage["micro_batch_size"] or opt["micro_batch_size"] or max(1, opt["batch_size"] // world)
         batch = streams[si].take(state["positions"][si], opt["batch_size"])
         state["positions"][si] += opt["batch_size"]
-        lr = lr_at(step, opt, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
 
         # Per-batch draws, identical on every rank: guidance, which steps to regress, empty prompts.
         gen = step_generator(seed, step)
@@ -434,8 +435,12 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
             noise = torch.cat([teacher.noise(1, res, step_generator(seed, step, 1 + j)) for j in idx])
             parts.append(MicroBatch(teacher_cond(chunk, max_len), teacher.tokenize(chunk, max_len).to(device), noise))
         done: list[tuple[float, float]] = []  # (loss, grad norm) of this batch's updates
+        attempts = 0  # updates tried in this batch, skipped ones included: they keep the lr on schedule
 
         def update(loss: float) -> bool:
+            nonlocal attempts, lr
+            lr = lr_at(step * updates_per_step + attempts, opt, total, updates_per_step)
+            attempts += 1
             # Average the loss over ranks; every rank must agree to skip an update.
             stats = torch.tensor([loss, 0.0 if math.isfinite(loss) else 1.0], device=device)
             stats = accelerator.reduce(stats, reduction="sum") if world > 1 else stats
@@ -448,6 +453,8 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), opt["grad_clip"] or math.inf))
                 finite = math.isfinite(grad_norm)
             if finite:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
                 optimizer.step()
                 done.append((loss, grad_norm))
             optimizer.zero_grad(set_to_none=True)
