@@ -67,12 +67,7 @@ def write_curated(out_dir: Path, kept: list[Prompt], rejected: list[tuple[Prompt
         if foreign:  # replacing the set would delete these too
             raise OutputError(f"{out_dir} holds {foreign[0]!r}, which is not part of a curated set; "
                               "move it or choose another --output")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    for pattern in (f".{out_dir.name}.partial-*", f".{out_dir.name}.old-*"):
-        for stale in out_dir.parent.glob(pattern):
-            shutil.rmtree(stale, ignore_errors=True)  # left by a killed build
+    partial = staging_path(out_dir)
     outputs = {f"data/{PART}": _write_parquet([r.to_dict() for r in kept], partial / "data" / PART, False)}
     rejected_rows = []
     for record, reason in rejected:
@@ -87,6 +82,24 @@ def write_curated(out_dir: Path, kept: list[Prompt], rejected: list[tuple[Prompt
     _fsync_dir(partial)
     swap_into_place(partial, out_dir)
     return out_dir
+
+
+def staging_path(out: Path, folder: bool = True) -> Path:
+    """A fresh hidden `.NAME.partial-PID` beside `out` to assemble it in (a folder, created, or a file
+    path), to be moved into place when complete. Leftovers of killed writers of the same `out`
+    (.NAME.partial-*, .NAME.old-*) are deleted first, so kills do not pile up copies."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for pattern in (f".{out.name}.partial-*", f".{out.name}.old-*"):
+        for stale in out.parent.glob(pattern):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if folder:
+        staging.mkdir()
+    return staging
 
 
 def swap_into_place(staging: Path, out: Path) -> None:

@@ -139,3 +139,18 @@ def test_rows_sharing_an_id_are_all_accounted_for_without_dedup(tmp_path):
     assert counts["rows_read"] == counts["kept"] + counts["rejected"]
     balance = read_manifest(tmp_path / "out")["steps"][-1]
     assert balance["in"] == balance["kept"] + balance["dropped"]
+
+
+def test_a_new_write_clears_what_killed_writers_left_beside_the_output(tmp_path):
+    from curate.writer import staging_path, swap_into_place
+
+    out = tmp_path / "export"
+    (tmp_path / ".export.partial-11").mkdir()  # killed while assembling
+    (tmp_path / ".export.old-12").mkdir()  # killed between the two renames
+    (tmp_path / ".export.partial-13").write_text("half a file")
+    (tmp_path / ".exports.partial-14").mkdir()  # another output's: not ours to delete
+    staging = staging_path(out)
+    (staging / "model.txt").write_text("new")
+    swap_into_place(staging, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".exports.partial-14", "export"]
+    assert (out / "model.txt").read_text() == "new"

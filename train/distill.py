@@ -32,7 +32,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from curate.writer import swap_into_place
+from curate.writer import staging_path, swap_into_place
 from train.cache import EmbeddingCache, teacher_cache_id
 from train.config import config_hash, total_steps
 from train.data import PromptStream, heldout_split, load_stage_data
@@ -487,9 +487,7 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     results["final"] = validate(step)
     if main:
         final = output / "student"
-        tmp = output / ".student.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        tmp = staging_path(final)
         student.save_pretrained(tmp, tokenizer=teacher.tokenizer, meta={**meta, "step": step})
         swap_into_place(tmp, final)
     logger.close()

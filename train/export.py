@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
-from curate.writer import swap_into_place
+from curate.writer import staging_path, swap_into_place
 from filters.base import ConfigError
 from train.student import DTYPES, META_NAME, DistillT5EncoderModel, is_student_folder, published_state_dict
 from train.teachers.flux import FluxTeacher
@@ -100,16 +99,7 @@ def _atomic_dir(out: Path):
         if foreign:
             raise ValueError(f"{out} holds {foreign[0]!r}, which is not part of an export; "
                              "choose a new --output folder (it is replaced as a whole)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    swap_into_place(tmp, out)
+    return staging_path(out)
 
 
 def export_student(checkpoint: str | Path, output: str | Path, fmt: str = "distillt5", dtype: str = "fp32") -> Path:
@@ -120,7 +110,7 @@ def export_student(checkpoint: str | Path, output: str | Path, fmt: str = "disti
     if fmt == "distillt5":
         tmp = _atomic_dir(out)
         student.save_pretrained(tmp, tokenizer=tokenizer, meta=meta)
-        _commit(tmp, out)
+        swap_into_place(tmp, out)
         return out
     if fmt == "diffusers":
         kind = meta.get("teacher_kind")
@@ -132,7 +122,7 @@ def export_student(checkpoint: str | Path, output: str | Path, fmt: str = "disti
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / tok_slot))
         (tmp / META_NAME).write_text(json.dumps({**meta, "format": "diffusers", "component": slot}, indent=2) + "\n")
-        _commit(tmp, out)
+        swap_into_place(tmp, out)
         return out
     if fmt == "comfyui":
         from safetensors.torch import save_file
@@ -143,8 +133,7 @@ def export_student(checkpoint: str | Path, output: str | Path, fmt: str = "disti
             warnings.warn(f"the DistillT5ComfyUI loader builds T5-base {COMFY_T5_BASE}; this student is {shape}, "
                           "so that node will not load it (the file is written anyway)")
         path = out if out.suffix == ".safetensors" else out / f"t5shrink-{meta.get('teacher_kind', 'student')}-{cfg.d_model}d.safetensors"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+        tmp = staging_path(path, folder=False)
         config_json = json.dumps({k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))})
         save_file(published_state_dict(student), str(tmp),
                   metadata={"format": "pt", "t5shrink_config": config_json, "t5shrink_meta": json.dumps(meta)})
