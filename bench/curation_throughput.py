@@ -110,9 +110,7 @@ def run_stage(stage: str, n: int, embed_sample: int, threads: int) -> dict:
         rate = embed_sample / (time.perf_counter() - t)
         info.update(seconds=n / rate, prompts_per_s=rate, note=f"EXTRAPOLATED from {embed_sample} prompts, batch 256")
     elif stage == "embed_cached":
-        import hashlib
-
-        from filters.embed import SHARD_ROWS, build_embedder
+        from filters.embed import SHARD_ROWS, build_embedder, text_keys
 
         texts = synthetic_prompts(n)
         with tempfile.TemporaryDirectory() as tmp:
@@ -121,8 +119,7 @@ def run_stage(stage: str, n: int, embed_sample: int, threads: int) -> dict:
             rng = np.random.default_rng(0)
             for s in range(0, n, SHARD_ROWS):
                 part = texts[s : s + SHARD_ROWS]
-                keys = np.frombuffer(b"".join(hashlib.sha1(t.encode()).digest() for t in part), "S20")
-                cache.add(keys, rng.standard_normal((len(part), emb.dim), dtype=np.float32))
+                cache.add(text_keys(part), rng.standard_normal((len(part), emb.dim), dtype=np.float32))
             emb = build_embedder(cache_dir=tmp, progress=False)  # a new build: reads the index from disk
             t = time.perf_counter()
             out = emb.encode(texts)

@@ -63,6 +63,16 @@ def _keys(digests: Sequence[bytes]) -> np.ndarray:
     return np.frombuffer(b"".join(digests), dtype="S20") if digests else np.empty(0, "S20")
 
 
+def text_digest(text: str) -> bytes:
+    """A text's cache key (sha1 of its UTF-8 bytes)."""
+    return hashlib.sha1(text.encode("utf-8")).digest()
+
+
+def text_keys(texts: Sequence[str]) -> np.ndarray:
+    """The cache keys of `texts`, as EmbeddingCache.add and fill take them."""
+    return _keys([text_digest(t) for t in texts])
+
+
 class EmbeddingCache:
     """Sharded vectors keyed by 20-byte digests; see the module docstring for the layout."""
 
@@ -161,7 +171,7 @@ class Embedder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dim) float32, L2-normalised, in input order."""
-        digests = [hashlib.sha1(t.encode("utf-8")).digest() for t in texts]
+        digests = [text_digest(t) for t in texts]
         return self._run(list(texts), digests, self._encode_texts, self._cache(), len)
 
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
