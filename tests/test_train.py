@@ -196,8 +196,15 @@ def test_student_conditioning_equals_the_pipelines_own_encoding(tiny, kind):
     original = getattr(teacher.pipe, teacher.t5_slot)
     setattr(teacher.pipe, teacher.t5_slot, student)
     ref = teacher.encode(prompts, L)
+    ref_empty = teacher.encode([""], L)  # SD3's unconditional branch with the student plugged in
     setattr(teacher.pipe, teacher.t5_slot, original)
     torch.testing.assert_close(sc.embeds, ref.embeds, atol=1e-6, rtol=1e-5)
+    su = teacher.student_uncond(student, L)
+    if kind == "sd3":
+        torch.testing.assert_close(su.embeds, ref_empty.embeds, atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(su.embeds, teacher.uncond(L).embeds)  # not the teacher's own
+    else:
+        assert su is None  # FLUX samples without an unconditional branch
     assert torch.equal(sc.pooled, tc.pooled) and tc.pooled.abs().sum() > 0
 
     x0 = teacher.noise(2, 32, torch.Generator().manual_seed(0))

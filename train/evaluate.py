@@ -117,10 +117,7 @@ def image_pairs(teacher: Teacher, student: torch.nn.Module, texts: list[str], co
     step = batch_size or len(texts)
     try:
         scond = teacher.student_cond(student(teacher.tokenize(texts, max_len).to(device))[0], cond, max_len)
-        s_uncond = None
-        if teacher.kind == "sd3":
-            u = teacher.uncond(max_len)
-            s_uncond = teacher.student_cond(student(teacher.tokenize([""], max_len).to(device))[0], u, max_len)
+        s_uncond = teacher.student_uncond(student, max_len)
         rows = []
         for seed in seeds:
             for b in range(0, len(texts), step):

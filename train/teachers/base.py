@@ -97,6 +97,11 @@ class Teacher:
             self._uncond[max_len] = self.encode([""], max_len)
         return self._uncond[max_len]
 
+    def student_uncond(self, student: torch.nn.Module, max_len: int) -> Cond | None:
+        """The sampler's unconditional branch with the student in the T5 slot, as a pipeline with the
+        student plugged in would build it; None when the sampler has no such branch (FLUX)."""
+        return None
+
     def offload_text_encoders(self) -> None:
         """Move the text encoders to the CPU once their outputs are cached (frees the device)."""
         for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):

@@ -38,6 +38,10 @@ class SD3Teacher(Teacher):
         clip_part = teacher.embeds[:, : teacher.embeds.shape[1] - max_len]
         return Cond(torch.cat([clip_part.to(seq.dtype), seq], dim=1), teacher.pooled)
 
+    def student_uncond(self, student: torch.nn.Module, max_len: int) -> Cond:
+        seq = student(self.tokenize([""], max_len).to(self.device))[0]
+        return self.student_cond(seq, self.uncond(max_len), max_len)
+
     def check_resolution(self, resolution: int) -> None:
         multiple = self.pipe.vae_scale_factor * self.transformer.config.patch_size
         if resolution % multiple:
