@@ -20,6 +20,8 @@ Modes:
 
 from __future__ import annotations
 
+import math
+
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -172,7 +174,7 @@ class Aesthetic(Filter):
 
     def reason(self, record: Prompt) -> str | None:
         why = self._why.get(id(record))
-        if why is not None or "aesthetic" not in record.scores:
+        if why is not None or not math.isfinite(record.scores.get("aesthetic", math.nan)):
             return None if self.missing == "keep" else (why or "no_score")
         score = record.scores["aesthetic"]
         return f"low_aesthetic {score:.2f} < {self.min_score:.2f}" if score < self.min_score else None

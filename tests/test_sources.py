@@ -22,11 +22,13 @@ def test_txt_one_prompt_per_line(tmp_path):
 
 def test_jsonl_picks_the_text_column_and_copies_scores(tmp_path):
     path = tmp_path / "p.jsonl"
-    rows = [{"caption": "a cat on a mat", "AESTHETIC_SCORE": 6.9, "img": "a.png"}, {"caption": "a dog", "AESTHETIC_SCORE": "x"}]
+    rows = [{"caption": "a cat on a mat", "AESTHETIC_SCORE": 6.9, "img": "a.png"}, {"caption": "a dog", "AESTHETIC_SCORE": "x"},
+            {"caption": "a fox", "AESTHETIC_SCORE": float("nan")}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     result = _read(path, score_columns={"aesthetic": "AESTHETIC_SCORE"}, image_column="img")
-    assert [r.text for r in result.records] == ["a cat on a mat", "a dog"]
-    assert result.records[0].scores == {"aesthetic": 6.9} and result.records[1].scores == {}
+    assert [r.text for r in result.records] == ["a cat on a mat", "a dog", "a fox"]
+    assert result.records[0].scores == {"aesthetic": 6.9}
+    assert result.records[1].scores == result.records[2].scores == {}  # NaN is "not scored", never a pass
     assert result.records[0].meta == {"image": "a.png"}
 
 
@@ -102,3 +104,49 @@ def test_category_column_accepts_only_known_categories(tmp_path):
     path.write_text("text,label\na red car,color\na yellow banana,banana\n")
     records = _read(path, category_column="label").records
     assert [(r.category, r.tags) for r in records] == [("color", ["color"]), ("general", [])]
+
+
+def test_a_named_text_column_that_is_not_there_fails_naming_the_columns(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"caption": "a cat"}) + "\n")
+    with pytest.raises(SourceError, match="no column 'nope' .*columns found: caption"):
+        _read(path, text_column="nope")
+
+
+def test_each_file_of_a_folder_finds_its_own_text_column(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "a red car"}) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"caption": "a blue bench"}) + "\n")
+    assert [r.text for r in _read(tmp_path).records] == ["a red car", "a blue bench"]
+
+
+def test_an_oversized_row_is_rejected_at_ingest_and_stored_cut(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("x" * 2_000_000 + "\na red car\n")  # spaCy refuses texts over 1,000,000 characters
+    result = _read(path)
+    assert [r.text for r in result.records] == ["a red car"]
+    [(row, why)] = result.rejected
+    assert why == "ingest: too_long 2,000,000 chars > 100,000" and len(row.text) == 100_000
+
+
+def test_a_curated_set_folder_contributes_only_its_kept_prompts(tmp_path):
+    from curate.records import Prompt
+    from curate.writer import write_curated
+
+    kept = [Prompt(text="a red car", criterion="quality", source="x")]
+    dropped = [(Prompt(text="a red car.", criterion="quality", source="x"), "dedup_exact: exact_dup of 1")]
+    out = write_curated(tmp_path / "set", kept, dropped, {"recipe": "test"})
+    result = _read(out)
+    assert [r.text for r in result.records] == ["a red car"] and result.rows_read == 1 and not result.rejected
+
+
+def test_a_json_file_holding_one_object_is_a_whole_source_error(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"prompts": ["a cat", "a dog"]}, indent=2))
+    with pytest.raises(SourceError, match="one JSON object"):
+        _read(path)
+
+
+def test_a_nested_path_that_does_not_exist_is_not_looked_up_on_the_hub(tmp_path):
+    for uri in ("path/to/prompts/", "some_folder/"):
+        with pytest.raises(SourceError, match="no such file or folder"):
+            read_source(SourceSpec(uri=uri), "quality")

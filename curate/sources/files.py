@@ -11,6 +11,7 @@ import csv
 import itertools
 import io
 import json
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from curate.records import CATEGORIES, Prompt, clean_text
 
 SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 TEXT_COLUMNS = ("text", "prompt", "caption", "TEXT", "Prompt", "Caption", "sentence")
-MAX_RAW_CHARS = 100_000  # longer rows are truncated *in rejected/ only*; the length filter drops them
+MAX_RAW_CHARS = 100_000  # longer rows are rejected at ingest (stored cut to this), before spaCy sees them
 
 
 class SourceError(ValueError):
@@ -51,70 +52,90 @@ class SourceResult:
 def read_source(spec: SourceSpec, criterion: str) -> SourceResult:
     """Read every row of a local file/folder or an HF dataset into records."""
     path = Path(spec.uri).expanduser()
-    if path.is_dir() and not _is_hf_saved_dataset(path):
+    if path.is_dir() and _is_curated_set(path):
+        files = sorted((path / "data").glob("*.parquet"))  # its kept prompts; never rejected/ or the manifest
+        parts: Iterable[tuple[str, Iterable[tuple[Any, str | None]]]] = ((str(f), _read_file(f)) for f in files)
+    elif path.is_dir() and not _is_hf_saved_dataset(path):
         files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
         if not files:
             raise SourceError(f"{spec.uri}: folder has no {'/'.join(SUFFIXES)} files")
-        rows: Iterable[tuple[Any, str | None]] = (row for f in files for row in _read_file(f, spec))
+        parts = ((str(f), _read_file(f)) for f in files)
     elif path.is_file():
         if path.suffix not in SUFFIXES:
             raise SourceError(f"{spec.uri}: unsupported file type {path.suffix!r} (use {', '.join(SUFFIXES)})")
-        rows = _read_file(path, spec)
+        parts = [(spec.uri, _read_file(path))]
     elif (not path.exists()) and _looks_like_path(spec.uri):
         raise SourceError(f"{spec.uri}: no such file or folder")
     else:
-        rows = _read_hf(spec)
-    return _to_records(rows, spec, criterion)
+        parts = [(spec.uri, _read_hf(spec))]
+    return _to_records(parts, spec, criterion)
 
 
 def _looks_like_path(uri: str) -> bool:
-    return uri.startswith((".", "/", "~")) or Path(uri).suffix in SUFFIXES
+    # A hub id is "name" or "owner/name"; a trailing slash or deeper nesting can only be a folder.
+    return uri.startswith((".", "/", "~")) or Path(uri).suffix in SUFFIXES or uri.endswith("/") or uri.count("/") > 1
 
 
 def _is_hf_saved_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
 
 
-def _to_records(rows: Iterable[tuple[Any, str | None]], spec: SourceSpec, criterion: str) -> SourceResult:
-    """rows yields (raw_row, error): error is set when the row could not be parsed."""
+def _is_curated_set(path: Path) -> bool:
+    try:
+        return str(json.loads((path / "manifest.json").read_text()).get("format", "")).startswith("t5shrink.curated")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _to_records(parts: Iterable[tuple[str, Iterable[tuple[Any, str | None]]]], spec: SourceSpec,
+                criterion: str) -> SourceResult:
+    """Each part (a file, or the dataset) yields (raw_row, error): error is set when the row could not
+    be parsed. The text column is found per part, since a folder's files may name it differently."""
     records, rejected, n = [], [], 0
-    rows = iter(rows)
-    head = list(itertools.islice(rows, 1000))
-    column = spec.text_column or _pick_text_column([raw for raw, err in head if err is None], spec.uri)
-    for raw, error in itertools.chain(head, rows):
-        if spec.limit is not None and n >= spec.limit:
-            break
-        n += 1
-        text, error = _row_text(raw, column, error)
-        if error is not None:
-            # lone surrogates (from \ud800 escapes in JSON) cannot be written as UTF-8
-            raw_text = text[:MAX_RAW_CHARS].encode("utf-8", "replace").decode("utf-8")
-            rejected.append((Prompt(text=raw_text, criterion=criterion, source=spec.uri), f"ingest: {error}"))
-            continue
-        record = Prompt(text=clean_text(text), criterion=criterion, source=spec.uri)
-        if not record.text:
-            rejected.append((record, "ingest: empty row"))
-            continue
-        if isinstance(raw, dict):
-            _copy_columns(raw, spec, record)
-        records.append(record)
+    for name, rows in parts:
+        rows = iter(rows)
+        head = list(itertools.islice(rows, 1000))
+        column = _text_column([raw for raw, err in head if err is None], name, spec.text_column)
+        for raw, error in itertools.chain(head, rows):
+            if spec.limit is not None and n >= spec.limit:
+                return SourceResult(records=records, rejected=rejected, rows_read=n)
+            n += 1
+            text, error = _row_text(raw, column, error)
+            if error is None and len(text) > MAX_RAW_CHARS:
+                error = f"too_long {len(text):,} chars > {MAX_RAW_CHARS:,}"
+            if error is not None:
+                # lone surrogates (from \ud800 escapes in JSON) cannot be written as UTF-8
+                raw_text = text[:MAX_RAW_CHARS].encode("utf-8", "replace").decode("utf-8")
+                rejected.append((Prompt(text=raw_text, criterion=criterion, source=spec.uri), f"ingest: {error}"))
+                continue
+            record = Prompt(text=clean_text(text), criterion=criterion, source=spec.uri)
+            if not record.text:
+                rejected.append((record, "ingest: empty row"))
+                continue
+            if isinstance(raw, dict):
+                _copy_columns(raw, spec, record)
+            records.append(record)
     return SourceResult(records=records, rejected=rejected, rows_read=n)
 
 
-def _pick_text_column(rows: list[Any], uri: str) -> str | None:
-    """The first conventional text column that any of the first rows has."""
+def _text_column(rows: list[Any], name: str, wanted: str | None) -> str | None:
+    """`wanted`, checked against the first rows, or the first conventional text column they have."""
     objects = [row for row in rows if isinstance(row, dict)]
     if not objects:
-        return None  # plain text lines, or nothing parseable: rows explain themselves
+        return wanted  # plain text lines, or nothing parseable: rows explain themselves
     seen: dict[str, None] = {}
     for row in objects:
         seen.update(dict.fromkeys(map(str, row)))
-    for name in TEXT_COLUMNS:
-        if name in seen:
-            return name
     found = ", ".join(seen) or "none"
-    raise SourceError(f"{uri}: no text column (looked for {', '.join(TEXT_COLUMNS)}; columns found: {found}); "
-                      "set text_column in the recipe's source entry")
+    if wanted is not None:
+        if wanted not in seen:
+            raise SourceError(f"{name}: no column {wanted!r} in its first rows (columns found: {found})")
+        return wanted
+    for column in TEXT_COLUMNS:
+        if column in seen:
+            return column
+    raise SourceError(f"{name}: no text column (looked for {', '.join(TEXT_COLUMNS)}; columns found: {found}); "
+                      "name it with text_column (curate tag: --text-column)")
 
 
 def _row_text(raw: Any, column: str | None, error: str | None) -> tuple[str, str | None]:
@@ -135,9 +156,11 @@ def _row_text(raw: Any, column: str | None, error: str | None) -> tuple[str, str
 def _copy_columns(raw: dict[str, Any], spec: SourceSpec, record: Prompt) -> None:
     for score, column in spec.score_columns.items():
         try:
-            record.scores[score] = float(raw[column])
+            value = float(raw[column])
         except (KeyError, TypeError, ValueError):
-            pass  # a missing score is the aesthetic step's business, not ingest's
+            continue  # a missing score is the aesthetic step's business, not ingest's
+        if math.isfinite(value):  # NaN (common in scraped score columns) is "not scored", never a pass
+            record.scores[score] = value
     if spec.image_column and raw.get(spec.image_column):
         record.meta["image"] = str(raw[spec.image_column])
     label = raw.get(spec.category_column) if spec.category_column else None
@@ -165,7 +188,7 @@ def _lines(data: bytes) -> list[tuple[str, str | None]]:
     return lines
 
 
-def _read_file(path: Path, spec: SourceSpec) -> Iterator[tuple[Any, str | None]]:
+def _read_file(path: Path) -> Iterator[tuple[Any, str | None]]:
     if path.suffix == ".parquet":
         yield from _read_parquet(path)
         return
@@ -176,6 +199,13 @@ def _read_file(path: Path, spec: SourceSpec) -> Iterator[tuple[Any, str | None]]
         if path.suffix == ".json" and data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
             yield from _read_json_array(path, data)
             return
+        if path.suffix == ".json" and data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") and b"\n" in data.strip():
+            try:  # one object over several lines is a file of the wrong shape, not a file of bad rows
+                whole = json.loads(data.decode("utf-8-sig"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                whole = None
+            if isinstance(whole, dict):
+                raise SourceError(f"{path}: one JSON object, not an array of rows or JSON lines")
         for line, error in _lines(data):
             if error is None and not line.strip():
                 yield line, None  # a blank row: rejected as empty, so it is still counted
