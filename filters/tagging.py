@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from filters.base import ConfigError, Context, Step, StepResult, register
-from filters.rendered_text import rendered_text_spans
+from filters.rendered_text import extract_rendered_text, rendered_text_spans
 
 if TYPE_CHECKING:
     from spacy.language import Language
@@ -91,7 +91,8 @@ class TagStep(Step):
     """Labels prompts that came unlabelled (category "general" and no tags, as outside sources give
     them): sets category, tags, rendered_text and scores["visual"], scores["tokens"]. With
     overwrite=True it relabels every record. Drops nothing. A rendered_text a source already gave
-    is kept (and makes the prompt text_rendering) unless overwrite is set."""
+    is kept (and makes the prompt text_rendering) unless overwrite is set; a record a source labelled
+    text_rendering without one gets the quoted words of its text."""
 
     name = "tag"
 
@@ -112,6 +113,9 @@ class TagStep(Step):
                 else:
                     record.rendered_text = rendered
                 record.scores.update(analysis.scores)
+        for record in records:  # labelled by its source as text rendering, without the words to render
+            if record.category == "text_rendering" and not record.rendered_text:
+                record.rendered_text = extract_rendered_text(record.text)
         return StepResult(kept=list(records))
 
 

@@ -147,6 +147,8 @@ def _records() -> list[Prompt]:
         Prompt("a sign saying 'hello'", criterion="text", source="file"),
         Prompt("a cup on a desk", criterion="semantic", source="compbench", category="spatial", tags=["spatial"]),
         Prompt("a poster with a slogan", criterion="text", source="file", rendered_text=["SALE"]),
+        Prompt('a shop sign that says "OPEN LATE"', criterion="text", source="file", category="text_rendering",
+               tags=["text_rendering"]),  # labelled by its source, words to render not given
     ]
 
 
@@ -155,12 +157,13 @@ def test_tag_step_labels_only_unlabelled_records(tag) -> None:
     records = _records()
     result = step.run(records, Context(progress=False))
     assert result.kept == records and result.dropped == []
-    first, second, labelled, given = records
+    first, second, labelled, given, labelled_text = records
     assert (first.category, first.tags) == ("color", ["color"])
     assert (second.category, second.rendered_text) == ("text_rendering", ["hello"])
     assert set(first.scores) == {"visual", "tokens"} and first.scores["tokens"] == 7.0
     assert (labelled.category, labelled.tags, labelled.scores) == ("spatial", ["spatial"], {})
     assert (given.category, given.tags, given.rendered_text) == ("text_rendering", ["text_rendering"], ["SALE"])
+    assert labelled_text.rendered_text == ["OPEN LATE"] and labelled_text.scores == {}  # not re-tagged
 
 
 def test_tag_step_overwrite_relabels_everything(tag) -> None:
