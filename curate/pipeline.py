@@ -20,9 +20,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from curate.balance import SHORTFALL_POLICIES, balance
+from curate.balance import SHORTFALL_POLICIES, ShortfallError, balance
 from curate.recipe import ANY_KEY, apply_overrides, load_recipe, recipe_hash, validate
-from curate.records import CRITERIA, Prompt, canonical_key, parse_reason
+from curate.records import CATEGORIES, CRITERIA, Prompt, canonical_key, parse_reason
 from curate.sources.files import SourceSpec, read_source
 from curate.writer import write_curated
 from filters.base import ConfigError, Context, build_step, cache_dir
@@ -32,6 +32,8 @@ SOURCE_SCHEMA = {
     "uri": str, "text_column": str, "split": str, "limit": int,
     "score_columns": {ANY_KEY: str}, "image_column": str, "category_column": str,
 }
+GENERATOR_KEYS = {"generator", "n", "categories"}
+FILE_KEYS = set(SOURCE_SCHEMA) - {"n", "categories"}
 CURATE_SCHEMA: dict[str, Any] = {
     "description": str,
     "seed": int,
@@ -78,12 +80,38 @@ def _check(data: dict[str, Any]) -> None:
         for i, entry in enumerate(entries or []):
             if ("generator" in entry) == ("uri" in entry):
                 raise ConfigError(f"sources.{criterion}.{i} needs exactly one of 'generator' or 'uri'")
+            kind, allowed = ("generator", GENERATOR_KEYS) if "generator" in entry else ("uri", FILE_KEYS)
+            for key in sorted(set(entry) - allowed):
+                raise ConfigError(f"sources.{criterion}.{i}.{key} does not apply to a {kind} source "
+                                  f"(its keys: {', '.join(sorted(allowed))})")
+            if entry.get("n") is not None and entry["n"] < 0:
+                raise ConfigError(f"sources.{criterion}.{i}.n must be >= 0, got {entry['n']}")
+    for criterion, quota in data["quotas"].items():
+        if (quota or {}).get("fraction", 0) > 0 and not data["sources"].get(criterion):
+            raise ConfigError(f"quotas.{criterion} asks for {criterion} prompts but sources.{criterion} is empty")
+        for category in (quota or {}).get("categories") or {}:
+            if category not in CATEGORIES:
+                raise ConfigError(f"quotas.{criterion}.categories.{category}: unknown category "
+                                  f"(categories: {', '.join(CATEGORIES)})")
     if data.get("on_shortfall", "scale") not in SHORTFALL_POLICIES:
         raise ConfigError(f"on_shortfall must be one of {', '.join(SHORTFALL_POLICIES)}")
     for name, params in (data.get("steps") or {}).items():
         if params is not None:
-            params = {k: v for k, v in params.items() if k != "criteria"}
+            params = dict(params)
+            _step_criteria(name, params.pop("criteria", None))
             build_step(name, params)  # fail on a typo before any work is done
+
+
+def _step_criteria(name: str, criteria: Any) -> list[str] | None:
+    """A step's `criteria` option: None (all) or a list of known criteria."""
+    if criteria is None:
+        return None
+    if not isinstance(criteria, list) or not all(isinstance(c, str) for c in criteria):
+        raise ConfigError(f"steps.{name}.criteria must be a list of criteria, e.g. [quality], got {criteria!r}")
+    for criterion in criteria:
+        if criterion not in CRITERIA:
+            raise ConfigError(f"steps.{name}.criteria: unknown criterion {criterion!r} (criteria: {', '.join(CRITERIA)})")
+    return criteria
 
 
 @dataclass
@@ -122,7 +150,7 @@ def _read_sources(data: dict[str, Any], seed: int, progress: bool):
             if CRITERION_OF.get(entry["generator"], criterion) != criterion:
                 raise ConfigError(f"sources.{criterion}.{i}: generator {entry['generator']!r} "
                                   f"makes {CRITERION_OF[entry['generator']]} prompts, not {criterion}")
-            n = entry.get("n") or math.ceil(plan.criteria.get(criterion, 0) * oversample) + 16
+            n = entry["n"] if entry.get("n") is not None else math.ceil(plan.criteria.get(criterion, 0) * oversample) + 16
             got = generate(entry["generator"], n, _seed_for(seed, criterion, i), categories=entry.get("categories"))
             uri, rows_read, bad = f"generator:{entry['generator']}", len(got), []
         else:
@@ -138,13 +166,10 @@ def _read_sources(data: dict[str, Any], seed: int, progress: bool):
 
 def _run_step(name: str, params: dict[str, Any], records: list[Prompt], ctx: Context):
     params = dict(params)
-    criteria = params.pop("criteria", None)
+    criteria = _step_criteria(name, params.pop("criteria", None))
     step = build_step(name, params)
     if criteria is None:
         return step.run(records, ctx)
-    unknown = set(criteria) - set(CRITERIA)
-    if unknown:
-        raise ConfigError(f"steps.{name}.criteria: unknown criterion {sorted(unknown)[0]!r}")
     # Records outside the step's criteria pass through untouched, in their places.
     inside = [r for r in records if r.criterion in criteria]
     result = step.run(inside, ctx)
@@ -186,6 +211,10 @@ def build(recipe_name: str, data: dict[str, Any], out_dir: Path, progress: bool 
     rejected.extend(over)
     step_stats.append({"name": "balance", "in": n_in, "kept": len(kept), "dropped": len(over),
                        "reasons": dict(Counter(reason_kind(r) for _, r in over)), "seconds": 0.0})
+    if not kept:  # nothing to train on: an error, with what the pools lacked and why rows were dropped
+        why = Counter(f"{parse_reason(r)[0]} {reason_kind(r)}" for _, r in rejected).most_common(3)
+        raise ShortfallError("the set would be empty: " + ("; ".join(report["shortfalls"]) or "no prompts left")
+                             + (" (most dropped: " + ", ".join(f"{k} {n:,}" for k, n in why) + ")" if why else ""))
     for line in report["shortfalls"]:
         log(f"warning: shortfall: {line} (on_shortfall={data.get('on_shortfall', 'scale')})")
     if report["shortfalls"] and data.get("on_shortfall", "scale") == "scale":

@@ -233,3 +233,12 @@ def test_a_scored_caption_pool_is_thresholded_by_aesthetic_score(tmp_path):
     assert len(kept) == 30 and all(r["scores"]["aesthetic"] >= 6.5 for r in kept)
     dropped = [r for r in read_records(out, "rejected") if r["step"] == "aesthetic"]
     assert len(dropped) == 30 and all(r["reason"].startswith("aesthetic: ") for r in dropped)
+
+
+def test_a_build_that_would_be_empty_fails_saying_why_and_writes_nothing(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n")
+    result = CliRunner().invoke(main, ["build", "--recipe", "tiny", "--source", f"quality={tmp_path / 'empty.txt'}",
+                                       "--output", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith("error: the set would be empty: quality: 0 available for a quota of")
+    assert "ingest empty 1" in result.stderr and not (tmp_path / "out").exists()

@@ -75,7 +75,8 @@ def test_source_flag_replaces_a_pool(tmp_path):
 
 def test_overrides_index_into_lists():
     _, data = resolve_recipe("balanced", ["sources.quality.0.text_column=TEXT",
-                                          "sources.quality.0.score_columns.aesthetic=AESTHETIC_SCORE"])
+                                          "sources.quality.0.score_columns.aesthetic=AESTHETIC_SCORE"],
+                             sources=["quality=captions.parquet"])
     assert data["sources"]["quality"][0]["text_column"] == "TEXT"
     assert data["sources"]["quality"][0]["score_columns"] == {"aesthetic": "AESTHETIC_SCORE"}
     with pytest.raises(ConfigError, match="sources.quality.5"):
@@ -91,3 +92,15 @@ def test_set_applies_to_a_pool_given_with_source(tmp_path):
                              sources=[f"quality={pool}"])
     assert data["sources"]["quality"] == [{"uri": str(pool), "text_column": "TEXT",
                                            "score_columns": {"aesthetic": "AESTHETIC_SCORE"}}]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sources.quality.0.text_column=TEXT", "sources.quality.0.text_column does not apply to a generator source"),
+    ("quotas.semantic.categories.bogus=0.1", "quotas.semantic.categories.bogus: unknown category"),
+    ("steps.length.criteria=text", r"steps.length.criteria must be a list of criteria"),
+    ("steps.length.criteria=[txt]", "steps.length.criteria: unknown criterion 'txt'"),
+    ("sources.semantic=[]", "quotas.semantic asks for semantic prompts but sources.semantic is empty"),
+])
+def test_recipe_mistakes_fail_before_any_work_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_recipe("balanced", [override])
