@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -109,14 +111,43 @@ def build_step(name: str, params: dict[str, Any] | None, where: str = "steps") -
     params = dict(params or {})
     accepted = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-    for key in params:
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation that names a type only imported for type checkers: no check
+        hints = {}
+    for key, value in params.items():
         if not takes_any and key not in accepted:
             allowed = ", ".join(k for k in accepted if k != "self") or "none"
             raise ConfigError(f"unknown key {where}.{name}.{key} (allowed: {allowed})")
+        if key in hints and not _fits_type(value, hints[key]):
+            raise ConfigError(f"{where}.{name}.{key} must be {_type_name(hints[key])}, got {value!r}")
     try:
         return cls(**params)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}.{name}: {exc}") from exc
+
+
+_SIMPLE = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
+def _fits_type(value: Any, hint: Any) -> bool:
+    """Whether a recipe value fits a step parameter's annotation (YAML gives bool, int, float, str,
+    None, lists and dicts; 1 fits float, true fits nothing but bool). Unknown annotations accept."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits_type(value, arm) for arm in typing.get_args(hint))
+    if hint is bool or isinstance(value, bool):
+        return hint is bool and isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float))
+    if hint in _SIMPLE:
+        return isinstance(value, hint)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arm) for arm in typing.get_args(hint))
+    return _SIMPLE.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _import_builtin_steps() -> None:

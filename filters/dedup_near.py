@@ -101,16 +101,26 @@ class DedupNear(Step):
             raise ValueError("ngram must be >= 1 and num_perm >= 16")
         self.threshold, self.num_perm, self.ngram, self.seed = threshold, num_perm, ngram, seed
         self.same_rendered_text = same_rendered_text
+        try:
+            self._lsh()
+        except ValueError as exc:  # datasketch: "The number of bands are too small (b < 2)"
+            raise ValueError(f"threshold {threshold} is too high for num_perm {num_perm}: MinHash banding "
+                             "needs 2 bands or more; lower it, or raise num_perm") from exc
 
-    def run(self, records: list[Prompt], ctx: Context) -> StepResult:
-        from datasketch import MinHash, MinHashLSH
-        from datasketch.hashfunc import sha1_hash32
-        from tqdm.auto import tqdm
+    def _lsh(self):
+        from datasketch import MinHashLSH
 
         # Banding tuned for recall: a false positive costs one exact Jaccard, a false
         # negative keeps a duplicate. With datasketch's default 50/50 weights only ~57% of
         # pairs at Jaccard 0.83 meet when threshold is 0.8; these weights meet ~98%.
-        lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm, weights=(0.05, 0.95))
+        return MinHashLSH(threshold=self.threshold, num_perm=self.num_perm, weights=(0.05, 0.95))
+
+    def run(self, records: list[Prompt], ctx: Context) -> StepResult:
+        from datasketch import MinHash
+        from datasketch.hashfunc import sha1_hash32
+        from tqdm.auto import tqdm
+
+        lsh = self._lsh()
         perms = MinHash(self.num_perm, seed=self.seed).permutations  # shared: built once, not per record
         n = len(records)
         keys = np.zeros((n, lsh.b), np.uint64)

@@ -100,6 +100,12 @@ def test_set_applies_to_a_pool_given_with_source(tmp_path):
     ("steps.length.criteria=text", r"steps.length.criteria must be a list of criteria"),
     ("steps.length.criteria=[txt]", "steps.length.criteria: unknown criterion 'txt'"),
     ("sources.semantic=[]", "quotas.semantic asks for semantic prompts but sources.semantic is empty"),
+    ("steps.length.min_words=abc", "steps.length.min_words must be an integer, got 'abc'"),
+    ("steps.length.max_chars=1.5", "steps.length.max_chars must be an integer, got 1.5"),
+    ("steps.dedup_exact.order_insensitive=maybe", "steps.dedup_exact.order_insensitive must be true or false"),
+    ("steps.cluster.k=1.5", "steps.cluster.k must be an integer or a string, got 1.5"),
+    ("steps.cluster.k=many", "steps.cluster: k must be a positive integer or 'auto', got 'many'"),  # the step's check
+    ("steps.dedup_near.threshold=1", "threshold 1 is too high for num_perm 128"),
 ])
 def test_recipe_mistakes_fail_before_any_work_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
