@@ -30,6 +30,9 @@ _WORD = re.compile(r"\w+")  # word tokens without any downloaded nltk data; punc
 # In a band bucket, each prompt is compared with at most this many earlier members: huge
 # buckets are boilerplate shared by distinct prompts, and would otherwise cost n^2.
 _WINDOW = 512
+# ... and with the bucket's first members: in a huge group of near copies, the ones the window
+# reaches are all dropped already, and the group's first (kept) member is among these.
+_HEADS = 8
 
 
 def shingles(text: str, n: int) -> set[str]:
@@ -57,7 +60,8 @@ def _band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 
 def _bucket_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (earlier, later) of valid prompts sharing a key, within _WINDOW in a bucket."""
+    """Pairs (earlier, later) of valid prompts sharing a key: within _WINDOW in a bucket, and each
+    member with the bucket's first _HEADS."""
     idx = np.flatnonzero(valid)
     order = idx[np.argsort(keys[idx], kind="stable")]  # stable: input order inside a bucket
     k = keys[order]
@@ -66,11 +70,16 @@ def _bucket_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.n
     multi[:-1] |= k[1:] == k[:-1]
     order, k = order[multi], k[multi]
     start = np.r_[True, k[1:] != k[:-1]] if len(k) else np.zeros(0, bool)
-    pos = np.arange(len(k)) - np.maximum.accumulate(np.where(start, np.arange(len(k)), 0))
+    first = np.maximum.accumulate(np.where(start, np.arange(len(k)), 0))
+    pos = np.arange(len(k)) - first
     lo, hi = [], []
     for off in range(1, min(_WINDOW, int(pos.max(initial=0))) + 1):
         at = np.flatnonzero(pos >= off)
         lo.append(order[at - off])
+        hi.append(order[at])
+    for head in range(_HEADS):
+        at = np.flatnonzero(pos > _WINDOW + head)  # nearer ones are in the window already
+        lo.append(order[first[at] + head])
         hi.append(order[at])
     return (np.concatenate(lo), np.concatenate(hi)) if lo else (np.empty(0, np.int64),) * 2
 

@@ -209,3 +209,15 @@ def test_exact_keeps_the_first_in_canonical_order_whatever_the_input_order(ctx):
     same = [Prompt(text=t, criterion="semantic", source="s") for t in GROUPS[0][:3]]  # one dedup_key
     first = min(same, key=canonical_key)
     assert step.run(same, ctx).kept == step.run(same[::-1], ctx).kept == [first]
+
+
+def test_near_pairs_every_member_of_a_huge_bucket_with_its_first():
+    # Past the window, the earlier members a prompt meets are copies dropped already; the bucket's first
+    # member (kept) must still be a candidate, or one copy in every window-length would survive.
+    from filters.dedup_near import _WINDOW, _bucket_pairs
+
+    n = 3 * _WINDOW
+    keys = np.zeros(n, np.uint64)  # one bucket
+    lo, hi = _bucket_pairs(keys, np.ones(n, bool))
+    assert set(hi[lo == 0].tolist()) == set(range(1, n))
+    assert set(zip(lo.tolist(), hi.tolist())) >= {(a, b) for b in range(1, 20) for a in range(b)}  # the window
