@@ -58,7 +58,12 @@ def _write_parquet(rows: list[dict[str, Any]], path: Path, rejected: bool) -> di
 def write_curated(out_dir: Path, kept: list[Prompt], rejected: list[tuple[Prompt, str]],
                   manifest: dict[str, Any]) -> Path:
     """Write DIR/data, DIR/rejected and DIR/manifest.json; replace DIR only when done."""
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir} is a file; choose a folder for --output")
+    if Path.cwd().resolve().is_relative_to(out_dir):
+        raise OutputError(f"{out_dir} is the current folder or holds it, and would be replaced as a whole; "
+                          "choose another --output")
     if out_dir.exists():
         entries = {p.name for p in out_dir.iterdir()}
         if entries and "manifest.json" not in entries:
@@ -87,11 +92,14 @@ def write_curated(out_dir: Path, kept: list[Prompt], rejected: list[tuple[Prompt
 def staging_path(out: Path, folder: bool = True) -> Path:
     """A fresh hidden `.NAME.partial-PID` beside `out` to assemble it in (a folder, created, or a file
     path), to be moved into place when complete. Leftovers of killed writers of the same `out`
-    (.NAME.partial-*, .NAME.old-*) are deleted first, so kills do not pile up copies."""
+    (.NAME.partial-*, .NAME.old-*) whose process is gone are deleted first, so kills do not pile up
+    copies."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for pattern in (f".{out.name}.partial-*", f".{out.name}.old-*"):
         for stale in out.parent.glob(pattern):
+            if _running(stale.name.rpartition("-")[2]):
+                continue  # another writer's, still at work
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
             else:
@@ -100,6 +108,19 @@ def staging_path(out: Path, folder: bool = True) -> Path:
     if folder:
         staging.mkdir()
     return staging
+
+
+def _running(pid: str) -> bool:
+    """Whether `pid` is a live process other than this one (a leftover's writer still at work)."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, someone else's
+    return True
 
 
 def swap_into_place(staging: Path, out: Path) -> None:

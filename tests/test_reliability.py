@@ -1,6 +1,7 @@
 """Hostile input and crash safety of `curate build` (issue: reliability)."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -144,13 +145,30 @@ def test_rows_sharing_an_id_are_all_accounted_for_without_dedup(tmp_path):
 def test_a_new_write_clears_what_killed_writers_left_beside_the_output(tmp_path):
     from curate.writer import staging_path, swap_into_place
 
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a writer killed earlier: its pid names no live process
     out = tmp_path / "export"
-    (tmp_path / ".export.partial-11").mkdir()  # killed while assembling
-    (tmp_path / ".export.old-12").mkdir()  # killed between the two renames
-    (tmp_path / ".export.partial-13").write_text("half a file")
-    (tmp_path / ".exports.partial-14").mkdir()  # another output's: not ours to delete
+    (tmp_path / f".export.partial-{gone.pid}").mkdir()  # killed while assembling
+    (tmp_path / f".export.old-{gone.pid}").mkdir()  # killed between the two renames
+    (tmp_path / f".export.partial-{gone.pid}x").write_text("half a file")
+    (tmp_path / f".exports.partial-{gone.pid}").mkdir()  # another output's: not ours to delete
+    (tmp_path / f".export.partial-{os.getppid()}").mkdir()  # a live writer's (our parent): left alone
     staging = staging_path(out)
     (staging / "model.txt").write_text("new")
     swap_into_place(staging, out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".exports.partial-14", "export"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".export.partial-{os.getppid()}",
+                                                          f".exports.partial-{gone.pid}", "export"]
     assert (out / "model.txt").read_text() == "new"
+
+
+def test_output_that_is_a_file_or_the_current_folder_is_refused(tmp_path, monkeypatch):
+    from curate.writer import OutputError, write_curated
+
+    (tmp_path / "afile").write_text("keep me")
+    with pytest.raises(OutputError, match="is a file"):
+        write_curated(tmp_path / "afile", [], [], {})
+    monkeypatch.chdir(tmp_path)
+    for out in (".", str(tmp_path.parent)):
+        with pytest.raises(OutputError, match="is the current folder or holds it"):
+            write_curated(out, [], [], {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
