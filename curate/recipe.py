@@ -38,16 +38,36 @@ def list_recipes(kind: str) -> dict[str, str]:
     return found
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error: PyYAML keeps the last
+    silently, so a recipe edited in two places would run with half the edit."""
+
+
+def _mapping_without_repeats(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
+
+
 def load_recipe(name_or_path: str, kind: str) -> tuple[str, dict[str, Any]]:
     """Return (name, data) for a shipped recipe name or a path to a YAML file."""
     path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+    if path.suffix in (".yaml", ".yml") and not path.exists():
+        raise ConfigError(f"{path}: no such recipe file")
+    if path.suffix not in (".yaml", ".yml"):
         path = recipe_dir(kind) / f"{name_or_path}.yaml"
         if not path.exists():
             known = ", ".join(list_recipes(kind)) or "none"
             raise ConfigError(f"no {kind} recipe named {name_or_path!r} (shipped: {known}; or pass a .yaml path)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

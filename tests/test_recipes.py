@@ -110,3 +110,12 @@ def test_set_applies_to_a_pool_given_with_source(tmp_path):
 def test_recipe_mistakes_fail_before_any_work_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         resolve_recipe("balanced", [override])
+
+
+def test_a_recipe_file_with_a_repeated_key_or_that_is_missing_is_an_error(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("size: 10\nsteps: {length: {min_words: 2}, length: {min_words: 50}}\n")
+    with pytest.raises(ConfigError, match="key 'length' appears twice"):
+        resolve_recipe(str(path))
+    with pytest.raises(ConfigError, match="nothere.yaml: no such recipe file"):
+        resolve_recipe(str(tmp_path / "nothere.yaml"))
