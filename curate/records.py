@@ -57,7 +57,7 @@ def dedup_key(text: str) -> str:
     norm = normalize_text(text)
     parts = norm.split(" and ")
     if len(parts) == 2 and all(parts):
-        parts = [re.sub(r"^(an?|the) ", "", p).strip() for p in parts]
+        parts = [re.sub(r"^(an?|the) ", "", p.strip(_EDGE_PUNCT)).strip() for p in parts]
         return " and ".join(sorted(parts))
     return norm
 

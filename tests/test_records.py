@@ -13,6 +13,7 @@ def test_normalize_ignores_case_spacing_quotes_and_edge_punctuation():
 def test_dedup_key_treats_and_pairs_as_unordered():
     assert dedup_key("a red car and a blue bench") == dedup_key("A blue bench and a red car.")
     assert dedup_key("a red car and a blue bench") != dedup_key("a blue car and a red bench")
+    assert dedup_key("a red cube, and a blue sphere") == dedup_key("a blue sphere and a red cube")  # comma before "and"
     # Three-way lists keep their order: only a single top-level pair is order-free.
     assert dedup_key("a, b and c") == normalize_text("a, b and c")
 
