@@ -28,8 +28,10 @@ backend crashed with an illegal memory access on an H100).
     python bench/train_step.py --scale flux-dev --device cuda --json out/flux.json     # one H100, ~4 min
     bash bench/device_train_step.sh          # the same on a lent device machine (wheels to carry: see there)
 
-On the device machine only torch, transformers and accelerate (and their dependencies: huggingface_hub,
-safetensors, numpy, regex, requests, Pillow, ...) are installed, so carry the diffusers wheel:
+The device machine (Python 3.12, torch 2.11, transformers 5.17, requests and Pillow, as last listed) lacks
+diffusers and torchao, so carry their wheels (rehearsed on CPU in a venv with exactly torch 2.11.0 +
+transformers 5.17.0 + accelerate 1.15.0 + these two: every configuration ran, torch.compile included;
+ours+fp8 needs CUDA there, since torch 2.11's CPU _scaled_mm has no rowwise scales):
     python3 -m pip download --no-deps --only-binary=:all: -d .whl diffusers==0.42.1
     python3 -m pip download --no-deps --only-binary=:all: -d .whl torchao==0.18.0    # the fp8 row
 (fp8 works on CPU too, slowly: a tiny run exercises it.)
