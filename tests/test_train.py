@@ -91,6 +91,23 @@ def test_unknown_keys_fail_naming_the_key(tmp_path):
     assert cfg["optim"]["lr"] == 0.01 and cfg["stages"][0]["data"] == "x.txt" and cfg["teacher"]["path"] == "some/dir"
 
 
+@pytest.mark.parametrize("override, message", [
+    ("optim.batch_size=0", "optim.batch_size must be a positive integer, got 0"),
+    ("optim.lr=null", "optim.lr must be a number > 0, got None"),
+    ("log.every=0", "log.every must be a positive integer, got 0"),
+    ("stages.0.resolution=0", "stages.0.resolution must be a positive integer, got 0"),
+    ("validation.sigmas=[]", r"validation.sigmas must be a non-empty list of noise levels in \(0, 1\]"),
+    ("student.config.num_layer=1", "unknown key student.config.num_layer .*did you mean num_layers"),
+    ("cache.offload_text_encoders=true", "cache.offload_text_encoders needs cache.dir and cache.precompute"),
+])
+def test_values_out_of_range_fail_naming_the_key(override, message):
+    from filters.base import ConfigError
+    from train.config import resolve
+
+    with pytest.raises(ConfigError, match=message):
+        resolve("tiny", overrides=[override])
+
+
 # ---- student ------------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ its data, resolution, steps and max_sequence_length. Unknown keys fail naming th
 from __future__ import annotations
 
 import copy
+import difflib
 from typing import Any
 
 from curate.recipe import apply_overrides, load_recipe, recipe_hash, validate
@@ -162,8 +163,82 @@ def resolve(
         raise ConfigError(f"distill.train_steps must be in 1..sampling_steps ({n}), got {k}")
     if cfg["distill"]["update"] not in ("step", "trajectory"):
         raise ConfigError(f"distill.update must be step or trajectory, got {cfg['distill']['update']!r}")
+    for key, (accept, what, nullable) in RANGES.items():
+        _check_value(key, _get(cfg, key), accept, what, nullable)
+    for i, stage in enumerate(resolved):
+        _check_value(f"stages.{i}.resolution", stage["resolution"], _positive_int, "a positive integer", False)
+        _check_value(f"stages.{i}.micro_batch_size", stage["micro_batch_size"], _positive_int, "a positive integer", True)
+    sigmas = cfg["validation"]["sigmas"]
+    if not sigmas or not all(isinstance(x, (int, float)) and 0 < x <= 1 for x in sigmas):
+        raise ConfigError(f"validation.sigmas must be a non-empty list of noise levels in (0, 1], got {sigmas!r}")
+    if cfg["cache"]["offload_text_encoders"] and not (cfg["cache"]["dir"] and cfg["cache"]["precompute"]):
+        raise ConfigError("cache.offload_text_encoders needs cache.dir and cache.precompute: the teacher's text "
+                          "encoders leave the device, so every prompt must be encoded before")
+    _check_student_config(cfg["student"]["config"])
     cfg.setdefault("description", "")
     return name, cfg
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and v > 0
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and v >= 0
+
+
+# key -> (accepts, what it must be, null allowed); types are the schema's business, these are ranges
+RANGES: dict[str, tuple[Any, str, bool]] = {
+    "seed": (_count, "an integer >= 0", False),
+    "optim.lr": (lambda v: v > 0, "a number > 0", False),
+    "optim.batch_size": (_positive_int, "a positive integer", False),
+    "optim.micro_batch_size": (_positive_int, "a positive integer", True),
+    "optim.warmup_steps": (_count, "an integer >= 0", False),
+    "optim.min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]", False),
+    "optim.grad_clip": (lambda v: v >= 0, "a number >= 0 (0: off)", False),
+    "optim.weight_decay": (lambda v: v >= 0, "a number >= 0", False),
+    "optim.max_bad_steps": (_count, "an integer >= 0", False),
+    "teacher.empty_prompt_prob": (lambda v: 0 <= v <= 1, "in [0, 1]", False),
+    "student.projection_dropout": (lambda v: 0 <= v < 1, "in [0, 1)", False),
+    "validation.every": (_count, "an integer >= 0 (0: only at the start and end)", False),
+    "validation.num_prompts": (_positive_int, "a positive integer", False),
+    "validation.batch_size": (_positive_int, "a positive integer", False),
+    "validation.guidance": (lambda v: v >= 0, "a number >= 0", False),
+    "validation.resolution": (_positive_int, "a positive integer", True),
+    "validation.max_sequence_length": (lambda v: isinstance(v, int) and 1 <= v <= 512, "in 1..512", True),
+    "validation.image_prompts": (_positive_int, "a positive integer", False),
+    "validation.image_steps": (_positive_int, "a positive integer", False),
+    "checkpoint.every": (_count, "an integer >= 0 (0: only at the end)", False),
+    "checkpoint.keep": (_count, "an integer >= 0 (0: keep all)", False),
+    "log.every": (_positive_int, "a positive integer", False),
+}
+
+
+def _get(cfg: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def _check_value(key: str, value: Any, accept: Any, what: str, nullable: bool) -> None:
+    if value is None and nullable:
+        return
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not accept(value):
+        raise ConfigError(f"{key} must be {what}, got {value!r}")
+
+
+def _check_student_config(fields: dict[str, Any]) -> None:
+    """student.config holds T5Config fields; a name T5Config does not know is a typo, not a new field."""
+    if not fields:
+        return
+    from transformers import T5Config
+
+    known = T5Config().to_dict()
+    for key in fields:
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=2)
+            raise ConfigError(f"unknown key student.config.{key} (not a T5Config field"
+                              + (f"; did you mean {' or '.join(close)}?)" if close else ")"))
 
 
 def total_steps(cfg: dict[str, Any]) -> int:
