@@ -524,7 +524,7 @@ def test_non_finite_losses_skip_then_abort(tiny, tmp_path):
     assert "non-finite" in res.stderr  # the skipped step's warning came first
 
 
-def test_embedding_cache_roundtrip_and_offloaded_training(tiny, tmp_path):
+def test_embedding_cache_roundtrip_and_offloaded_training(tiny, tmp_path, monkeypatch):
     from train.cache import EmbeddingCache, teacher_cache_id
     from train.distill import train
     from train.teachers import load_teacher
@@ -537,8 +537,24 @@ def test_embedding_cache_roundtrip_and_offloaded_training(tiny, tmp_path):
     assert torch.equal(again.embeds, cond.embeds[[1, 0]]) and torch.equal(again.pooled, cond.pooled[[1, 0]])
     assert cache.get(["a dog"], 9) is None  # the length is part of the key
 
-    cfg = small_cfg("tiny:flux", steps=2, cache={"dir": str(tmp_path / "c2"), "precompute": True, "offload_text_encoders": True})
+    # Once the encoders have left the device, nothing may need them: held-out prompts that no stage has
+    # (validation.data) are precomputed too. On CPU "leaving" moves nothing, so watch the calls instead.
+    from train.teachers.flux import FluxTeacher
+
+    offloaded, encode = [], FluxTeacher.encode
+    monkeypatch.setattr(FluxTeacher, "offload_text_encoders", lambda self: offloaded.append(True))
+
+    def watched_encode(self, prompts, max_len):
+        assert not offloaded, f"encoded {prompts[:2]} after the text encoders left the device"
+        return encode(self, prompts, max_len)
+
+    monkeypatch.setattr(FluxTeacher, "encode", watched_encode)
+    (tmp_path / "val.txt").write_text("a lighthouse made of glass\na purple kettle on a stove\n")
+    cfg = small_cfg("tiny:flux", steps=2, images=True,
+                    cache={"dir": str(tmp_path / "c2"), "precompute": True, "offload_text_encoders": True})
+    cfg["validation"]["data"] = str(tmp_path / "val.txt")
     train(cfg, tmp_path / "run", progress=False)
+    assert offloaded
     cache_id = teacher_cache_id(str(tiny["flux"]), teacher.dtype)
     assert len(EmbeddingCache(tmp_path / "c2", cache_id)) >= 500  # every stage prompt + held-out
 
