@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -359,6 +360,26 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny, tmp_path):
     assert steps_b == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_run_folder_is_reused_only_by_resume_which_keeps_an_extended_length(tiny, tmp_path):
+    from filters.base import ConfigError
+    from train.distill import train
+
+    cfg = small_cfg("tiny:flux", steps=2, ckpt_every=1)
+    run = tmp_path / "run"
+    train(cfg, run, progress=False, max_steps=4)  # extended past the recipe's 2 steps
+    with pytest.raises(ConfigError, match="already holds a run .*pass --resume"):
+        train(cfg, run, progress=False)  # its checkpoints would outrank the new run's
+    # killed after step 3, with the log's last line cut off mid-write
+    shutil.rmtree(run / "checkpoints" / "step-00000004")
+    shutil.rmtree(run / "student")
+    with open(run / "log.jsonl", "a") as log:
+        log.write('{"step": 4, "stage": "s')
+    with pytest.warns(UserWarning, match="dropped 1 unreadable line"):
+        summary = train(cfg, run, progress=False, resume=True)  # no --max-steps: the run's own 4
+    assert summary["steps"] == 4
+    assert [r["step"] for r in read_jsonl(run / "log.jsonl") if "loss" in r] == [1, 2, 3, 4]
+
+
 def test_lr_ramps_per_update_and_ends_at_the_floor():
     from train.distill import lr_at
 
@@ -559,8 +580,6 @@ def test_embedding_cache_roundtrip_and_offloaded_training(tiny, tmp_path, monkey
     assert len(EmbeddingCache(tmp_path / "c2", cache_id)) >= 500  # every stage prompt + held-out
 
     # the same folder path with other contents, or another dtype, is another teacher
-    import shutil
-
     copy = tmp_path / "teacher"
     shutil.copytree(tiny["flux"], copy)
     before = teacher_cache_id(str(copy), teacher.dtype)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from curate.writer import staging_path, swap_into_place
+from filters.base import ConfigError
 from train.cache import EmbeddingCache, teacher_cache_id
 from train.config import config_hash, total_steps
 from train.data import PromptStream, heldout_split, load_stage_data
@@ -126,7 +127,9 @@ def load_checkpoint(path: Path, student: DistillT5EncoderModel, optimizer: Any, 
     missing, unexpected = load_student_state_dict(student, load_file(str(path / "student" / "model.safetensors")))
     if missing or unexpected:
         raise TrainingError(f"{path}: student weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=accelerator.device, weights_only=True))
+    # map to the CPU: load_state_dict moves the state to the parameters' device ("cpu:0" under torchrun
+    # cannot be restored by torch.load)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     rng_file = path / f"rng-{accelerator.process_index}.safetensors"
     if rng_file.exists():
         rng = load_file(str(rng_file))
@@ -134,6 +137,24 @@ def load_checkpoint(path: Path, student: DistillT5EncoderModel, optimizer: Any, 
         if "cuda" in rng and accelerator.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], accelerator.device)
     return json.loads((path / "state.json").read_text())
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the records written after the checkpoint being resumed (and a line cut off by a kill)."""
+    keep, cut = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            cut += 1
+            continue
+        if record.get("step", 0) <= step:
+            keep.append(line)
+    if cut:
+        warnings.warn(f"{path}: dropped {cut} unreadable line(s), as a kill mid-write leaves them")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    tmp.replace(path)
 
 
 # ---- one trajectory -----------------------------------------------------------------------------
@@ -265,6 +286,11 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     from tqdm.auto import tqdm
 
     output = Path(output)
+    if not resume:
+        held = [name for name in ("checkpoints", "student", "log.jsonl") if (output / name).exists()]
+        if held:  # its checkpoints would outrank the new run's in export, eval and --resume
+            raise ConfigError(f"{output} already holds a run ({', '.join(held)}); pass --resume to continue it, "
+                              "or choose a new --output")
     accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
     device, main = accelerator.device, accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -328,15 +354,7 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     if world > 1 and opt["batch_size"] % world:
         raise TrainingError(f"optim.batch_size ({opt['batch_size']}) must be a multiple of the {world} processes")
 
-    # Step plan: stage boundaries; --max-steps truncates, or extends the last stage.
     planned = total_steps(cfg)
-    total = max_steps if max_steps is not None and max_steps > planned else planned
-    stop = min(max_steps, total) if max_steps is not None else total
-    bounds, acc = [], 0
-    for i, s in enumerate(stages):
-        acc += s["steps"] if i < len(stages) - 1 else s["steps"] + (total - planned)
-        bounds.append(acc)
-
     state = {"format": STATE_FORMAT, "step": 0, "positions": [0] * len(stages), "bad_steps": 0,
              "recipe_hash": config_hash(cfg)}
     if resume:
@@ -348,14 +366,28 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
             if state.get("format") != STATE_FORMAT:
                 raise TrainingError(f"{ckpt} was written by an older t5shrink whose steps counted updates, not "
                                     "trajectories; it cannot be resumed (its student/ folder still loads)")
-            if main and (output / "log.jsonl").exists():  # drop records written after the checkpoint
-                keep = [line for line in (output / "log.jsonl").read_text().splitlines()
-                        if line.strip() and json.loads(line).get("step", 0) <= state["step"]]
-                (output / "log.jsonl").write_text("".join(line + "\n" for line in keep))
+            if main and (output / "log.jsonl").exists():
+                _truncate_log(output / "log.jsonl", state["step"])
+            if max_steps is None and state.get("total", planned) > planned:
+                max_steps = state["total"]  # the run was extended with --max-steps: keep its length and schedule
+            elif max_steps is not None and max(max_steps, planned) != state.get("total", planned):
+                warnings.warn(f"--resume: --max-steps {max_steps} changes the run's length "
+                              f"({state.get('total', planned)} steps), so its lr schedule and stage bounds")
             if state.get("recipe_hash") != config_hash(cfg):
                 warnings.warn("--resume: the recipe differs from the checkpoint's; continuing with the new one")
             if main:
                 print(f"resuming from {ckpt} (step {state['step']})")
+
+    # Step plan: stage boundaries; --max-steps truncates, or extends the last stage.
+    total = max_steps if max_steps is not None and max_steps > planned else planned
+    stop = min(max_steps, total) if max_steps is not None else total
+    state["total"] = total
+    if resume and state["step"] >= stop:
+        warnings.warn(f"--resume: the checkpoint is at step {state['step']}, the run stops at {stop}; nothing to train")
+    bounds, acc = [], 0
+    for i, s in enumerate(stages):
+        acc += s["steps"] if i < len(stages) - 1 else s["steps"] + (total - planned)
+        bounds.append(acc)
 
     last = stages[-1]
     val_len = val["max_sequence_length"] or last["max_sequence_length"]
