@@ -311,11 +311,12 @@ def test_tiny_recipe_shrinks_the_gap_5x_and_exports_into_flux(tiny, tmp_path):
 def test_sd3_trains_through_the_folder_loader_and_drops_into_its_pipeline(tiny, tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
+    from PIL import Image
+
     from train.distill import train
+    from train.evaluate import evaluate_student
     from train.export import export_student
     from train.student import DistillT5EncoderModel
-
-    from PIL import Image
 
     # also: gradient checkpointing in the student and the transformer, and the preview grids
     cfg = small_cfg(str(tiny["sd3"]), steps=12, empty=0.25, lr=3e-3, ckpt_grad=True, images=True)
@@ -324,6 +325,9 @@ def test_sd3_trains_through_the_folder_loader_and_drops_into_its_pipeline(tiny, 
     grids = sorted((tmp_path / "run" / "val").glob("*.png"))
     assert [g.name for g in grids] == ["step-00000000.png", "step-00000012.png"]
     assert Image.open(grids[-1]).size == (64, 4 * 32)  # teacher | student, 2 prompts x 2 seeds
+    with pytest.warns(UserWarning, match="distilled from a sd3 teacher; scoring it against flux"):
+        evaluate_student(tmp_path / "run", str(tiny["flux"]), "builtin:tiny", max_prompts=4, max_len=12, resolution=32,
+                         steps=2)
     export_student(tmp_path / "run", tmp_path / "exp", fmt="diffusers")
     assert (tmp_path / "exp" / "text_encoder_3" / "model.safetensors").exists()
     assert (tmp_path / "exp" / "tokenizer_3" / "tokenizer_config.json").exists()

@@ -202,6 +202,9 @@ def evaluate_student(student_path: str | Path, teacher_source: str, data: str, m
     if student.config.project_out_dim != teacher.width:
         raise ConfigError(f"the student projects to {student.config.project_out_dim}, the teacher reads {teacher.width}")
     check_vocab(tokenizer, teacher.tokenizer, str(student_path))
+    if meta.get("teacher_kind") not in (None, teacher.kind):  # both read 4096-wide T5 text: nothing else would fail
+        warnings.warn(f"the student was distilled from a {meta['teacher_kind']} teacher; scoring it against "
+                      f"{teacher.kind} measures a transfer, not its training")
     max_len = max_len or meta.get("max_sequence_length") or 77
     resolution = resolution or meta.get("resolution") or 512
     if meta.get("max_sequence_length") and max_len != meta["max_sequence_length"]:
