@@ -289,13 +289,11 @@ def test_hashing_embedder():
 
 
 @pytest.mark.slow
-def test_html_with_the_real_embedder_if_available(tmp_path):
-    embed = pytest.importorskip("filters.embed")
+def test_html_with_the_bundled_embedder(tmp_path):
+    from filters.embed import build_embedder
+
     folder = make_set(tmp_path / "s", size=40)
-    try:
-        embedder = embed.build_embedder(progress=False)
-    except Exception as exc:  # no offline weights on this machine
-        pytest.skip(f"default embedder unavailable: {exc}")
+    embedder = build_embedder(progress=False)  # the bundled MiniLM: a dependency, so no skip
     coords, labels, _, _ = embedding_points(folder, embedder, max_points=40)
     assert coords.shape == (40, 2) and np.isfinite(coords).all()
 

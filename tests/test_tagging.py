@@ -13,7 +13,6 @@ from curate.records import CATEGORIES, Prompt
 from filters.base import ConfigError, Context, build_step
 from filters.rendered_text import extract_rendered_text, rendered_text_spans
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 HELDOUT = Path(__file__).resolve().parent / "fixtures" / "tagging_heldout.jsonl"
 
 
@@ -52,15 +51,10 @@ def test_spans_point_into_the_text() -> None:
 
 @pytest.fixture(scope="module")
 def tag():
-    pytest.importorskip("spacy")
     from filters.tagging import load_nlp, tag_texts
 
     load_nlp()  # once per module; tag_texts reuses the cached pipeline
-
-    def run(texts: list[str]) -> list[dict]:
-        return tag_texts(texts)
-
-    return run
+    return tag_texts
 
 
 @pytest.mark.parametrize("text, category, tags", [
@@ -124,10 +118,8 @@ def test_heldout_accuracy(tag) -> None:
     assert all(g["rendered_text"] == r["rendered_text"] for g, r in zip(got, rows))
 
 
-def test_compbench_and_commontext_when_present(tag) -> None:
-    data = SHARED / "data"
-    if not (data / "t2i-compbench").exists() or not (data / "commontext").exists():
-        pytest.skip("../shared/data (development data) is not present")
+def test_compbench_and_commontext_when_present(tag, shared_data) -> None:
+    data = shared_data
     texts, labels = [], []
     for name in ("color", "shape", "texture", "spatial", "3d_spatial", "non_spatial", "numeracy", "complex"):
         lines = (data / "t2i-compbench" / f"{name}_train.txt").read_text(encoding="utf-8").splitlines()
@@ -183,7 +175,6 @@ def test_tag_step_and_visual_filter_reject_bad_config() -> None:
 
 
 def test_unknown_spacy_pipeline_is_a_config_error() -> None:
-    pytest.importorskip("spacy")
     from filters.tagging import load_nlp
 
     with pytest.raises(ConfigError, match="no_such_pipeline"):

@@ -166,15 +166,17 @@ def test_cli_table_and_one_line_errors(flux, tiny_clip, student_dir):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
-def test_export_never_replaces_a_folder_holding_other_things(tmp_path):
-    from train.export import _atomic_dir
+def test_export_never_replaces_a_folder_holding_other_things(student_dir, tmp_path):
+    from train.export import export_student
 
     (tmp_path / "exports" / "other-model").mkdir(parents=True)
     with pytest.raises(ValueError, match="other-model"):
-        _atomic_dir(tmp_path / "exports")
+        export_student(student_dir, tmp_path / "exports")
+    assert [p.name for p in (tmp_path / "exports").iterdir()] == ["other-model"]  # untouched
     previous = tmp_path / "previous"
     previous.mkdir()
     for name in ("t5shrink.json", "config.json", "model.safetensors"):
         (previous / name).write_text("{}")
-    assert _atomic_dir(previous).exists()  # a previous export may be replaced
-    assert _atomic_dir(tmp_path / "new").exists()
+    export_student(student_dir, previous)  # a previous export is replaced, as a whole
+    assert json.loads((previous / "config.json").read_text())["project_out_dim"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports", "previous"]  # no staging left behind
