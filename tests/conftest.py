@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -13,6 +14,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+# The whole session on one intra-op thread: the models here are tiny, and one thread beats two on a
+# shared CPU (set here, not in a test module, whose import would change it for every other module too).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="session")

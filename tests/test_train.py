@@ -13,9 +13,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-torch.set_num_threads(1)  # tiny models: one thread beats two on a shared CPU
-
-from train.cli import main  # noqa: E402
+from train.cli import main
 
 
 @pytest.fixture(scope="session")
@@ -484,7 +482,6 @@ def test_resume_refuses_a_checkpoint_whose_steps_counted_updates(tiny, tmp_path)
 def test_two_processes_train_like_one_with_micro_batches(tiny, tmp_path):
     """torchrun with 2 CPU processes (gloo) x 2 prompts gives the weights of 1 process with micro-batches of
     2: the same noise per micro-batch, gradients averaged over ranks before every update."""
-    import socket
     import subprocess
     import sys
 
@@ -494,12 +491,10 @@ def test_two_processes_train_like_one_with_micro_batches(tiny, tmp_path):
     cfg["optim"]["micro_batch_size"] = 2
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "description"}))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                          "127.0.0.1", "--master_port", str(port), "-m", "train.cli", "run", "--recipe", str(recipe),
+    # --standalone: torchrun picks a free port itself (a port probed here could be taken before it binds)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "train.cli", "run", "--recipe", str(recipe),
                           "--output", str(tmp_path / "two"), "--quiet"], env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("held-out gap") == 1  # rank 0 reports

@@ -15,9 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-torch.set_num_threads(1)  # tiny models: one thread beats two on a shared CPU
-
-from train.cli import main  # noqa: E402
+from train.cli import main
 
 TINY_CLIP = {
     "embed_dim": 32,
