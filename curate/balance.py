@@ -83,7 +83,6 @@ def balance(records: list[Prompt], size: int, quotas: dict[str, dict[str, Any]],
     """Select records to fill the quotas. Returns (selected, dropped with reason, report)."""
     if on_shortfall not in SHORTFALL_POLICIES:
         raise ConfigError(f"on_shortfall must be one of {', '.join(SHORTFALL_POLICIES)}, got {on_shortfall!r}")
-    unknown = sorted({r.criterion for r in records} - set(quotas))
     pools: dict[tuple[str, str | None], list[Prompt]] = defaultdict(list)
     dropped: list[tuple[Prompt, str]] = []
     for record in records:
@@ -128,8 +127,7 @@ def balance(records: list[Prompt], size: int, quotas: dict[str, dict[str, Any]],
         report[criterion] = entry
     selected.sort(key=lambda r: r.id)
     random.Random(seed).shuffle(selected)
-    return selected, dropped, {"quotas": report, "shortfalls": shortfalls, "planned_size": plan.size,
-                               "unknown_criteria": unknown}
+    return selected, dropped, {"quotas": report, "shortfalls": shortfalls, "planned_size": plan.size}
 
 
 def _select(pool: list[Prompt], n: int, seed: int) -> list[Prompt]:

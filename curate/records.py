@@ -120,19 +120,3 @@ class Prompt:
             "cluster": self.cluster,
             "stage": self.stage,
         }
-
-    @classmethod
-    def from_dict(cls, row: dict[str, Any]) -> Prompt:
-        scores = {k: float(v) for k, v in (row.get("scores") or {}).items() if v is not None}
-        return cls(
-            text=row["text"],
-            criterion=row["criterion"],
-            source=row.get("source", ""),
-            category=row.get("category") or "general",
-            tags=list(row.get("tags") or []),
-            rendered_text=list(row.get("rendered_text") or []),
-            scores=scores,
-            cluster=row.get("cluster"),
-            stage=row.get("stage"),
-            id=row.get("id") or "",
-        )

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from curate.report import MAX_MAP_POINTS, Embedder, Table, _header_lines, _pct, _read_parts, _tables
+from curate.writer import atomic_write_text
 
 _CSS = """
 :root { --ink:#1f2328; --muted:#59636e; --line:#d1d9e0; --soft:#f6f8fa; --accent:#4C72B0; --warn:#9a6700; }
@@ -51,7 +51,7 @@ summary { cursor:pointer; color:var(--accent); }
 """
 
 
-def _html_table(t: Table, with_title: bool = True) -> str:
+def _html_table(t: Table) -> str:
     e = html.escape
     head = "".join(f'<th class="{a}">{e(h)}</th>' for h, a in zip(t.headers, t.align))
     body = []
@@ -60,7 +60,7 @@ def _html_table(t: Table, with_title: bool = True) -> str:
         body.append(f"<tr{cls}>" + "".join(f'<td class="{a}">{e(c)}</td>' for c, a in zip(row, t.align)) + "</tr>")
     if not t.rows:
         body.append(f'<tr><td colspan="{len(t.headers)}" class="note">none</td></tr>')
-    title = f"<h3>{e(t.title)}</h3>" if with_title else ""
+    title = f"<h3>{e(t.title)}</h3>"
     note = f'<p class="note">{e(t.note)}</p>' if t.note else ""
     table = f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
     return f'{title}<div class="scroll">{table}</div>{note}'
@@ -198,19 +198,5 @@ def write_html(dir: Path, summary: dict[str, Any], path: Path, embedder: Embedde
     out.append("</main></body></html>\n")
 
     path = Path(path)
-    _atomic_write(path, "\n".join(out))
+    atomic_write_text(path, "\n".join(out))
     return path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    # Write beside the target, then rename: a reader never sees half a report. A plain
-    # open() (not mkstemp, which makes 0600 files) so the umask decides who may read it.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-

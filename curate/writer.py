@@ -81,12 +81,24 @@ def write_curated(out_dir: Path, kept: list[Prompt], rejected: list[tuple[Prompt
         rejected_rows.append(row)
     outputs[f"rejected/{PART}"] = _write_parquet(rejected_rows, partial / "rejected" / PART, True)
     manifest = {"format": FORMAT, **manifest, "outputs": outputs}
-    tmp = partial / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, partial / "manifest.json")
+    atomic_write_text(partial / "manifest.json", json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
     _fsync_dir(partial)
     swap_into_place(partial, out_dir)
     return out_dir
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write beside the target, then rename: a reader never sees half a file. A plain open() (not
+    mkstemp, which makes 0600 files) so the umask decides who may read it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def staging_path(out: Path, folder: bool = True) -> Path:

@@ -32,7 +32,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from curate.writer import staging_path, swap_into_place
+from curate.writer import atomic_write_text, staging_path, swap_into_place
 from filters.base import ConfigError
 from train.cache import EmbeddingCache, teacher_cache_id
 from train.config import config_hash, total_steps
@@ -152,9 +152,7 @@ def _truncate_log(path: Path, step: int) -> None:
             keep.append(line)
     if cut:
         warnings.warn(f"{path}: dropped {cut} unreadable line(s), as a kill mid-write leaves them")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 # ---- one trajectory -----------------------------------------------------------------------------

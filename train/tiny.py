@@ -30,7 +30,7 @@ def builtin_prompts() -> list[dict[str, str]]:
     numeracy, text_rendering), the data of the `tiny` recipe. Order is fixed; callers shuffle."""
     rows: list[dict[str, str]] = []
     for i, obj in enumerate(_OBJECTS):
-        for j, col in enumerate(_COLORS):
+        for col in _COLORS:
             rows.append({"text": f"a {col} {obj}", "category": "color"})
         for tex in _TEXTURES:
             rows.append({"text": f"a {tex} {obj}", "category": "texture"})
@@ -41,7 +41,7 @@ def builtin_prompts() -> list[dict[str, str]]:
             rows.append({"text": f"a {obj} {rel} a {other}", "category": "spatial"})
             col = _COLORS[(i + k) % len(_COLORS)]
             rows.append({"text": f"a {col} {obj} {rel} a {_COLORS[(i + 2 * k + 3) % 10]} {other}", "category": "spatial"})
-        for n, word in enumerate(["two", "three", "four", "five"]):
+        for word in ["two", "three", "four", "five"]:
             rows.append({"text": f"{word} {obj}s", "category": "numeracy"})
         for k, holder in enumerate(_HOLDERS):
             for w in _WORDS[k::3]:
