@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from curate.recipe import list_recipes
+from curate.recipe import recipe_table
 from curate.records import CRITERIA
 
 
@@ -53,10 +53,7 @@ def main(debug: bool) -> None:
 @main.command()
 def recipes() -> None:
     """List the shipped curation recipes."""
-    found = list_recipes("curate")
-    width = max(map(len, found), default=0)
-    for name, description in found.items():
-        click.echo(f"{name:<{width}}  {description}")
+    click.echo(recipe_table("curate"))
 
 
 @main.command()

@@ -29,13 +29,19 @@ def recipe_dir(kind: str) -> Path:
 
 
 def list_recipes(kind: str) -> dict[str, str]:
-    """name -> one-line description (the recipe's `description`)."""
+    """name -> one-line description (the first line of the recipe's `description`)."""
     found = {}
     for path in sorted(recipe_dir(kind).glob("*.yaml")):
         data = yaml.safe_load(path.read_text()) or {}
-        found[path.stem] = str(data.get("description", "")).strip().splitlines()[0:1]
-        found[path.stem] = found[path.stem][0] if found[path.stem] else ""
+        found[path.stem] = next(iter(str(data.get("description", "")).strip().splitlines()), "")
     return found
+
+
+def recipe_table(kind: str) -> str:
+    """The shipped recipes of a kind, a name and its description a line (`curate recipes`, `train recipes`)."""
+    found = list_recipes(kind)
+    width = max(map(len, found), default=0)
+    return "\n".join(f"{name:<{width}}  {description}" for name, description in found.items())
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -65,13 +65,11 @@ def _concat(parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _ivf_pairs(x: np.ndarray, threshold: float, nlist: int, nprobe: int, seed: int):
-    import faiss
+    from filters.cluster import spherical_kmeans
 
     n, d = x.shape
     # 64 points per centroid and 10 iterations: the cells need only be compact, not optimal.
-    km = faiss.Kmeans(d, nlist, niter=10, spherical=True, seed=seed, verbose=False, max_points_per_centroid=64,
-                      min_points_per_centroid=1)
-    km.train(x)
+    km = spherical_kmeans(x, nlist, niter=10, seed=seed, max_points_per_centroid=64)
     sims, probe = km.index.search(x, min(nprobe, nlist))
     # Skip probes that provably hold no duplicate. If cos(x, y) >= t then |x - y| <= r =
     # sqrt(2 - 2t), and y can only be nearer centroid c_k than x's home c_1 if

@@ -172,10 +172,9 @@ def export(checkpoint: str, output: str, fmt: str, dtype: str) -> None:
 @main.command()
 def recipes() -> None:
     """List shipped training recipes."""
-    from curate.recipe import list_recipes
+    from curate.recipe import recipe_table
 
-    for name, desc in list_recipes("train").items():
-        click.echo(f"{name:<16} {desc}")
+    click.echo(recipe_table("train"))
 
 
 if __name__ == "__main__":
