@@ -4,7 +4,6 @@ open_clip's 'local-dir:' path as a user's checkpoint would be)."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -12,13 +11,9 @@ import pytest
 from curate.records import Prompt
 from filters.aesthetic import build_mlp, fetch_weights, load_mlp, predict
 from filters.base import ConfigError, Context, build_step
+from shared_helpers import count_calls, save_tiny_clip
 
 LAYOUT_KEYS = {f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")}
-TINY_CLIP = {
-    "embed_dim": 768,  # what the LAION predictor takes (ViT-L/14's width)
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 
 
 def _prompt(text: str, **kw) -> Prompt:
@@ -44,15 +39,7 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> str:
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    folder = tmp_path_factory.mktemp("clip")
-    torch.manual_seed(0)
-    save_file(open_clip.CLIP(**TINY_CLIP).state_dict(), str(folder / "open_clip_model.safetensors"))
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {"size": 32}}))
-    return f"local-dir:{folder}"
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"), embed_dim=768, patch_size=16)  # 768: the LAION MLP's input
 
 
 def test_layout_and_both_formats_load_and_agree(weights):
@@ -129,9 +116,7 @@ def test_image_mode_scores_images_and_drops_missing_ones(weights, tiny_clip, tmp
                                      "clip_model": tiny_clip, "clip_pretrained": None})
     ctx = Context(cache_dir=tmp_path / "cache", progress=False)
     clip, _ = again._load(ctx)
-    calls: list[int] = []
-    real = clip._encode_image_files
-    clip._encode_image_files = lambda batch: (calls.append(len(batch)), real(batch))[1]
+    calls = count_calls(clip, "_encode_image_files")
     fresh = [_prompt(f"q{i}", meta={"image": str(p)}) for i, p in enumerate(paths)]
     again.run(fresh, ctx)
     np.testing.assert_allclose([r.scores["aesthetic"] for r in fresh], scores, rtol=1e-6)

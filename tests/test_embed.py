@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from filters.embed import build_embedder, default_hf_model
+from shared_helpers import count_calls
 
 CORPUS = [
     "a red car parked next to a blue bench",
@@ -48,13 +49,6 @@ def tiny(tmp_path_factory) -> str:
     return _tiny_bert(tmp_path_factory.mktemp("tiny_bert"), seed=0)
 
 
-def _count_calls(embedder) -> list[int]:
-    calls: list[int] = []
-    real = embedder._encode_texts
-    embedder._encode_texts = lambda texts: (calls.append(len(texts)), real(texts))[1]
-    return calls
-
-
 def test_tiny_bert_shapes_norms_order_and_batching(tiny):
     # float32: "auto" is bf16 on CPUs with native bf16, and these checks are about order and padding
     emb = build_embedder(model=tiny, batch_size=2, progress=False, dtype="float32")
@@ -72,7 +66,7 @@ def test_tiny_bert_shapes_norms_order_and_batching(tiny):
 
 def test_cache_reused_across_builds_and_repeats_computed_once(tiny, tmp_path):
     first = build_embedder(model=tiny, cache_dir=tmp_path, progress=False)
-    calls = _count_calls(first)
+    calls = count_calls(first, "_encode_texts")
     v = first.encode(CORPUS + CORPUS[:2])  # the two repeats are embedded once
     assert sum(calls) == len(CORPUS)
     np.testing.assert_array_equal(v[-2:], v[:2])
@@ -80,7 +74,7 @@ def test_cache_reused_across_builds_and_repeats_computed_once(tiny, tmp_path):
     assert shards
 
     again = build_embedder(model=tiny, cache_dir=tmp_path, progress=False)  # a new build, same cache
-    calls = _count_calls(again)
+    calls = count_calls(again, "_encode_texts")
     np.testing.assert_array_equal(again.encode(CORPUS[::-1]), v[: len(CORPUS)][::-1])
     assert calls == [] and sorted(tmp_path.rglob("*.safetensors")) == shards
     # Only what is new gets computed.
@@ -116,12 +110,12 @@ def test_corrupt_cache_shard_is_recomputed(tiny, tmp_path, damage):
     else:
         shard.write_bytes(b"\x00garbage")
     emb = build_embedder(model=tiny, cache_dir=tmp_path, progress=False)
-    calls = _count_calls(emb)
+    calls = count_calls(emb, "_encode_texts")
     np.testing.assert_allclose(emb.encode(CORPUS), reference, atol=1e-6)
     assert sum(calls) == len(CORPUS)
     # The damaged shard was replaced by a good one: the next build reads it again.
     emb2 = build_embedder(model=tiny, cache_dir=tmp_path, progress=False)
-    calls2 = _count_calls(emb2)
+    calls2 = count_calls(emb2, "_encode_texts")
     np.testing.assert_allclose(emb2.encode(CORPUS), reference, atol=1e-6)
     assert calls2 == []
 

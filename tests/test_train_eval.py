@@ -15,13 +15,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from shared_helpers import save_tiny_clip
 from train.cli import main
 
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 LEN, RES = 12, 32
 
 
@@ -34,15 +30,7 @@ def flux():
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> str:
-    import open_clip
-    from safetensors.torch import save_file
-
-    folder = tmp_path_factory.mktemp("clip")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        save_file(open_clip.CLIP(**TINY_CLIP).state_dict(), str(folder / "open_clip_model.safetensors"))
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {"size": RES}}))
-    return f"local-dir:{folder}"
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"), embed_dim=32, patch_size=8, image_size=RES)
 
 
 def random_student(teacher):

@@ -1,0 +1,33 @@
+"""Small builders and probes shared by several test modules (pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def save_tiny_clip(folder: Path, embed_dim: int, patch_size: int, image_size: int = 32) -> str:
+    """A random one-layer open_clip model saved as a `local-dir:` folder (fixed seed, RNG restored)."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = {
+        "embed_dim": embed_dim,
+        "vision_cfg": {"image_size": image_size, "layers": 1, "width": 32, "head_width": 16, "patch_size": patch_size},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        save_file(open_clip.CLIP(**cfg).state_dict(), str(folder / "open_clip_model.safetensors"))
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {"size": image_size}}))
+    return f"local-dir:{folder}"
+
+
+def count_calls(obj: Any, method: str) -> list[int]:
+    """Wrap obj.method so each call appends the length of its first argument to the returned list."""
+    calls: list[int] = []
+    real = getattr(obj, method)
+    setattr(obj, method, lambda items, *a, **kw: (calls.append(len(items)), real(items, *a, **kw))[1])
+    return calls
