@@ -72,7 +72,10 @@ def read_source(spec: SourceSpec, criterion: str) -> SourceResult:
 
 
 def _looks_like_path(uri: str) -> bool:
-    # A hub id is "name" or "owner/name"; a trailing slash or deeper nesting can only be a folder.
+    # A hub id is "name" or "owner/name"; a trailing slash or deeper nesting can only be a folder
+    # (a URL such as hf://datasets/owner/name is left to `datasets`).
+    if "://" in uri:
+        return False
     return uri.startswith((".", "/", "~")) or Path(uri).suffix in SUFFIXES or uri.endswith("/") or uri.count("/") > 1
 
 
