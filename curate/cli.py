@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -17,11 +18,18 @@ from curate.recipe import recipe_table
 from curate.records import CRITERIA
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
 class OneLineErrors(click.Group):
     """Errors become one line on stderr and a non-zero exit (2 for bad input, 1 otherwise);
-    `--debug` on the group shows the traceback instead. Shared by `curate` and `train`."""
+    `--debug` on the group shows the traceback instead; warnings become one `warning: ...` line too.
+    Shared by `curate` and `train`."""
 
     def invoke(self, ctx: click.Context):
+        if not ctx.params.get("debug"):
+            warnings.showwarning = _warning_line
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
@@ -129,7 +137,7 @@ def tag(input_path: Path, output: Path | None, rejected_path: Path | None, text_
     for record in records:
         record.criterion = criterion or _infer_criterion(record.category)
     _write_jsonl(output, (r.to_dict() for r in records))
-    if rejected_path and result.rejected:
+    if rejected_path:  # even when empty: a file from an earlier run must not stand for this one
         _write_jsonl(rejected_path, ({**r.to_dict(), "step": parse_reason(why)[0], "reason": why}
                                      for r, why in result.rejected))
     click.echo(f"tagged {len(records):,} prompts in {time.perf_counter() - started:.1f}s", err=True)

@@ -87,7 +87,10 @@ def _check(data: dict[str, Any]) -> None:
             if entry.get("n") is not None and entry["n"] < 0:
                 raise ConfigError(f"sources.{criterion}.{i}.n must be >= 0, got {entry['n']}")
     for criterion, quota in data["quotas"].items():
-        if (quota or {}).get("fraction", 0) > 0 and not data["sources"].get(criterion):
+        fraction = (quota or {}).get("fraction", 0)
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or fraction < 0:
+            raise ConfigError(f"quotas.{criterion}.fraction must be a number >= 0, got {fraction!r}")
+        if fraction > 0 and not data["sources"].get(criterion):
             raise ConfigError(f"quotas.{criterion} asks for {criterion} prompts but sources.{criterion} is empty")
         for category in (quota or {}).get("categories") or {}:
             if category not in CATEGORIES:

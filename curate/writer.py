@@ -7,6 +7,7 @@ killed build leaves nothing that passes for finished.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -109,7 +110,7 @@ def staging_path(out: Path, folder: bool = True) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for pattern in (f".{out.name}.partial-*", f".{out.name}.old-*"):
-        for stale in out.parent.glob(pattern):
+        for stale in out.parent.glob(glob.escape(pattern[:-1]) + "*"):
             if _running(stale.name.rpartition("-")[2]):
                 continue  # another writer's, still at work
             if stale.is_dir():

@@ -104,8 +104,8 @@ class DedupNear(Step):
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128, ngram: int = 3, seed: int = 1,
                  same_rendered_text: bool = True):
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        if not 0.0 < threshold < 1.0:  # 1 would be exact copies only: dedup_exact's job
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         if ngram < 1 or num_perm < 16:
             raise ValueError("ngram must be >= 1 and num_perm >= 16")
         self.threshold, self.num_perm, self.ngram, self.seed = threshold, num_perm, ngram, seed

@@ -200,7 +200,7 @@ def test_tag_command_writes_one_object_per_prompt_in_order(tmp_path):
     assert all(r["category"] in r["tags"] for r in rows)
     assert [r["criterion"] for r in rows] == ["semantic", "text", "semantic"]
     assert all(r["id"] and r["source"] == str(tmp_path / "p.txt") for r in rows)
-    assert not (tmp_path / "tags.rejected.jsonl").exists()  # nothing was rejected
+    assert (tmp_path / "tags.rejected.jsonl").read_text() == ""  # nothing rejected, and no stale file stands
 
 
 def test_tag_command_writes_unreadable_rows_with_their_reason(tmp_path):

@@ -105,7 +105,9 @@ def test_set_applies_to_a_pool_given_with_source(tmp_path):
     ("steps.dedup_exact.order_insensitive=maybe", "steps.dedup_exact.order_insensitive must be true or false"),
     ("steps.cluster.k=1.5", "steps.cluster.k must be an integer or a string, got 1.5"),
     ("steps.cluster.k=many", "steps.cluster: k must be a positive integer or 'auto', got 'many'"),  # the step's check
-    ("steps.dedup_near.threshold=1", "threshold 1 is too high for num_perm 128"),
+    ("steps.dedup_near.threshold=0.999", "threshold 0.999 is too high for num_perm 128"),
+    ("steps.dedup_near.threshold=1", r"threshold must be in \(0, 1\), got 1"),
+    ("quotas.text.fraction=null", "quotas.text.fraction must be a number >= 0, got None"),
 ])
 def test_recipe_mistakes_fail_before_any_work_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -119,3 +121,9 @@ def test_a_recipe_file_with_a_repeated_key_or_that_is_missing_is_an_error(tmp_pa
         resolve_recipe(str(path))
     with pytest.raises(ConfigError, match="nothere.yaml: no such recipe file"):
         resolve_recipe(str(tmp_path / "nothere.yaml"))
+    merged = tmp_path / "anchors.yaml"  # merge keys repeat nothing: `<<` is flattened, not a key
+    merged.write_text("base: &q {fraction: 1.0}\nsize: 10\nsources: {quality: [{generator: quality}]}\n"
+                      "quotas: {quality: {<<: *q}}\n")
+    from curate.recipe import load_recipe
+
+    assert load_recipe(str(merged), "curate")[1]["quotas"] == {"quality": {"fraction": 1.0}}

@@ -139,11 +139,15 @@ def test_a_curated_set_folder_contributes_only_its_kept_prompts(tmp_path):
     assert [r.text for r in result.records] == ["a red car"] and result.rows_read == 1 and not result.rejected
 
 
-def test_a_json_file_holding_one_object_is_a_whole_source_error(tmp_path):
+def test_a_json_file_holding_one_object_is_an_error_alone_and_skipped_in_a_folder(tmp_path):
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"prompts": ["a cat", "a dog"]}, indent=2))
     with pytest.raises(SourceError, match="one JSON object"):
         _read(path)
+    (tmp_path / "prompts.txt").write_text("a red car\n")  # beside it, as a dataset's metadata sits beside its data
+    with pytest.warns(UserWarning, match="skipping .*p.json: one JSON object"):
+        result = _read(tmp_path)
+    assert [r.text for r in result.records] == ["a red car"] and not result.rejected
 
 
 def test_a_nested_path_that_does_not_exist_is_not_looked_up_on_the_hub(tmp_path):

@@ -107,6 +107,14 @@ def test_values_out_of_range_fail_naming_the_key(override, message):
         resolve("tiny", overrides=[override])
 
 
+def test_null_switches_off_and_t5_aliases_are_t5_fields():
+    from train.config import resolve
+
+    _, cfg = resolve("tiny", overrides=["optim.grad_clip=null", "checkpoint.every=null", "validation.every=null",
+                                        "student.config.hidden_size=16"])  # T5Config maps hidden_size to d_model
+    assert cfg["optim"]["grad_clip"] is None and cfg["student"]["config"] == {"hidden_size": 16}
+
+
 # ---- student ------------------------------------------------------------------------------------
 
 
@@ -380,6 +388,11 @@ def test_a_run_folder_is_reused_only_by_resume_which_keeps_an_extended_length(ti
         summary = train(cfg, run, progress=False, resume=True)  # no --max-steps: the run's own 4
     assert summary["steps"] == 4
     assert [r["step"] for r in read_jsonl(run / "log.jsonl") if "loss" in r] == [1, 2, 3, 4]
+    # nothing to resume from (killed before the first checkpoint): the run and its log start over
+    shutil.rmtree(run / "checkpoints")
+    with pytest.warns(UserWarning, match="no complete checkpoint"):
+        train(cfg, run, progress=False, resume=True, max_steps=4)
+    assert [r["step"] for r in read_jsonl(run / "log.jsonl") if "loss" in r] == [1, 2, 3, 4]
 
 
 def test_lr_ramps_per_update_and_ends_at_the_floor():
@@ -595,17 +608,18 @@ def test_data_sources_and_heldout_split(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from filters.base import ConfigError
     from train.data import PromptStream, load_prompts, split_heldout
 
     (tmp_path / "set" / "data").mkdir(parents=True)
     pq.write_table(pa.table({"id": ["1", "2"], "text": ["a red cat", "two dogs"], "criterion": ["semantic"] * 2,
                              "category": ["color", "numeracy"], "tags": [["color"], ["numeracy"]],
                              "rendered_text": [[], []], "source": ["x", "x"]}), tmp_path / "set" / "data" / "part-0.parquet")
-    with pytest.raises(ConfigError, match="not a finished curated set"):  # a build that did not finish
-        load_prompts(tmp_path / "set")
+    expected = [{"text": "a red cat", "category": "color"}, {"text": "two dogs", "category": "numeracy"}]
+    assert load_prompts(tmp_path / "set") == expected  # a folder of parquet files (an HF snapshot reads so too)
+    (tmp_path / "set" / "rejected").mkdir()
+    pq.write_table(pa.table({"text": ["a red cat."], "category": ["color"]}), tmp_path / "set" / "rejected" / "part-0.parquet")
     (tmp_path / "set" / "manifest.json").write_text("{}")
-    assert load_prompts(tmp_path / "set") == [{"text": "a red cat", "category": "color"}, {"text": "two dogs", "category": "numeracy"}]
+    assert load_prompts(tmp_path / "set") == expected  # a curated set: its kept prompts only
     (tmp_path / "p.txt").write_text("a cat\n\na dog\n")
     assert [p["text"] for p in load_prompts(tmp_path / "p.txt")] == ["a cat", "a dog"]
     (tmp_path / "p.jsonl").write_text('{"text": "a cat", "category": "color"}\n')

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import click
@@ -30,10 +29,6 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _warnings_to_stderr(message, category, filename, lineno, file=None, line=None):
-    click.echo(f"warning: {message}", err=True)
-
-
 @click.group(cls=OneLineErrors)
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.pass_context
@@ -49,8 +44,6 @@ def main(ctx: click.Context, debug: bool) -> None:
       train export --checkpoint runs/flux-base --output export/flux-base --format diffusers
     """
     ctx.obj = {"debug": debug}
-    if not debug:
-        warnings.showwarning = _warnings_to_stderr
 
 
 @main.command()
@@ -69,7 +62,7 @@ def run(recipe: str, data: str | None, teacher: str | None, output: str | None, 
     \b
     Examples:
       train run --recipe tiny
-      train run --recipe tiny --teacher ./my-tiny-flux --data prompts.txt --max-steps 400
+      train run --recipe tiny --teacher ./my-tiny-flux --data prompts.txt --max-steps 400 --output runs/mine
       train run --recipe sd3-t5-base --set optim.batch_size=16 --set cache.dir=/scratch/emb
     """
     _quiet_libraries()

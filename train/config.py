@@ -195,12 +195,12 @@ RANGES: dict[str, tuple[Any, str, bool]] = {
     "optim.micro_batch_size": (_positive_int, "a positive integer", True),
     "optim.warmup_steps": (_count, "an integer >= 0", False),
     "optim.min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]", False),
-    "optim.grad_clip": (lambda v: v >= 0, "a number >= 0 (0: off)", False),
+    "optim.grad_clip": (lambda v: v >= 0, "a number >= 0 (0 or null: off)", True),
     "optim.weight_decay": (lambda v: v >= 0, "a number >= 0", False),
     "optim.max_bad_steps": (_count, "an integer >= 0", False),
     "teacher.empty_prompt_prob": (lambda v: 0 <= v <= 1, "in [0, 1]", False),
     "student.projection_dropout": (lambda v: 0 <= v < 1, "in [0, 1)", False),
-    "validation.every": (_count, "an integer >= 0 (0: only at the start and end)", False),
+    "validation.every": (_count, "an integer >= 0 (0 or null: only at the start and end)", True),
     "validation.num_prompts": (_positive_int, "a positive integer", False),
     "validation.batch_size": (_positive_int, "a positive integer", False),
     "validation.guidance": (lambda v: v >= 0, "a number >= 0", False),
@@ -208,7 +208,7 @@ RANGES: dict[str, tuple[Any, str, bool]] = {
     "validation.max_sequence_length": (lambda v: isinstance(v, int) and 1 <= v <= 512, "in 1..512", True),
     "validation.image_prompts": (_positive_int, "a positive integer", False),
     "validation.image_steps": (_positive_int, "a positive integer", False),
-    "checkpoint.every": (_count, "an integer >= 0 (0: only at the end)", False),
+    "checkpoint.every": (_count, "an integer >= 0 (0 or null: none)", True),
     "checkpoint.keep": (_count, "an integer >= 0 (0: keep all)", False),
     "log.every": (_positive_int, "a positive integer", False),
 }
@@ -233,7 +233,7 @@ def _check_student_config(fields: dict[str, Any]) -> None:
         return
     from transformers import T5Config
 
-    known = T5Config().to_dict()
+    known = {**T5Config().to_dict(), **T5Config.attribute_map}  # hidden_size etc. are aliases T5Config takes
     for key in fields:
         if key not in known:
             close = difflib.get_close_matches(key, list(known), n=2)

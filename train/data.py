@@ -25,8 +25,8 @@ def load_prompts(source: str | Path) -> list[Prompt]:
     """Read one source into [{"text", "category"}] (category "all" when the source has none).
 
     Files and HF datasets are read by curate's own reader (so the same hostile-row handling
-    applies); a curated-set folder is read as curate writes it (curate.writer.read_records): its
-    kept prompts (data/), never rejected/, and only once its manifest.json says the build finished."""
+    applies); a curated-set folder (one with manifest.json) is read as curate writes it
+    (curate.writer.read_records): its kept prompts (data/), never rejected/."""
     if str(source) == "builtin:tiny":
         from train.tiny import builtin_prompts
 
@@ -35,8 +35,8 @@ def load_prompts(source: str | Path) -> list[Prompt]:
     from curate.writer import OutputError, read_records
 
     path = Path(source)
-    if path.is_dir() and (path / "data").is_dir():
-        try:  # a set without manifest.json is one whose build did not finish
+    if path.is_dir() and (path / "manifest.json").is_file():
+        try:
             rows = read_records(path)
         except OutputError as exc:
             raise ConfigError(f"data {exc}") from exc

@@ -359,6 +359,8 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
         ckpt = find_checkpoint(output)
         if ckpt is None:
             warnings.warn(f"--resume: no complete checkpoint in {output / 'checkpoints'}; starting from step 0")
+            if main and (output / "log.jsonl").exists():
+                _truncate_log(output / "log.jsonl", -1)  # the run starts over: so does its log
         else:
             state = load_checkpoint(ckpt, student, optimizer, accelerator)
             if state.get("format") != STATE_FORMAT:

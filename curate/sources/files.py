@@ -13,6 +13,7 @@ import io
 import json
 import math
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,7 @@ def read_source(spec: SourceSpec, criterion: str) -> SourceResult:
         raise SourceError(f"{spec.uri}: no such file or folder")
     else:
         parts = [(spec.uri, _read_hf(spec))]
-    return _to_records(parts, spec, criterion)
+    return _to_records(parts, spec, criterion, in_folder=path.is_dir() and not _is_hf_saved_dataset(path))
 
 
 def _looks_like_path(uri: str) -> bool:
@@ -91,14 +92,22 @@ def _is_curated_set(path: Path) -> bool:
 
 
 def _to_records(parts: Iterable[tuple[str, Iterable[tuple[Any, str | None]]]], spec: SourceSpec,
-                criterion: str) -> SourceResult:
+                criterion: str, in_folder: bool = False) -> SourceResult:
     """Each part (a file, or the dataset) yields (raw_row, error): error is set when the row could not
-    be parsed. The text column is found per part, since a folder's files may name it differently."""
+    be parsed. The text column is found per part, since a folder's files may name it differently. In a
+    folder, a file that is not a table of prompts at all (a dataset's metadata .json, say) is skipped
+    with a warning; given on its own, it is an error."""
     records, rejected, n = [], [], 0
     for name, rows in parts:
         rows = iter(rows)
-        head = list(itertools.islice(rows, 1000))
-        column = _text_column([raw for raw, err in head if err is None], name, spec.text_column)
+        try:
+            head = list(itertools.islice(rows, 1000))
+            column = _text_column([raw for raw, err in head if err is None], name, spec.text_column)
+        except SourceError as exc:
+            if not in_folder:
+                raise
+            warnings.warn(f"skipping {exc}")
+            continue
         for raw, error in itertools.chain(head, rows):
             if spec.limit is not None and n >= spec.limit:
                 return SourceResult(records=records, rejected=rejected, rows_read=n)
