@@ -11,28 +11,27 @@ Rule: records are visited in input order and compared only with records already 
 A record is dropped when an earlier kept record has Jaccard >= threshold; the reason names
 the most similar one (ties: the earliest). So the first record of each group is kept,
 and chains do not cascade: if A~B and B~C but not A~C, B goes (a copy of A) and C stays.
+Where banding met a record only with dropped copies, their kept twins are compared exactly too.
 """
 
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from filters.base import Context, Step, StepResult, register
-from filters.dedup_semantic import first_kept
 
 if TYPE_CHECKING:
     from curate.records import Prompt
 
 _WORD = re.compile(r"\w+")  # word tokens without any downloaded nltk data; punctuation ignored
 # In a band bucket, each prompt is compared with at most this many earlier members: huge
-# buckets are boilerplate shared by distinct prompts, and would otherwise cost n^2.
+# buckets are boilerplate shared by distinct prompts, and would otherwise cost n^2. In a huge group
+# of near copies the window holds only dropped copies; the second hop (run) reaches their kept twin.
 _WINDOW = 512
-# ... and with the bucket's first members: in a huge group of near copies, the ones the window
-# reaches are all dropped already, and the group's first (kept) member is among these.
-_HEADS = 8
 
 
 def shingles(text: str, n: int) -> set[str]:
@@ -60,8 +59,7 @@ def _band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 
 def _bucket_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (earlier, later) of valid prompts sharing a key: within _WINDOW in a bucket, and each
-    member with the bucket's first _HEADS."""
+    """Pairs (earlier, later) of valid prompts sharing a key, within _WINDOW in a bucket."""
     idx = np.flatnonzero(valid)
     order = idx[np.argsort(keys[idx], kind="stable")]  # stable: input order inside a bucket
     k = keys[order]
@@ -70,16 +68,11 @@ def _bucket_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.n
     multi[:-1] |= k[1:] == k[:-1]
     order, k = order[multi], k[multi]
     start = np.r_[True, k[1:] != k[:-1]] if len(k) else np.zeros(0, bool)
-    first = np.maximum.accumulate(np.where(start, np.arange(len(k)), 0))
-    pos = np.arange(len(k)) - first
+    pos = np.arange(len(k)) - np.maximum.accumulate(np.where(start, np.arange(len(k)), 0))
     lo, hi = [], []
     for off in range(1, min(_WINDOW, int(pos.max(initial=0))) + 1):
         at = np.flatnonzero(pos >= off)
         lo.append(order[at - off])
-        hi.append(order[at])
-    for head in range(_HEADS):
-        at = np.flatnonzero(pos > _WINDOW + head)  # nearer ones are in the window already
-        lo.append(order[first[at] + head])
         hi.append(order[at])
     return (np.concatenate(lo), np.concatenate(hi)) if lo else (np.empty(0, np.int64),) * 2
 
@@ -152,15 +145,25 @@ class DedupNear(Step):
         lo = np.concatenate([p[0] for p in pairs]) if pairs else np.empty(0, np.int64)
         hi = np.concatenate([p[1] for p in pairs]) if pairs else np.empty(0, np.int64)
         uniq = np.unique(lo.astype(np.int64) * n + hi)
-        found = []
+        earlier: dict[int, list[int]] = defaultdict(list)  # record -> earlier records it met in a band
         for a, b in zip((uniq // n).tolist(), (uniq % n).tolist()):
+            earlier[b].append(a)
+
+        def jaccard(a: int, b: int) -> float:
             if self.same_rendered_text and records[a].rendered_text != records[b].rendered_text:
-                continue
+                return 0.0
             inter = len(np.intersect1d(hashes[a], hashes[b], assume_unique=True))
-            jac = inter / (len(hashes[a]) + len(hashes[b]) - inter)
-            if jac >= self.threshold:
-                found.append((a, b, jac))
-        dup_of = first_kept(*(np.array(col) for col in zip(*found))) if found else {}
+            return inter / (len(hashes[a]) + len(hashes[b]) - inter)
+
+        # The module's rule, record by record in input order (so every earlier fate is settled). Second
+        # hop: a dropped record a band met stands for its kept twin, compared exactly, since in a large
+        # group banding may miss a pair with the group's first (the same rule, more recall).
+        dup_of: dict[int, tuple[int, float]] = {}
+        for b in sorted(earlier):
+            partners = {dup_of[a][0] if a in dup_of else a for a in earlier[b]}  # each kept, and earlier than b
+            best = max(((jaccard(a, b), -a) for a in partners), default=(0.0, 0))
+            if best[0] >= self.threshold:
+                dup_of[b] = (-best[1], best[0])
         result = StepResult(kept=[r for i, r in enumerate(records) if i not in dup_of])
         for i in sorted(dup_of):
             a, jac = dup_of[i]

@@ -211,13 +211,12 @@ def test_exact_keeps_the_first_in_canonical_order_whatever_the_input_order(ctx):
     assert step.run(same, ctx).kept == step.run(same[::-1], ctx).kept == [first]
 
 
-def test_near_pairs_every_member_of_a_huge_bucket_with_its_first():
-    # Past the window, the earlier members a prompt meets are copies dropped already; the bucket's first
-    # member (kept) must still be a candidate, or one copy in every window-length would survive.
-    from filters.dedup_near import _WINDOW, _bucket_pairs
+def test_near_keeps_one_of_a_group_larger_than_the_bucket_window(ctx):
+    # Past the window a copy meets only copies dropped already; the group's first must still be found.
+    from filters.dedup_near import _WINDOW
 
-    n = 3 * _WINDOW
-    keys = np.zeros(n, np.uint64)  # one bucket
-    lo, hi = _bucket_pairs(keys, np.ones(n, bool))
-    assert set(hi[lo == 0].tolist()) == set(range(1, n))
-    assert set(zip(lo.tolist(), hi.tolist())) >= {(a, b) for b in range(1, 20) for a in range(b)}  # the window
+    base = "a quiet mountain valley with a winding river, tall pine trees, snow capped peaks and soft golden light"
+    records = [Prompt(text=f"{base} number{i}", criterion="quality", source="x") for i in range(3 * _WINDOW)]
+    result = build_step("dedup_near", {}).run(records, ctx)
+    assert result.kept == [records[0]]
+    assert all(why.startswith(f"dedup_near: near_dup of {records[0].id} ") for _, why in result.dropped)
