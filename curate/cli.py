@@ -32,6 +32,12 @@ class OneLineErrors(click.Group):
             warnings.showwarning = _warning_line
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a missing or malformed option: one line too, with where to look
+            if ctx.params.get("debug"):
+                raise
+            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+            click.echo(f"error: {exc.format_message()}{where}", err=True)
+            sys.exit(2)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:

@@ -622,6 +622,10 @@ def test_data_sources_and_heldout_split(tmp_path):
     assert load_prompts(tmp_path / "set") == expected  # a curated set: its kept prompts only
     (tmp_path / "p.txt").write_text("a cat\n\na dog\n")
     assert [p["text"] for p in load_prompts(tmp_path / "p.txt")] == ["a cat", "a dog"]
+    # held out from a file without categories: tagged, so the gap is still reported per category
+    (tmp_path / "held.txt").write_text("a red car and a blue bench\nthree apples on a table\n")
+    assert load_prompts(tmp_path / "held.txt")[0]["category"] == "all"
+    assert {p["category"] for p in split_heldout(load_prompts(tmp_path / "held.txt"), 2)} == {"color", "numeracy"}
     (tmp_path / "p.jsonl").write_text('{"text": "a cat", "category": "color"}\n')
     assert load_prompts(tmp_path / "p.jsonl") == [{"text": "a cat", "category": "color"}]
     (tmp_path / "folder").mkdir()
@@ -648,3 +652,10 @@ def test_cli_help_and_one_line_errors(tmp_path):
     res = runner.invoke(main, ["export", "--checkpoint", str(tmp_path), "--output", str(tmp_path / "o")])
     assert res.exit_code == 2 and "not a student, checkpoint or run folder" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+    res = runner.invoke(main, ["export", "--checkpoint", str(tmp_path), "--output", "o", "--format", "onnx"])
+    assert res.exit_code == 2 and res.stderr.strip().splitlines() == [  # click's usage errors: one line too
+        "error: Invalid value for '--format': 'onnx' is not one of 'diffusers', 'distillt5', 'comfyui'. "
+        "(see `main export --help`)"]
+    res = runner.invoke(main, ["run", "--recipe", "tiny", "--teacher", str(tmp_path / "nope"), "--output", str(tmp_path / "r")])
+    assert res.exit_code == 2 and res.stderr.strip() == f"error: {tmp_path / 'nope'}: no such folder (a hub id is 'owner/name')"
+    assert not (tmp_path / "r").exists()  # nothing written for a run that could not start

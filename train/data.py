@@ -75,7 +75,7 @@ def _rank(text: str) -> str:
 
 def split_heldout(pool: list[Prompt], n: int) -> list[Prompt]:
     """n held-out prompts chosen by hash (stable whatever the order), round-robin over categories
-    so every category is represented in the per-category gap."""
+    so every category is represented in the per-category gap; uncategorised ones are then tagged."""
     by_cat: dict[str, list[Prompt]] = defaultdict(list)
     seen = set()
     for p in sorted(pool, key=lambda p: _rank(p["text"])):
@@ -88,7 +88,21 @@ def split_heldout(pool: list[Prompt], n: int) -> list[Prompt]:
         for q in queues:
             if q and len(out) < n:
                 out.append(q.pop(0))
-    return out
+    return _label(out)
+
+
+def _label(prompts: list[Prompt]) -> list[Prompt]:
+    """Prompts from a source without categories get the tagger's (as `curate tag` gives them), so the
+    held-out gap is reported per category for plain prompt files too."""
+    todo = [i for i, p in enumerate(prompts) if p["category"] == NO_CATEGORY]
+    if not todo:
+        return prompts
+    from filters.tagging import tag_texts
+
+    prompts = list(prompts)
+    for i, found in zip(todo, tag_texts([prompts[i]["text"] for i in todo])):
+        prompts[i] = {**prompts[i], "category": found["category"]}
+    return prompts
 
 
 def heldout_split(stage_rows: list[list[Prompt]], val_data: str | None, num_prompts: int) -> tuple[list[Prompt], list[list[Prompt]]]:

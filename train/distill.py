@@ -293,9 +293,6 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     device, main = accelerator.device, accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     seed, opt, dist, val = cfg["seed"], cfg["optim"], cfg["distill"], cfg["validation"]
-    if main:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "recipe.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     # Teacher: frozen pipeline. bf16 weights on CUDA; the student's master weights stay float32.
     tdtype = DTYPES.get(cfg["teacher"]["dtype"]) if cfg["teacher"]["dtype"] != "auto" else None
@@ -317,6 +314,9 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     stage_rows = [load_stage_data(s["data"]) for s in stages]
     heldout, train_rows = heldout_split(stage_rows, val["data"], val["num_prompts"])
     streams = [PromptStream(rows, seed + 7 * i) for i, rows in enumerate(train_rows)]
+    if main:  # only now: a run that cannot load its teacher or data leaves no folder behind
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "recipe.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     # Teacher embeddings: once per batch, optionally from/to the disk cache.
     cache_id = teacher_cache_id(teacher.source, teacher.dtype) if cfg["cache"]["dir"] else None

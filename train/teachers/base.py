@@ -178,7 +178,9 @@ def resolve_source(source: str) -> str:
 
 def teacher_kind(source: str) -> str:
     """'flux' or 'sd3', from the pipeline class named in model_index.json."""
-    path = Path(source)
+    path = Path(source).expanduser()
+    if not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise FileNotFoundError(f"{source}: no such folder (a hub id is 'owner/name')")  # never a hub lookup
     if path.is_dir():
         index = path / "model_index.json"
         if not index.exists():
