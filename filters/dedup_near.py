@@ -11,7 +11,7 @@ Rule: records are visited in input order and compared only with records already 
 A record is dropped when an earlier kept record has Jaccard >= threshold; the reason names
 the most similar one (ties: the earliest). So the first record of each group is kept,
 and chains do not cascade: if A~B and B~C but not A~C, B goes (a copy of A) and C stays.
-Where banding met a record only with dropped copies, their kept twins are compared exactly too.
+A dropped record that banding met stands for its kept twin, compared exactly too (keep_first).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from filters.base import Context, Step, StepResult, register
+from filters.dedup_semantic import keep_first
 
 if TYPE_CHECKING:
     from curate.records import Prompt
@@ -155,15 +156,7 @@ class DedupNear(Step):
             inter = len(np.intersect1d(hashes[a], hashes[b], assume_unique=True))
             return inter / (len(hashes[a]) + len(hashes[b]) - inter)
 
-        # The module's rule, record by record in input order (so every earlier fate is settled). Second
-        # hop: a dropped record a band met stands for its kept twin, compared exactly, since in a large
-        # group banding may miss a pair with the group's first (the same rule, more recall).
-        dup_of: dict[int, tuple[int, float]] = {}
-        for b in sorted(earlier):
-            partners = {dup_of[a][0] if a in dup_of else a for a in earlier[b]}  # each kept, and earlier than b
-            best = max(((jaccard(a, b), -a) for a in partners), default=(0.0, 0))
-            if best[0] >= self.threshold:
-                dup_of[b] = (-best[1], best[0])
+        dup_of = keep_first(earlier, jaccard, self.threshold)
         result = StepResult(kept=[r for i, r in enumerate(records) if i not in dup_of])
         for i in sorted(dup_of):
             a, jac = dup_of[i]

@@ -11,17 +11,18 @@ vectors at nprobe 4 on 2 cores. Pairs whose cells are not probed are missed (rec
 planted cos-0.97 copies among random vectors: 0.99 at 100k, 0.98 at 1M); raise nprobe for
 recall at linear cost.
 
-Rule: records are visited in input order and compared only with records already kept. A
-record is dropped when some earlier kept record has cos >= threshold; the reason names
-the most similar one (ties: the earliest). The first record of each group stays, and
-chains do not cascade (A~B, B~C, not A~C: B goes, C stays).
+Rule (keep_first, shared with dedup_near): records are visited in input order and compared
+only with records already kept. A record is dropped when some earlier kept record has
+cos >= threshold; the reason names the most similar one (ties: the earliest). The first
+record of each group stays, and chains do not cascade (A~B, B~C, not A~C: B goes, C stays).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING
+from collections import defaultdict
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -110,16 +111,19 @@ def similar_pairs(x: np.ndarray, threshold: float, exact_max: int = 20000, nlist
     return lo[first], hi[first], cos[first]
 
 
-def first_kept(lo: np.ndarray, hi: np.ndarray, cos: np.ndarray) -> dict[int, tuple[int, float]]:
-    """The module's rule on duplicate pairs (lo < hi): {dropped index: (kept index, cos)}."""
-    # Visit pairs by their later record, best match first (ties: earliest), so the first
-    # kept partner found is the one to name; a record's own fate is settled before any
-    # later record looks at it.
-    order = np.lexsort((lo, -cos, hi))
+def keep_first(earlier: dict[int, list[int]], similarity: Callable[[int, int], float],
+               threshold: float) -> dict[int, tuple[int, float]]:
+    """The rule of both dedup steps: {dropped index: (kept index, similarity)}. `earlier[b]` lists the
+    records before b that the search paired it with. Records are settled in input order, each against
+    the kept ones, most similar first (ties: the earliest). A dropped record among b's partners stands
+    for its kept twin, which is compared too: an approximate search that paired b only with copies of
+    a group's first still finds the first (the same rule, more recall)."""
     dup_of: dict[int, tuple[int, float]] = {}
-    for a, b, c in zip(lo[order].tolist(), hi[order].tolist(), cos[order].tolist()):
-        if b not in dup_of and a not in dup_of:
-            dup_of[b] = (a, c)
+    for b in sorted(earlier):
+        partners = {dup_of[a][0] if a in dup_of else a for a in earlier[b]}  # all kept and before b
+        best = max(((similarity(a, b), -a) for a in partners), default=(-math.inf, 0))
+        if best[0] >= threshold:
+            dup_of[b] = (-best[1], best[0])
     return dup_of
 
 
@@ -169,7 +173,17 @@ class DedupSemantic(Step):
         allowed = [self._may_merge(records[a], records[b]) for a, b in zip(lo.tolist(), hi.tolist())]
         allowed = np.array(allowed, bool) if allowed else np.zeros(0, bool)
         lo, hi, cos = lo[allowed], hi[allowed], cos[allowed]
-        dup_of = first_kept(lo, hi, cos)
+        found = dict(zip(zip(lo.tolist(), hi.tolist()), cos.tolist()))
+        earlier: dict[int, list[int]] = defaultdict(list)
+        for a, b in found:
+            earlier[b].append(a)
+
+        def similarity(a: int, b: int) -> float:  # a pair the search did not return: a kept twin's
+            if (a, b) in found:
+                return found[a, b]
+            return float(x[a] @ x[b]) if self._may_merge(records[a], records[b]) else -math.inf
+
+        dup_of = keep_first(earlier, similarity, self.threshold)
         result = StepResult(kept=[r for i, r in enumerate(records) if i not in dup_of])
         for i in sorted(dup_of):
             a, c = dup_of[i]

@@ -9,7 +9,7 @@ import pytest
 from curate.records import Prompt, canonical_key, dedup_key
 from filters.base import ConfigError, Context, build_step
 from filters.dedup_near import shingles
-from filters.dedup_semantic import first_kept, similar_pairs
+from filters.dedup_semantic import keep_first, similar_pairs
 
 # Each group: the first member must stay, the others must go (by the step in the comment).
 GROUPS = [
@@ -172,12 +172,17 @@ def test_ivf_search_finds_what_exact_search_finds():
     assert (ivf[0] < ivf[1]).all() and (ivf[2] >= 0.95).all()
 
 
-def test_first_kept_rule():
+def test_keep_first_rule():
     # 0~1, 1~2 (not 0~2): 1 goes, 2 stays. 3~4 and 3~5 and 4~5: 4 and 5 both name 3.
-    lo, hi = np.array([0, 1, 3, 3, 4]), np.array([1, 2, 4, 5, 5])
-    cos = np.array([0.97, 0.96, 0.99, 0.96, 0.995], np.float32)
-    dup = first_kept(lo, hi, cos)
+    sim = {(0, 1): 0.97, (1, 2): 0.96, (3, 4): 0.99, (3, 5): 0.96, (4, 5): 0.995}
+    earlier = {1: [0], 2: [1], 4: [3], 5: [3, 4]}
+    dup = keep_first(earlier, lambda a, b: sim.get((a, b), 0.0), 0.95)
     assert {k: v[0] for k, v in dup.items()} == {1: 0, 4: 3, 5: 3}
+    # The search paired 2 only with 1, a dropped copy of 0: 0, its kept twin, is compared too. 3 is paired
+    # only with 2 as well, but is not close enough to 0: it stays (no cascade through dropped copies).
+    sim = {(0, 1): 0.99, (1, 2): 0.99, (0, 2): 0.97, (2, 3): 0.99, (0, 3): 0.90}
+    dup = keep_first({1: [0], 2: [1], 3: [2]}, lambda a, b: sim.get((a, b), 0.0), 0.95)
+    assert dup == {1: (0, 0.99), 2: (0, 0.97)}
 
 
 def test_bad_keys_fail_loudly():
