@@ -35,8 +35,8 @@ ours+fp8 needs CUDA there, since torch 2.11's CPU _scaled_mm has no rowwise scal
     python3 -m pip download --no-deps --only-binary=:all: -d .whl diffusers==0.42.1
     python3 -m pip download --no-deps --only-binary=:all: -d .whl torchao==0.18.0    # the fp8 row
 (fp8 works on CPU too, slowly: a tiny run exercises it.)
-This script imports only train.student from the repo (torch + transformers at module level), so the repo
-plus that wheel suffice. Results are written to --json after every configuration (a killed run keeps them).
+This script imports only train.student and train.teachers.base from the repo (torch + transformers at
+module level), so the repo plus those wheels suffice. Results are written to --json after every configuration (a killed run keeps them).
 """
 
 from __future__ import annotations
@@ -234,15 +234,6 @@ def train_iteration(s: Setup, student, opt, state, reencode: bool):
     state[0], state[1] = s.sampler_step(x, t, -1 / 20, target), i + 1
 
 
-def to_fp8(transformer: torch.nn.Module) -> None:
-    """torchao float8 training linears (rowwise scales): forward and grad-input matmuls in fp8, so the
-    gradient still reaches the text input; layers whose sizes are not multiples of 16 stay bf16."""
-    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
-
-    convert_to_float8_training(transformer, config=Float8LinearConfig.from_recipe_name("rowwise"),
-                               module_filter_fn=lambda m, _: m.in_features % 16 == 0 and m.out_features % 16 == 0)
-
-
 def timed(fn, iters: int, warmup: int, cuda: bool) -> float:
     """Median ms of fn() over iters calls after warmup calls (synchronised on CUDA)."""
     for _ in range(warmup):
@@ -266,8 +257,10 @@ def run_train(name: str, s: Setup, args) -> dict:
     if "+compile" in name and not (s.cuda or args.compile):
         return {"status": "skipped", "note": "CPU: pass --compile to include torch.compile"}
     if "+fp8" in name:
+        from train.teachers.base import transformer_to_fp8  # the trainer's own teacher.fp8 conversion
+
         try:
-            to_fp8(s.transformer)
+            transformer_to_fp8(s.transformer)
         except ImportError:
             return {"status": "skipped", "note": "torchao not importable"}
     s.transformer.enable_gradient_checkpointing() if ckpt else s.transformer.disable_gradient_checkpointing()

@@ -65,14 +65,15 @@ def read_source(spec: SourceSpec, criterion: str) -> SourceResult:
         if path.suffix not in SUFFIXES:
             raise SourceError(f"{spec.uri}: unsupported file type {path.suffix!r} (use {', '.join(SUFFIXES)})")
         parts = [(spec.uri, _read_file(path))]
-    elif (not path.exists()) and _looks_like_path(spec.uri):
+    elif (not path.exists()) and looks_like_path(spec.uri):
         raise SourceError(f"{spec.uri}: no such file or folder")
     else:
         parts = [(spec.uri, _read_hf(spec))]
     return _to_records(parts, spec, criterion, in_folder=path.is_dir() and not _is_hf_saved_dataset(path))
 
 
-def _looks_like_path(uri: str) -> bool:
+def looks_like_path(uri: str) -> bool:
+    """Whether `uri` can only be a local path (so a missing one is an error, not a hub lookup)."""
     # A hub id is "name" or "owner/name"; a trailing slash or deeper nesting can only be a folder
     # (a URL such as hf://datasets/owner/name is left to `datasets`).
     if "://" in uri:

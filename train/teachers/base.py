@@ -117,21 +117,8 @@ class Teacher:
         raise NotImplementedError
 
     def transformer_to_fp8(self) -> int:
-        """Swap the frozen transformer's linears for torchao float8 training linears (rowwise scales):
-        the forward and grad-input matmuls run in fp8 on H100-class GPUs, and the gradient still reaches
-        the text input. Layers whose sizes are not multiples of 16 stay as they are. Returns the count."""
-        try:
-            from torchao.float8 import Float8LinearConfig, convert_to_float8_training
-        except ImportError as exc:
-            raise ImportError("teacher.fp8 needs torchao: pip install 't5shrink[fp8]'") from exc
-
-        def eligible(module: torch.nn.Module, _name: str) -> bool:
-            return module.in_features % 16 == 0 and module.out_features % 16 == 0
-
-        before = sum(isinstance(m, torch.nn.Linear) for m in self.transformer.modules())
-        convert_to_float8_training(self.transformer, module_filter_fn=eligible,
-                                   config=Float8LinearConfig.from_recipe_name("rowwise"))
-        return before - sum(type(m) is torch.nn.Linear for m in self.transformer.modules())
+        """The frozen transformer's linears as float8 training linears (see `transformer_to_fp8`)."""
+        return transformer_to_fp8(self.transformer)
 
     def noise(self, batch: int, resolution: int, generator: torch.Generator) -> torch.Tensor:
         """Starting noise in the transformer's input layout (drawn on the CPU, so it is the same on
@@ -167,6 +154,23 @@ class Teacher:
 KINDS = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
 
 
+def transformer_to_fp8(transformer: torch.nn.Module) -> int:
+    """Swap a transformer's linears for torchao float8 training linears (rowwise scales): the forward and
+    grad-input matmuls run in fp8 on H100-class GPUs, and the gradient still reaches the text input.
+    Layers whose sizes are not multiples of 16 stay as they are. Returns the count swapped."""
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    except ImportError as exc:
+        raise ImportError("teacher.fp8 needs torchao: pip install 't5shrink[fp8]'") from exc
+
+    def eligible(module: torch.nn.Module, _name: str) -> bool:
+        return module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+    before = sum(isinstance(m, torch.nn.Linear) for m in transformer.modules())
+    convert_to_float8_training(transformer, module_filter_fn=eligible, config=Float8LinearConfig.from_recipe_name("rowwise"))
+    return before - sum(type(m) is torch.nn.Linear for m in transformer.modules())
+
+
 def resolve_source(source: str) -> str:
     """`tiny:flux` / `tiny:sd3` -> the folder the tiny factory builds; anything else unchanged."""
     if source.startswith("tiny:"):
@@ -178,9 +182,11 @@ def resolve_source(source: str) -> str:
 
 def teacher_kind(source: str) -> str:
     """'flux' or 'sd3', from the pipeline class named in model_index.json."""
+    from curate.sources.files import looks_like_path
+
     path = Path(source).expanduser()
-    if not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
-        raise FileNotFoundError(f"{source}: no such folder (a hub id is 'owner/name')")  # never a hub lookup
+    if not path.exists() and looks_like_path(source):  # never a hub lookup
+        raise FileNotFoundError(f"{source}: no such folder (a hub id is 'owner/name')")
     if path.is_dir():
         index = path / "model_index.json"
         if not index.exists():
