@@ -82,8 +82,9 @@ def _check(data: dict[str, Any]) -> None:
             if ("generator" in entry) == ("uri" in entry):
                 raise ConfigError(f"sources.{criterion}.{i} needs exactly one of 'generator' or 'uri'")
             kind, allowed = ("generator", GENERATOR_KEYS) if "generator" in entry else ("uri", FILE_KEYS)
-            for key in sorted(set(entry) - allowed):
-                raise ConfigError(f"sources.{criterion}.{i}.{key} does not apply to a {kind} source "
+            misplaced = sorted(set(entry) - allowed)
+            if misplaced:
+                raise ConfigError(f"sources.{criterion}.{i}.{misplaced[0]} does not apply to a {kind} source "
                                   f"(its keys: {', '.join(sorted(allowed))})")
             if entry.get("n") is not None and entry["n"] < 0:
                 raise ConfigError(f"sources.{criterion}.{i}.n must be >= 0, got {entry['n']}")
@@ -216,7 +217,7 @@ def build(recipe_name: str, data: dict[str, Any], out_dir: Path, progress: bool 
     step_stats.append({"name": "balance", "in": n_in, "kept": len(kept), "dropped": len(over),
                        "reasons": dict(Counter(reason_kind(r) for _, r in over)), "seconds": 0.0})
     if not kept:  # nothing to train on: an error, with what the pools lacked and why rows were dropped
-        why = Counter(f"{parse_reason(r)[0]} {reason_kind(r)}" for _, r in rejected).most_common(3)
+        why = Counter(" ".join(parse_reason(r)) for _, r in rejected).most_common(3)
         raise ShortfallError("the set would be empty: " + ("; ".join(report["shortfalls"]) or "no prompts left")
                              + (" (most dropped: " + ", ".join(f"{k} {n:,}" for k, n in why) + ")" if why else ""))
     for line in report["shortfalls"]:
