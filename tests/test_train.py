@@ -387,12 +387,19 @@ def test_a_run_folder_is_reused_only_by_resume_which_keeps_an_extended_length(ti
     with pytest.warns(UserWarning, match="dropped 1 unreadable line"):
         summary = train(cfg, run, progress=False, resume=True)  # no --max-steps: the run's own 4
     assert summary["steps"] == 4
+    first_gap = next(r["val_gap"] for r in read_jsonl(run / "log.jsonl") if r["step"] == 0)
+    assert summary["gap_initial"] == first_gap  # kept from the log, not lost on resume
     assert [r["step"] for r in read_jsonl(run / "log.jsonl") if "loss" in r] == [1, 2, 3, 4]
     # nothing to resume from (killed before the first checkpoint): the run and its log start over
     shutil.rmtree(run / "checkpoints")
     with pytest.warns(UserWarning, match="no complete checkpoint"):
         train(cfg, run, progress=False, resume=True, max_steps=4)
     assert [r["step"] for r in read_jsonl(run / "log.jsonl") if "loss" in r] == [1, 2, 3, 4]
+    # resuming the finished run validates again and replaces its final record instead of adding one
+    with pytest.warns(UserWarning, match="nothing to train"):
+        again = train(cfg, run, progress=False, resume=True)
+    assert [r["step"] for r in read_jsonl(run / "log.jsonl") if "val_gap" in r] == [0, 4]
+    assert again["gap_initial"] is not None and again["steps"] == 4
 
 
 def test_lr_ramps_per_update_and_ends_at_the_floor():

@@ -139,20 +139,29 @@ def load_checkpoint(path: Path, student: DistillT5EncoderModel, optimizer: Any, 
     return json.loads((path / "state.json").read_text())
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop the records written after the checkpoint being resumed (and a line cut off by a kill)."""
-    keep, cut = [], 0
+def _read_log(path: Path) -> list[dict]:
+    """The log's records, skipping a line cut off by a kill mid-write."""
+    records = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
-            cut += 1
             continue
-        if record.get("step", 0) <= step:
-            keep.append(line)
-    if cut:
-        warnings.warn(f"{path}: dropped {cut} unreadable line(s), as a kill mid-write leaves them")
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _truncate_log(path: Path, step: int, revalidate: bool = False) -> None:
+    """Drop the records written after the checkpoint being resumed (and a line cut off by a kill). With
+    `revalidate` the validation at the checkpoint's own step goes too: the final one, which runs again."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = _read_log(path)
+    if len(records) < len(lines):
+        warnings.warn(f"{path}: dropped {len(lines) - len(records)} unreadable line(s), as a kill mid-write leaves them")
+    keep = [r for r in records if r.get("step", 0) < step
+            or (r.get("step", 0) == step and not (revalidate and "val_gap" in r))]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 # ---- one trajectory -----------------------------------------------------------------------------
@@ -366,8 +375,6 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
             if state.get("format") != STATE_FORMAT:
                 raise TrainingError(f"{ckpt} was written by an older t5shrink whose steps counted updates, not "
                                     "trajectories; it cannot be resumed (its student/ folder still loads)")
-            if main and (output / "log.jsonl").exists():
-                _truncate_log(output / "log.jsonl", state["step"])
             if max_steps is None and state.get("total", planned) > planned:
                 max_steps = state["total"]  # the run was extended with --max-steps: keep its length and schedule
             elif max_steps is not None and max(max_steps, planned) != state.get("total", planned):
@@ -384,6 +391,8 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     state["total"] = total
     if resume and state["step"] >= stop:
         warnings.warn(f"--resume: the checkpoint is at step {state['step']}, the run stops at {stop}; nothing to train")
+    if resume and state["step"] > 0 and main and (output / "log.jsonl").exists():
+        _truncate_log(output / "log.jsonl", state["step"], revalidate=state["step"] >= stop)
     bounds, acc = [], 0
     for i, s in enumerate(stages):
         acc += s["steps"] if i < len(stages) - 1 else s["steps"] + (total - planned)
@@ -435,6 +444,9 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     step = state["step"]
     if step == 0:
         results["initial"] = validate(0)
+    elif main and (output / "log.jsonl").exists():  # resumed: the summary keeps the run's first gap
+        logged = _read_log(output / "log.jsonl")
+        results["initial"] = next(({"gap": r["val_gap"]} for r in logged if r.get("step") == 0 and "val_gap" in r), None)
     bar = tqdm(total=stop, initial=step, desc="distil", disable=not (progress and main), dynamic_ncols=True)
     gmin, gmax = cfg["teacher"]["guidance"]
     n_steps = dist["sampling_steps"]
