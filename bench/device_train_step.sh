@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/train_step.py on one lent H100, in one call of the `device` tool (that machine has only torch,
 # transformers and accelerate, and no network). Prepare here, in the repo root:
-#   python3 -m pip download --no-deps --only-binary=:all: -d .whl diffusers==0.42.1 torchao==0.18.0
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl diffusers==0.42.1 torchao==0.18.0  # torchao: comparison row
 #   echo /.whl/ >> .git/info/exclude
 # then: run(command="bash bench/device_train_step.sh", carry=[".whl"], timeout_s=540)
 # FLUX.1-dev scale first (the goals), then SD3; each writes its JSON after every configuration.

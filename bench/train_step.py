@@ -16,8 +16,11 @@ beats one update per trajectory).
   ours             train.distill.distill_trajectory's step (update: step): teacher embeddings from the
                    cache (already on the device, T5-XXL/CLIP freed), then the same forward/backward, AdamW.
   +ckpt            gradient checkpointing of the transformer;  ours+compile: torch.compile(student);
-  ours+fp8         the frozen transformer's linears as torchao float8 training linears (rowwise): forward
-                   and grad-input matmuls in fp8, gradients still reach the text (run last: in place).
+  ours+fp8         teacher.fp8: the frozen transformer's linears as train.fp8.Float8FrozenLinear (weights
+                   stored in e4m3 with rowwise scales, forward GEMM in fp8, input gradient only, nothing
+                   saved); ours+fp8+ckpt adds gradient checkpointing. Run last: they convert in place.
+  ours+fp8-torchao the same with torchao's float8 *training* linears (rowwise), for comparison: bf16 weights
+                   re-cast every call, input saved, a grad-weight GEMM although the weights are frozen.
 Ratios are ours / reference per iteration, against both reference rows. A configuration that runs
 out of GPU memory reports OOM and the run goes on. Also: student encode latency at batch 1 x 512 tokens,
 eager vs torch.compile (CUDA, or CPU with --compile), beside T5-XXL.
@@ -31,12 +34,12 @@ backend crashed with an illegal memory access on an H100).
 The device machine (Python 3.12, torch 2.11, transformers 5.17, requests and Pillow, as last listed) lacks
 diffusers and torchao, so carry their wheels (rehearsed on CPU in a venv with exactly torch 2.11.0 +
 transformers 5.17.0 + accelerate 1.15.0 + these two: every configuration ran, torch.compile included;
-ours+fp8 needs CUDA there, since torch 2.11's CPU _scaled_mm has no rowwise scales):
+the fp8 rows need CUDA there, since torch 2.11's CPU _scaled_mm has no rowwise scales; torch 2.14's has):
     python3 -m pip download --no-deps --only-binary=:all: -d .whl diffusers==0.42.1
-    python3 -m pip download --no-deps --only-binary=:all: -d .whl torchao==0.18.0    # the fp8 row
-(fp8 works on CPU too, slowly: a tiny run exercises it.)
-This script imports only train.student and train.teachers.base from the repo (torch + transformers at
-module level), so the repo plus those wheels suffice. Results are written to --json after every configuration (a killed run keeps them).
+    python3 -m pip download --no-deps --only-binary=:all: -d .whl torchao==0.18.0    # the comparison row
+This script imports only train.student and train.fp8 from the repo (torch + transformers at
+module level), so the repo plus those wheels suffice. Results are written to --json after
+every configuration (a killed run keeps them).
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ SCALES = {  # kind, transformer, T5 teacher, student, CLIP encoders, default res
                              pos_embed_max_size=16),
                  TINY_T5, {**TINY_T5, "d_model": 16, "d_ff": 32}, [TINY_CLIP, TINY_CLIP], 64),
 }
-CONFIGS = ["reference", "reference+ckpt", "ours", "ours+ckpt", "ours+compile", "ours+fp8"]  # fp8 last: it quantises in place
+# fp8 last, torchao's first: each converts the transformer in place (ours from torchao's bf16-weight linears)
+CONFIGS = ["reference", "reference+ckpt", "ours", "ours+ckpt", "ours+compile", "ours+fp8-torchao", "ours+fp8", "ours+fp8+ckpt"]
 
 
 def materialize(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -256,13 +260,17 @@ def run_train(name: str, s: Setup, args) -> dict:
         return {"status": "skipped", "note": "T5-XXL already freed"}
     if "+compile" in name and not (s.cuda or args.compile):
         return {"status": "skipped", "note": "CPU: pass --compile to include torch.compile"}
-    if "+fp8" in name:
-        from train.teachers.base import transformer_to_fp8  # the trainer's own teacher.fp8 conversion
-
+    if "+fp8-torchao" in name:  # for comparison: float8 training linears (bf16 weights, grad-weight GEMM)
         try:
-            transformer_to_fp8(s.transformer)
+            from torchao.float8 import Float8LinearConfig, convert_to_float8_training
         except ImportError:
             return {"status": "skipped", "note": "torchao not importable"}
+        convert_to_float8_training(s.transformer, config=Float8LinearConfig.from_recipe_name("rowwise"),
+                                   module_filter_fn=lambda m, _: m.in_features % 16 == 0 and m.out_features % 16 == 0)
+    elif "+fp8" in name:
+        from train.fp8 import transformer_to_fp8  # the trainer's own teacher.fp8 conversion
+
+        transformer_to_fp8(s.transformer)
     s.transformer.enable_gradient_checkpointing() if ckpt else s.transformer.disable_gradient_checkpointing()
     torch.manual_seed(0)
     student = make_student(s.student_shape, s.width, s.device)
@@ -334,11 +342,11 @@ def report(res: dict) -> None:
     print(f"\ntrain iteration  scale={res['scale']}  device={res['device_name']}  batch={res['batch']}  "
           f"resolution={res['resolution']}  tokens={res['tokens']}  torch {res['torch']}")
     print("params (M): " + ", ".join(f"{k} {v / 1e6:.4g}" for k, v in res["params"].items()))
-    print(f"{'':<45}{'vs reference':>16}{'vs reference+ckpt':>20}")
-    print(f"{'config':<16}{'status':<9}{'ms/iter':>10}{'peak GiB':>10}{'time':>8}{'memory':>8}{'time':>10}{'memory':>10}")
+    print(f"{'':<47}{'vs reference':>16}{'vs reference+ckpt':>20}")
+    print(f"{'config':<18}{'status':<9}{'ms/iter':>10}{'peak GiB':>10}{'time':>8}{'memory':>8}{'time':>10}{'memory':>10}")
     for name, r in res["train"].items():
         q = res["ratios"].get(name, {})
-        line = f"{name:<16}{r['status']:<9}{fmt(r.get('ms_per_iter')):>10}{fmt(r.get('peak_mem_gib'), '.2f'):>10}"
+        line = f"{name:<18}{r['status']:<9}{fmt(r.get('ms_per_iter')):>10}{fmt(r.get('peak_mem_gib'), '.2f'):>10}"
         if q:
             a, b = q["reference"], q["reference+ckpt"]
             line += f"{fmt(a['time'], '.3f'):>8}{fmt(a['memory'], '.3f'):>8}{fmt(b['time'], '.3f'):>10}{fmt(b['memory'], '.3f'):>10}"

@@ -25,7 +25,7 @@ SCHEMA: dict[str, Any] = {
         "guidance": [NUM],  # [min, max]: FLUX guidance input / SD3 CFG scale, drawn per batch
         "empty_prompt_prob": NUM,  # share of prompts replaced by "" (distils SD3's unconditional branch)
         "gradient_checkpointing": bool,  # recompute transformer activations in the backward pass
-        "fp8": bool,  # transformer linears as torchao float8 training linears (needs t5shrink[fp8])
+        "fp8": bool,  # transformer linears stored and run in float8 (train/fp8.py)
     },
     "student": {
         "init": str,  # "config", a T5 name/path (e.g. google/flan-t5-base), or a student folder

@@ -117,7 +117,9 @@ class Teacher:
         raise NotImplementedError
 
     def transformer_to_fp8(self) -> int:
-        """The frozen transformer's linears as float8 training linears (see `transformer_to_fp8`)."""
+        """The frozen transformer's linears stored and run in float8 (`train.fp8.transformer_to_fp8`)."""
+        from train.fp8 import transformer_to_fp8
+
         return transformer_to_fp8(self.transformer)
 
     def noise(self, batch: int, resolution: int, generator: torch.Generator) -> torch.Tensor:
@@ -152,23 +154,6 @@ class Teacher:
 
 
 KINDS = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
-
-
-def transformer_to_fp8(transformer: torch.nn.Module) -> int:
-    """Swap a transformer's linears for torchao float8 training linears (rowwise scales): the forward and
-    grad-input matmuls run in fp8 on H100-class GPUs, and the gradient still reaches the text input.
-    Layers whose sizes are not multiples of 16 stay as they are. Returns the count swapped."""
-    try:
-        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
-    except ImportError as exc:
-        raise ImportError("teacher.fp8 needs torchao: pip install 't5shrink[fp8]'") from exc
-
-    def eligible(module: torch.nn.Module, _name: str) -> bool:
-        return module.in_features % 16 == 0 and module.out_features % 16 == 0
-
-    before = sum(isinstance(m, torch.nn.Linear) for m in transformer.modules())
-    convert_to_float8_training(transformer, module_filter_fn=eligible, config=Float8LinearConfig.from_recipe_name("rowwise"))
-    return before - sum(type(m) is torch.nn.Linear for m in transformer.modules())
 
 
 def resolve_source(source: str) -> str:

@@ -1,0 +1,116 @@
+"""The frozen transformer's linears in float8 (`teacher.fp8: true`).
+
+Distillation never updates the transformer, so a linear here needs only two things: its output, and the
+gradient with respect to its input (on the way back to the student's text embeddings). Float8 *training*
+linears (torchao's Float8Linear) serve layers that learn: they keep the bf16 weight, re-cast it every call,
+save the input for a weight gradient, and compute that gradient (a third GEMM) even when the weight is
+frozen. `Float8FrozenLinear` does only what a frozen layer needs:
+
+- the weight is stored once in float8 e4m3 with one scale per output row: half the bf16 weight memory
+  (FLUX.1-dev's 12 B transformer: about 11 GiB less);
+- forward: the input is scaled per row to e4m3 and multiplied on the tensor cores (`torch._scaled_mm`);
+- backward: the input gradient only, also in float8: grad_out times the weight's row scales, scaled per
+  row to e4m3, against the stored weight transposed for the call (Hopper's float8 GEMM reads both operands
+  along the contracted dimension). Nothing is saved from the forward but the stored weight.
+
+Each cast is three passes over the tensor (max-abs, scale, cast), without torch.compile; whether that
+leaves the float8 GEMMs a net gain is what `bench/train_step.py`'s ours+fp8 row measures on the GPU.
+
+`torch._scaled_mm` needs a GPU with float8 tensor cores (compute capability 8.9+: H100, L40S, RTX 4090)
+or the CPU (slow; what the tests use).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = torch.finfo(E4M3).max
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows x k) -> float8 e4m3 values and the float32 (rows x 1) scales that restore them."""
+    amax = torch.linalg.vector_norm(x, ord=math.inf, dim=-1, keepdim=True, dtype=torch.float32)
+    inverse = (E4M3_MAX / amax.clamp(min=1e-12)).to(x.dtype)  # at most 448.0 + rounding: casts to 448
+    return (x * inverse).to(E4M3), inverse.float().reciprocal()
+
+
+def scaled_mm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
+              out_dtype: torch.dtype) -> torch.Tensor:
+    """a (m x k, row-major) @ b (k x n, column-major), both e4m3, with row / column scales."""
+    mm_dtype = torch.bfloat16 if a.is_cuda else out_dtype  # CUDA's rowwise-scaled GEMM writes bf16 only
+    return torch._scaled_mm(a, b, scale_a=a_scale, scale_b=b_scale, out_dtype=mm_dtype).to(out_dtype)
+
+
+class _FrozenFloat8Matmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        ctx.save_for_backward(weight, scale)  # the layer's own buffers: nothing new is kept alive
+        ctx.in_dtype = x.dtype
+        xq, x_scale = quantize_rows(x.reshape(-1, x.shape[-1]).contiguous())
+        out = scaled_mm(xq, weight.t(), x_scale, scale, out_dtype)
+        return out.reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        weight, scale = ctx.saved_tensors
+        # grad_x = grad_out @ (scale.T * weight): the row scales sit on the contracted dimension, so they
+        # go into grad_out before its own per-row cast
+        grad = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
+        gq, g_scale = quantize_rows(grad * scale.to(grad.dtype))
+        ones = torch.ones(1, weight.shape[1], dtype=torch.float32, device=weight.device)
+        grad_x = scaled_mm(gq, weight.t().contiguous().t(), g_scale, ones, grad.dtype)
+        return grad_x.reshape(*grad_out.shape[:-1], weight.shape[1]).to(ctx.in_dtype), None, None, None
+
+
+class Float8FrozenLinear(torch.nn.Module):
+    """A frozen `nn.Linear` whose weight is stored in float8 with per-output-row scales (see the module
+    docstring). Output dtype: the autocast dtype under autocast, else the input's."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight, scale = quantize_rows(linear.weight.detach())
+        self.register_buffer("weight_fp8", weight)
+        self.register_buffer("weight_scale", scale.t().contiguous())  # (1 x out), as _scaled_mm takes it
+        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            out_dtype = torch.get_autocast_dtype(x.device.type)
+        else:
+            out_dtype = x.dtype
+        out = _FrozenFloat8Matmul.apply(x, self.weight_fp8, self.weight_scale, out_dtype)
+        return out if self.bias is None else out + self.bias.to(out.dtype)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.weight_fp8.float() * self.weight_scale.t()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, float8 e4m3"
+
+
+def check_float8_support(device: torch.device) -> None:
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        name = torch.cuda.get_device_name(device)
+        raise RuntimeError(f"teacher.fp8 needs float8 tensor cores (compute capability 8.9+: H100, L40S, RTX 4090); "
+                           f"{name} has {'.'.join(map(str, torch.cuda.get_device_capability(device)))}")
+
+
+def transformer_to_fp8(transformer: torch.nn.Module) -> int:
+    """Swap a frozen transformer's linears for `Float8FrozenLinear`, in place, one at a time (so the
+    bf16 weights are freed as it goes). Layers whose sizes are not multiples of 16 (the GEMM's
+    requirement) stay as they are. Returns the number swapped."""
+    if any(p.requires_grad for p in transformer.parameters()):
+        raise ValueError("transformer_to_fp8 is for a frozen transformer: its weights would no longer train")
+    device = next(transformer.parameters()).device
+    check_float8_support(device)
+    swapped = 0
+    for parent in list(transformer.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear) and child.in_features % 16 == 0 and child.out_features % 16 == 0:
+                setattr(parent, name, Float8FrozenLinear(child))
+                swapped += 1
+    return swapped
