@@ -73,3 +73,15 @@ def test_transformer_to_fp8_swaps_eligible_frozen_linears_only():
     assert transformer_to_fp8(model) == 1  # 64x10 and 10x16 are not multiples of 16
     assert isinstance(model[0], Float8FrozenLinear) and type(model[2]) is torch.nn.Linear
     assert (model(x) - before).norm() < 0.06 * before.norm()
+
+
+def test_a_device_without_row_scaled_float8_is_refused_before_any_swap(monkeypatch):
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32)).requires_grad_(False)
+
+    def unsupported(*args, **kwargs):  # what torch 2.11 says on the CPU
+        raise RuntimeError("Now _scaled_mm only supports per-tensor scaling for CPU backend.")
+
+    monkeypatch.setattr(torch, "_scaled_mm", unsupported)
+    with pytest.raises(ValueError, match=r"teacher.fp8: torch .* has no row-scaled float8 matmul on cpu.*per-tensor"):
+        transformer_to_fp8(model)
+    assert type(model[0]) is torch.nn.Linear

@@ -16,8 +16,9 @@ frozen. `Float8FrozenLinear` does only what a frozen layer needs:
 Each cast is three passes over the tensor (max-abs, scale, cast), without torch.compile; whether that
 leaves the float8 GEMMs a net gain is what `bench/train_step.py`'s ours+fp8 row measures on the GPU.
 
-`torch._scaled_mm` needs a GPU with float8 tensor cores (compute capability 8.9+: H100, L40S, RTX 4090)
-or the CPU (slow; what the tests use).
+Row-scaled `torch._scaled_mm` needs a GPU with float8 tensor cores (compute capability 8.9+: H100, L40S,
+RTX 4090) or, on the CPU, a recent torch (2.14 has it, 2.11 does not; slow: what the tests use). The
+conversion checks first and says so.
 """
 
 from __future__ import annotations
@@ -93,10 +94,15 @@ class Float8FrozenLinear(torch.nn.Module):
 
 
 def check_float8_support(device: torch.device) -> None:
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
-        name = torch.cuda.get_device_name(device)
-        raise RuntimeError(f"teacher.fp8 needs float8 tensor cores (compute capability 8.9+: H100, L40S, RTX 4090); "
-                           f"{name} has {'.'.join(map(str, torch.cuda.get_device_capability(device)))}")
+    """Run one tiny row-scaled float8 GEMM on `device`; a clear error where torch or the device has none."""
+    probe = torch.zeros(16, 16, device=device).to(E4M3)
+    try:
+        scaled_mm(probe, probe.t(), torch.ones(16, 1, device=device), torch.ones(1, 16, device=device), torch.bfloat16)
+    except RuntimeError as exc:
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        raise ValueError(f"teacher.fp8: torch {torch.__version__} has no row-scaled float8 matmul on {where} (GPUs "
+                         f"need compute capability 8.9+: H100, L40S, RTX 4090); set teacher.fp8: false. "
+                         f"torch said: {str(exc).strip().splitlines()[0][:200]}") from exc
 
 
 def transformer_to_fp8(transformer: torch.nn.Module) -> int:
@@ -105,8 +111,7 @@ def transformer_to_fp8(transformer: torch.nn.Module) -> int:
     requirement) stay as they are. Returns the number swapped."""
     if any(p.requires_grad for p in transformer.parameters()):
         raise ValueError("transformer_to_fp8 is for a frozen transformer: its weights would no longer train")
-    device = next(transformer.parameters()).device
-    check_float8_support(device)
+    check_float8_support(next(transformer.parameters()).device)
     swapped = 0
     for parent in list(transformer.modules()):
         for name, child in list(parent.named_children()):
