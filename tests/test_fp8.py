@@ -24,6 +24,9 @@ def test_forward_is_the_product_of_the_rowwise_quantised_input_and_weight():
     assert torch.allclose(out.reshape(-1, 48), expected, rtol=1e-5, atol=1e-5)
     assert (out - linear(x)).norm() < 0.06 * linear(x).norm()  # e4m3: about 2 significant digits
     assert layer.weight_fp8.dtype == E4M3 and layer.weight_fp8.shape == (48, 64)  # 1 byte a weight
+    # a later cast of the whole model (float8 counts as floating) leaves the stored weight alone
+    layer.to(torch.bfloat16)
+    assert layer.weight_fp8.dtype == E4M3 and (layer(x.bfloat16()).float() - out).norm() < 0.05 * out.norm()
 
 
 def test_backward_gives_the_input_gradient_of_the_stored_weight_and_keeps_no_activation():
@@ -41,7 +44,7 @@ def test_backward_gives_the_input_gradient_of_the_stored_weight_and_keeps_no_act
     exact = grad @ layer.dequantized_weight()
     assert (x.grad - exact).norm() < 0.06 * exact.norm()
     # only the layer's own buffers are kept for backward: no copy of the input, no weight gradient
-    buffers = {layer.weight_fp8.data_ptr(), layer.weight_scale.data_ptr()}
+    buffers = {layer.weight_bits.data_ptr(), layer.weight_scale.data_ptr()}
     assert saved and {t.data_ptr() for t in saved} <= buffers
     assert not any(p.requires_grad for p in layer.parameters())
 

@@ -74,20 +74,25 @@ class Float8FrozenLinear(torch.nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight, scale = quantize_rows(linear.weight.detach())
-        self.register_buffer("weight_fp8", weight)
+        # kept as raw bytes: a later module.to(dtype) casts floating buffers, and float8 counts as floating
+        self.register_buffer("weight_bits", weight.view(torch.uint8))
         self.register_buffer("weight_scale", scale.t().contiguous())  # (1 x out), as _scaled_mm takes it
         self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+
+    @property
+    def weight_fp8(self) -> torch.Tensor:
+        return self.weight_bits.view(E4M3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_autocast_enabled(x.device.type):
             out_dtype = torch.get_autocast_dtype(x.device.type)
         else:
             out_dtype = x.dtype
-        out = _FrozenFloat8Matmul.apply(x, self.weight_fp8, self.weight_scale, out_dtype)
+        out = _FrozenFloat8Matmul.apply(x, self.weight_fp8, self.weight_scale.float(), out_dtype)
         return out if self.bias is None else out + self.bias.to(out.dtype)
 
     def dequantized_weight(self) -> torch.Tensor:
-        return self.weight_fp8.float() * self.weight_scale.t()
+        return self.weight_fp8.float() * self.weight_scale.float().t()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, float8 e4m3"
