@@ -1,6 +1,7 @@
 """teacher.fp8's frozen float8 linears against bf16 and torchao's float8 training linears, on a slice of
-FLUX.1-dev at full width (random weights), on any device: weight memory, bytes kept for backward in the
-student's path (gradient to the text input only), and how far output and text gradient move from bf16.
+FLUX.1-dev at full width (random weights), on CUDA or on a CPU whose torch has row-scaled float8 GEMMs
+(2.14 does): weight memory, bytes kept for backward in the student's path (gradient to the text input
+only), and how far output and text gradient move from bf16.
 
 One transformer is built, run in bf16, converted to torchao's Float8Linear (if installed) and run, then
 converted to train.fp8.Float8FrozenLinear and run, so all rows share weights and inputs. Speed is not

@@ -15,10 +15,10 @@ beats one update per trajectory).
                    transformer forward + backward into the student, AdamW step; T5-XXL resident.
   ours             train.distill.distill_trajectory's step (update: step): teacher embeddings from the
                    cache (already on the device, T5-XXL/CLIP freed), then the same forward/backward, AdamW.
-  +ckpt            gradient checkpointing of the transformer;  ours+compile: torch.compile(student);
+  +ckpt            gradient checkpointing of the transformer;  +compile: torch.compile(student);
   ours+fp8         teacher.fp8: the frozen transformer's linears as train.fp8.Float8FrozenLinear (weights
                    stored in e4m3 with rowwise scales, forward GEMM in fp8, input gradient only, nothing
-                   saved); ours+fp8+ckpt adds gradient checkpointing. Run last: they convert in place.
+                   saved). Run last: they convert in place. ours+fp8+compile is the whole stack.
   ours+fp8-torchao the same with torchao's float8 *training* linears (rowwise), for comparison: bf16 weights
                    re-cast every call, input saved, a grad-weight GEMM although the weights are frozen.
 Ratios are ours / reference per iteration, against both reference rows. A configuration that runs
@@ -81,8 +81,10 @@ SCALES = {  # kind, transformer, T5 teacher, student, CLIP encoders, default res
                              pos_embed_max_size=16),
                  TINY_T5, {**TINY_T5, "d_model": 16, "d_ff": 32}, [TINY_CLIP, TINY_CLIP], 64),
 }
-# fp8 last, torchao's first: each converts the transformer in place (ours from torchao's bf16-weight linears)
-CONFIGS = ["reference", "reference+ckpt", "ours", "ours+ckpt", "ours+compile", "ours+fp8-torchao", "ours+fp8", "ours+fp8+ckpt"]
+# fp8 last, torchao's first: each converts the transformer in place (ours from torchao's bf16-weight linears);
+# the full stack (ours+fp8+compile) comes last because compiling takes longest
+CONFIGS = ["reference", "reference+ckpt", "ours", "ours+ckpt", "ours+fp8-torchao", "ours+fp8", "ours+fp8+ckpt",
+           "ours+fp8+compile"]
 
 
 def materialize(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -340,7 +342,7 @@ def fmt(v, spec=".1f") -> str:
 
 def report(res: dict) -> None:
     print(f"\ntrain iteration  scale={res['scale']}  device={res['device_name']}  batch={res['batch']}  "
-          f"resolution={res['resolution']}  tokens={res['tokens']}  torch {res['torch']}")
+          f"resolution={res['resolution']}  tokens={res['tokens']}  torch {res['torch']}  cuda {res['cuda']}")
     print("params (M): " + ", ".join(f"{k} {v / 1e6:.4g}" for k, v in res["params"].items()))
     print(f"{'':<47}{'vs reference':>16}{'vs reference+ckpt':>20}")
     print(f"{'config':<18}{'status':<9}{'ms/iter':>10}{'peak GiB':>10}{'time':>8}{'memory':>8}{'time':>10}{'memory':>10}")
@@ -375,7 +377,7 @@ def main(argv: list[str] | None = None) -> dict:
     wanted = [c for c in CONFIGS if c in args.configs.split(",")]  # fixed order: fp8 quantises in place, last
     s = Setup(args, device)
     res = {"scale": args.scale, "device": device.type, "batch": args.batch, "resolution": s.resolution, "tokens": args.tokens,
-           "iters": args.iters, "warmup": args.warmup, "torch": torch.__version__, "params": s.params,
+           "iters": args.iters, "warmup": args.warmup, "torch": torch.__version__, "cuda": torch.version.cuda, "params": s.params,
            "device_name": torch.cuda.get_device_name(device) if s.cuda else "cpu", "train": {}, "ratios": {}, "encode": {}}
 
     def save(section: str, name: str, row: dict) -> None:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 
 def save_tiny_clip(folder: Path, embed_dim: int, patch_size: int, image_size: int = 32) -> str:
     """A random one-layer open_clip model saved as a `local-dir:` folder (fixed seed, RNG restored)."""
@@ -31,3 +33,20 @@ def count_calls(obj: Any, method: str) -> list[int]:
     real = getattr(obj, method)
     setattr(obj, method, lambda items, *a, **kw: (calls.append(len(items)), real(items, *a, **kw))[1])
     return calls
+
+
+def cpu_float8() -> bool:
+    """Whether this torch runs teacher.fp8's row-scaled float8 GEMMs on the CPU (2.14 does, 2.11 does not)."""
+    import torch
+
+    from train.fp8 import check_float8_support
+
+    try:
+        check_float8_support(torch.device("cpu"))
+    except ValueError:
+        return False
+    return True
+
+
+needs_cpu_float8 = pytest.mark.skipif(
+    not cpu_float8(), reason="this torch has no row-scaled float8 matmul on the CPU (torch 2.14 has)")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
+from shared_helpers import needs_cpu_float8
 
+import train.fp8
 from train.fp8 import E4M3, Float8FrozenLinear, quantize_rows, transformer_to_fp8
+
+pytestmark = needs_cpu_float8
 
 
 def frozen_linear(k: int = 64, n: int = 48, bias: bool = True) -> torch.nn.Linear:
@@ -59,7 +65,7 @@ def test_autocast_output_dtype_and_edge_rows():
     assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
     strided = x.detach().t().contiguous().t()  # a column-major view: the GEMM needs rows, so it is copied
     assert not strided.is_contiguous() and torch.equal(layer(strided), layer(x.detach()))
-    # an all-zero row and a row at float8's limit stay finite
+    # an all-zero row, and a row with one huge value, stay finite
     edge = torch.zeros(2, 64)
     edge[1, 0] = 1e6
     assert torch.isfinite(layer(edge)).all() and layer(edge)[0].abs().max() == 0
@@ -88,3 +94,36 @@ def test_a_device_without_row_scaled_float8_is_refused_before_any_swap(monkeypat
     with pytest.raises(ValueError, match=r"teacher.fp8: torch .* has no row-scaled float8 matmul on cpu.*per-tensor"):
         transformer_to_fp8(model)
     assert type(model[0]) is torch.nn.Linear
+
+
+def test_tiny_rows_keep_their_precision_and_fp16_inputs_stay_finite():
+    # gradients scaled by the weight's row scales can be tiny: they must not be flushed to zero
+    for dtype in (torch.float32, torch.bfloat16):
+        rows = (torch.randn(4, 64) * 1e-20).to(dtype)
+        values, scale = quantize_rows(rows)
+        assert (values.float() * scale - rows.float()).norm() < 0.05 * rows.float().norm()
+    layer = Float8FrozenLinear(frozen_linear(bias=False))
+    x = torch.randn(3, 64) * 1e-3  # 448 / 1e-3 overflows fp16: the scales are computed in float32
+    x[1] = 0
+    x = x.half().requires_grad_(True)
+    out = layer(x)
+    out.float().sum().backward()
+    assert out.dtype == torch.float16 and torch.isfinite(out).all() and out[1].abs().max() == 0
+    assert torch.isfinite(x.grad).all()
+    expected = x.detach().float() @ layer.dequantized_weight().t()
+    assert (out.float() - expected).norm() < 0.06 * expected.norm()
+
+
+def test_conversion_frees_each_replaced_layer_before_the_next(monkeypatch):
+    model = torch.nn.Sequential(*[torch.nn.Linear(16, 16) for _ in range(3)]).requires_grad_(False)
+    originals = [weakref.ref(layer) for layer in model]
+    alive = []  # originals still referenced while each replacement is built
+
+    class Recording(Float8FrozenLinear):
+        def __init__(self, linear):
+            super().__init__(linear)
+            alive.append(sum(ref() is not None for ref in originals))
+
+    monkeypatch.setattr(train.fp8, "Float8FrozenLinear", Recording)
+    assert transformer_to_fp8(model) == 3
+    assert alive[-3:] == [3, 2, 1]  # (the first entry is the support probe's layer)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from shared_helpers import needs_cpu_float8
 
 from train.cli import main
 
@@ -527,6 +528,7 @@ def test_two_processes_train_like_one_with_micro_batches(tiny, tmp_path):
     assert summary["gap_final"] < summary["gap_initial"]  # it trained
 
 
+@needs_cpu_float8
 def test_fp8_transformer_passes_gradients_to_the_student(tiny, tmp_path):
     """teacher.fp8: the gradient still reaches the text input through the frozen float8 transformer,
     and training still closes the gap."""

@@ -11,7 +11,8 @@ frozen. `Float8FrozenLinear` does only what a frozen layer needs:
 - forward: the input is scaled per row to e4m3 and multiplied on the tensor cores (`torch._scaled_mm`);
 - backward: the input gradient only, also in float8: grad_out times the weight's row scales, scaled per
   row to e4m3, against the stored weight transposed for the call (Hopper's float8 GEMM reads both operands
-  along the contracted dimension). Nothing is saved from the forward but the stored weight.
+  along the contracted dimension), with full accumulation. Nothing is saved from the forward but the
+  stored weight.
 
 Each cast is three passes over the tensor (max-abs, scale, cast), without torch.compile; whether that
 leaves the float8 GEMMs a net gain is what `bench/train_step.py`'s ours+fp8 row measures on the GPU.
@@ -34,15 +35,10 @@ E4M3_MAX = torch.finfo(E4M3).max
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows x k) -> float8 e4m3 values and the float32 (rows x 1) scales that restore them."""
     amax = torch.linalg.vector_norm(x, ord=math.inf, dim=-1, keepdim=True, dtype=torch.float32)
-    inverse = (E4M3_MAX / amax.clamp(min=1e-12)).to(x.dtype)  # at most 448.0 + rounding: casts to 448
-    return (x * inverse).to(E4M3), inverse.float().reciprocal()
-
-
-def scaled_mm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
-              out_dtype: torch.dtype) -> torch.Tensor:
-    """a (m x k, row-major) @ b (k x n, column-major), both e4m3, with row / column scales."""
-    mm_dtype = torch.bfloat16 if a.is_cuda else out_dtype  # CUDA's rowwise-scaled GEMM writes bf16 only
-    return torch._scaled_mm(a, b, scale_a=a_scale, scale_b=b_scale, out_dtype=mm_dtype).to(out_dtype)
+    # bf16 keeps the passes at 2 bytes (its largest product, 450, still casts to 448); fp16 would overflow
+    dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
+    inverse = (E4M3_MAX / amax.clamp(min=1e-30)).to(dtype)
+    return (x.to(dtype) * inverse).to(E4M3), inverse.float().reciprocal()
 
 
 class _FrozenFloat8Matmul(torch.autograd.Function):
@@ -51,19 +47,26 @@ class _FrozenFloat8Matmul(torch.autograd.Function):
         ctx.save_for_backward(weight, scale)  # the layer's own buffers: nothing new is kept alive
         ctx.in_dtype = x.dtype
         xq, x_scale = quantize_rows(x.reshape(-1, x.shape[-1]).contiguous())
-        out = scaled_mm(xq, weight.t(), x_scale, scale, out_dtype)
-        return out.reshape(*x.shape[:-1], weight.shape[0])
+        # row-scaled GEMM with fast accumulation, as torchao's forward; on CUDA it writes bf16 (the only
+        # output every torch version's row-scaled path has)
+        out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=scale, use_fast_accum=True,
+                               out_dtype=torch.bfloat16 if x.is_cuda else out_dtype)
+        return out.to(out_dtype).reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         weight, scale = ctx.saved_tensors
-        # grad_x = grad_out @ (scale.T * weight): the row scales sit on the contracted dimension, so they
-        # go into grad_out before its own per-row cast
+        # grad_x = grad_out @ (scale.T * weight): the row scales sit on the contracted dimension, so they go
+        # into grad_out (in float32) before its own per-row cast
         grad = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
-        gq, g_scale = quantize_rows(grad * scale.to(grad.dtype))
-        ones = torch.ones(1, weight.shape[1], dtype=torch.float32, device=weight.device)
-        grad_x = scaled_mm(gq, weight.t().contiguous().t(), g_scale, ones, grad.dtype)
-        return grad_x.reshape(*grad_out.shape[:-1], weight.shape[1]).to(ctx.in_dtype), None, None, None
+        gq, g_scale = quantize_rows(grad * scale)
+        # unit-scaled GEMM, then the row scales by hand: the row-scaled kernel is slow without fast
+        # accumulation (torchao does the same), and gradients keep full accumulation
+        unit = torch.ones((), dtype=torch.float32, device=grad.device)
+        mm_dtype = torch.bfloat16 if grad.dtype == torch.bfloat16 else torch.float32  # unscaled sums overflow fp16
+        grad_x = torch._scaled_mm(gq, weight.t().contiguous().t(), scale_a=unit, scale_b=unit, out_dtype=mm_dtype)
+        grad_x = grad_x.mul_(g_scale).to(ctx.in_dtype)
+        return grad_x.reshape(*grad_out.shape[:-1], weight.shape[1]), None, None, None
 
 
 class Float8FrozenLinear(torch.nn.Module):
@@ -99,10 +102,12 @@ class Float8FrozenLinear(torch.nn.Module):
 
 
 def check_float8_support(device: torch.device) -> None:
-    """Run one tiny row-scaled float8 GEMM on `device`; a clear error where torch or the device has none."""
-    probe = torch.zeros(16, 16, device=device).to(E4M3)
+    """Run both of the layer's float8 GEMMs on a tiny input on `device`; a clear error where torch or the
+    device lacks them."""
+    probe = Float8FrozenLinear(torch.nn.Linear(16, 16, device=device).requires_grad_(False))
+    x = torch.ones(16, 16, device=device, requires_grad=True)
     try:
-        scaled_mm(probe, probe.t(), torch.ones(16, 1, device=device), torch.ones(1, 16, device=device), torch.bfloat16)
+        probe(x).sum().backward()
     except RuntimeError as exc:
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
         raise ValueError(f"teacher.fp8: torch {torch.__version__} has no row-scaled float8 matmul on {where} (GPUs "
@@ -111,16 +116,16 @@ def check_float8_support(device: torch.device) -> None:
 
 
 def transformer_to_fp8(transformer: torch.nn.Module) -> int:
-    """Swap a frozen transformer's linears for `Float8FrozenLinear`, in place, one at a time (so the
-    bf16 weights are freed as it goes). Layers whose sizes are not multiples of 16 (the GEMM's
-    requirement) stay as they are. Returns the number swapped."""
+    """Swap a frozen transformer's linears for `Float8FrozenLinear`, in place, one at a time: nothing else
+    holds the old layer, so its bf16 weight is freed before the next is converted. Layers whose sizes are
+    not multiples of 16 (the GEMM's requirement) stay as they are. Returns the number swapped."""
     if any(p.requires_grad for p in transformer.parameters()):
         raise ValueError("transformer_to_fp8 is for a frozen transformer: its weights would no longer train")
     check_float8_support(next(transformer.parameters()).device)
-    swapped = 0
-    for parent in list(transformer.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, torch.nn.Linear) and child.in_features % 16 == 0 and child.out_features % 16 == 0:
-                setattr(parent, name, Float8FrozenLinear(child))
-                swapped += 1
-    return swapped
+    names = [name for name, m in transformer.named_modules()
+             if isinstance(m, torch.nn.Linear) and m.in_features % 16 == 0 and m.out_features % 16 == 0]
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        owner = transformer.get_submodule(parent)
+        setattr(owner, child, Float8FrozenLinear(getattr(owner, child)))
+    return len(names)
