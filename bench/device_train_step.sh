@@ -15,4 +15,4 @@ python3 -c "import torch, transformers, diffusers; print('torch', torch.__versio
 timeout 330 python3 bench/train_step.py --scale flux-dev --device cuda --batch 4 --resolution 512 --tokens 77 \
     --iters 3 --warmup 1 --json "$OUT/flux-dev.json" 2>&1 | tee "$OUT/flux-dev.log"
 timeout 150 python3 bench/train_step.py --scale sd3 --device cuda --batch 4 --resolution 512 --tokens 77 \
-    --iters 3 --warmup 1 --configs reference,ours,ours+ckpt --json "$OUT/sd3.json" 2>&1 | tee "$OUT/sd3.log"
+    --iters 3 --warmup 1 --configs reference,ours,ours+ckpt,ours+fp8 --json "$OUT/sd3.json" 2>&1 | tee "$OUT/sd3.log"
