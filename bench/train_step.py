@@ -39,8 +39,8 @@ transformers 5.17.0 + accelerate 1.15.0 + these two: every configuration ran, to
 the fp8 rows need CUDA there, since torch 2.11's CPU _scaled_mm has no rowwise scales; torch 2.14's has):
     python3 -m pip download --no-deps --only-binary=:all: -d .whl diffusers==0.42.1
     python3 -m pip download --no-deps --only-binary=:all: -d .whl torchao==0.18.0    # the comparison row
-This script imports only train.student and train.fp8 from the repo (torch + transformers at
-module level), so the repo plus those wheels suffice. Results are written to --json after
+This script imports only train.student, train.fp8 and train.teachers.base from the repo (torch +
+transformers at module level), so the repo plus those wheels suffice. Results go to --json after
 every configuration (a killed run keeps them).
 """
 
@@ -281,10 +281,10 @@ def run_train(name: str, s: Setup, args) -> dict:
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=s.cuda and not ref)  # ours: as train/distill.py
     model = student
     if "+compile" in name:
+        from train.teachers.base import compile_transformer_blocks  # teacher.compile's own
+
         model = torch.compile(student)
-        for blocks in ("transformer_blocks", "single_transformer_blocks"):
-            for block in getattr(s.transformer, blocks, []):
-                block.compile()  # in place; the last configuration, so nothing runs uncompiled after it
+        compile_transformer_blocks(s.transformer)  # in place: the last configuration, nothing runs after it
     state = [s.x0, 0]
     step = lambda: train_iteration(s, model, opt, state, reencode=ref)  # noqa: E731
     if s.cuda:

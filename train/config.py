@@ -26,6 +26,7 @@ SCHEMA: dict[str, Any] = {
         "empty_prompt_prob": NUM,  # share of prompts replaced by "" (distils SD3's unconditional branch)
         "gradient_checkpointing": bool,  # recompute transformer activations in the backward pass
         "fp8": bool,  # transformer linears stored and run in float8 (train/fp8.py)
+        "compile": bool,  # torch.compile the transformer block by block (regional compilation)
     },
     "student": {
         "init": str,  # "config", a T5 name/path (e.g. google/flan-t5-base), or a student folder
@@ -88,7 +89,7 @@ SCHEMA: dict[str, Any] = {
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "teacher": {"dtype": "auto", "trust_remote_code": False, "guidance": [2.0, 5.0], "empty_prompt_prob": 0.0,
-                "gradient_checkpointing": False, "fp8": False},
+                "gradient_checkpointing": False, "fp8": False, "compile": False},
     "student": {"init": "google/flan-t5-base", "config": {}, "projection_dropout": 0.1, "gradient_checkpointing": False},
     "optim": {"lr": 1.0e-4, "betas": [0.9, 0.999], "eps": 1.0e-8, "weight_decay": 1.0e-3, "warmup_steps": 0,
               "schedule": "constant", "min_lr_ratio": 0.1, "grad_clip": 1.0, "batch_size": 32, "micro_batch_size": None,

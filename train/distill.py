@@ -311,6 +311,8 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
         teacher.transformer.enable_gradient_checkpointing()
     if cfg["teacher"]["fp8"]:  # targets, predictions and the validation gap all go through the fp8 transformer
         teacher.transformer_to_fp8()
+    if cfg["teacher"]["compile"]:
+        teacher.compile_transformer()
     amp_on = device.type == "cuda" and opt["mixed_precision"] in ("auto", "bf16") and torch.cuda.is_bf16_supported()
     if opt["mixed_precision"] == "bf16" and not amp_on:
         warnings.warn("bf16 autocast needs a CUDA device with bf16; training in float32")
