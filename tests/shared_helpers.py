@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +51,7 @@ def cpu_float8() -> bool:
 
 needs_cpu_float8 = pytest.mark.skipif(
     not cpu_float8(), reason="this torch has no row-scaled float8 matmul on the CPU (torch 2.14 has)")
+
+# torch.compile on the CPU (inductor) builds C++: a machine without a compiler cannot run those tests
+needs_cpp_compiler = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                                        reason="torch.compile on the CPU needs a C++ compiler")

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from shared_helpers import needs_cpu_float8
+from shared_helpers import needs_cpp_compiler, needs_cpu_float8
 
 from train.cli import main
 
@@ -554,6 +554,7 @@ def test_fp8_transformer_passes_gradients_to_the_student(tiny, tmp_path):
 
 
 @needs_cpu_float8
+@needs_cpp_compiler
 def test_compiled_fp8_transformer_trains_like_the_eager_one(tiny, tmp_path):
     """teacher.compile (regional torch.compile of the transformer's blocks, on top of teacher.fp8 as the
     GPU recipe would use it) changes speed, not the algorithm. Compared through the transformer's outputs
