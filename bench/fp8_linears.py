@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from train_step import FLUX_DEV, build  # noqa: E402
+from train_step import FLUX_DEV, build, to_torchao_float8  # noqa: E402
 
 
 def measure(transformer: torch.nn.Module, inputs: dict, text: torch.Tensor) -> dict:
@@ -75,10 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows_out = {"bf16": measure(transformer, inputs, text)}
     if importlib.util.find_spec("torchao") is not None:
-        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
-
-        convert_to_float8_training(transformer, config=Float8LinearConfig.from_recipe_name("rowwise"),
-                                   module_filter_fn=lambda m, _: m.in_features % 16 == 0 and m.out_features % 16 == 0)
+        to_torchao_float8(transformer)
         rows_out["torchao float8"] = measure(transformer, inputs, text)
     swapped = transformer_to_fp8(transformer)
     rows_out["train.fp8"] = measure(transformer, inputs, text)

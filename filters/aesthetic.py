@@ -21,7 +21,6 @@ Modes:
 from __future__ import annotations
 
 import math
-
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING

@@ -140,25 +140,26 @@ def load_checkpoint(path: Path, student: DistillT5EncoderModel, optimizer: Any, 
 
 
 def _read_log(path: Path) -> list[dict]:
-    """The log's records, skipping a line cut off by a kill mid-write."""
-    records = []
+    """The log's records, skipping (with a warning) lines a kill mid-write cut off."""
+    records, unreadable = [], 0
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
-            continue
+            record = None
         if isinstance(record, dict):
             records.append(record)
+        else:
+            unreadable += 1
+    if unreadable:
+        warnings.warn(f"{path}: dropped {unreadable} unreadable line(s), as a kill mid-write leaves them")
     return records
 
 
 def _truncate_log(path: Path, step: int, revalidate: bool = False) -> None:
     """Drop the records written after the checkpoint being resumed (and a line cut off by a kill). With
     `revalidate` the validation at the checkpoint's own step goes too: the final one, which runs again."""
-    lines = path.read_text(encoding="utf-8").splitlines()
     records = _read_log(path)
-    if len(records) < len(lines):
-        warnings.warn(f"{path}: dropped {len(lines) - len(records)} unreadable line(s), as a kill mid-write leaves them")
     keep = [r for r in records if r.get("step", 0) < step
             or (r.get("step", 0) == step and not (revalidate and "val_gap" in r))]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))

@@ -115,6 +115,11 @@ def check_float8_support(device: torch.device) -> None:
                          f"torch said: {str(exc).strip().splitlines()[0][:200]}") from exc
 
 
+def fits_float8_gemm(linear: torch.nn.Linear) -> bool:
+    """Whether the float8 GEMM takes this layer's sizes (both multiples of 16)."""
+    return linear.in_features % 16 == 0 and linear.out_features % 16 == 0
+
+
 def transformer_to_fp8(transformer: torch.nn.Module) -> int:
     """Swap a frozen transformer's linears for `Float8FrozenLinear`, in place, one at a time: nothing else
     holds the old layer, so its bf16 weight is freed before the next is converted. Layers whose sizes are
@@ -122,8 +127,7 @@ def transformer_to_fp8(transformer: torch.nn.Module) -> int:
     if any(p.requires_grad for p in transformer.parameters()):
         raise ValueError("transformer_to_fp8 is for a frozen transformer: its weights would no longer train")
     check_float8_support(next(transformer.parameters()).device)
-    names = [name for name, m in transformer.named_modules()
-             if isinstance(m, torch.nn.Linear) and m.in_features % 16 == 0 and m.out_features % 16 == 0]
+    names = [name for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear) and fits_float8_gemm(m)]
     for name in names:
         parent, _, child = name.rpartition(".")
         owner = transformer.get_submodule(parent)

@@ -10,7 +10,6 @@ the exports can be exercised end to end on a CPU in about a minute.
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 # Bump when the architecture below changes so stale cached folders are rebuilt.
@@ -216,11 +215,10 @@ def build_sd3(out_dir: str | Path, seed: int = 0) -> Path:
 
 
 def _save(pipe, out_dir: str | Path) -> Path:
-    from curate.writer import swap_into_place
+    from curate.writer import staging_path, swap_into_place
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    tmp = staging_path(out)
     pipe.save_pretrained(tmp)
     swap_into_place(tmp, out)
     return out
