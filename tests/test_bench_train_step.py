@@ -1,4 +1,5 @@
-"""bench/train_step.py at tiny scale on CPU: both loop shapes run, the JSON holds times and ratios."""
+"""bench/train_step.py and bench/fp8_linears.py at tiny scale on CPU: both loop shapes run, the JSON holds
+times and ratios; the float8 comparison holds its memory claims."""
 
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ import pytest
 import torch
 from shared_helpers import cpu_float8, needs_cpu_float8
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_bench(name: str):
+    """A bench/ script as a module (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_train_step", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("train_step")
 
 
 @pytest.mark.parametrize("scale, configs", [("tiny", None), ("tiny-sd3", "reference,ours")])
@@ -61,10 +67,7 @@ def test_out_of_memory_is_reported_not_raised(bench):
 
 @needs_cpu_float8
 def test_fp8_linears_halve_the_weights_and_keep_no_more_for_backward(capsys):
-    spec = importlib.util.spec_from_file_location("bench_fp8_linears", BENCH.parent / "fp8_linears.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    report = module.main(["--double", "1", "--single", "1", "--width", "1", "--resolution", "64", "--tokens", "16"])
+    report = load_bench("fp8_linears").main(["--double", "1", "--single", "1", "--width", "1", "--resolution", "64", "--tokens", "16"])
     ours, bf16 = report["train.fp8"], report["bf16"]
     assert ours["weights_mib"] < 0.6 * bf16["weights_mib"]  # e4m3 + a scale per row, against bf16
     assert ours["saved_mib"] <= bf16["saved_mib"]  # no input kept for a weight gradient
