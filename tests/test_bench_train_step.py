@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from shared_helpers import cpu_float8, needs_cpu_float8
+from shared_helpers import cpu_float8, needs_cpp_compiler, needs_cpu_float8
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -46,11 +46,24 @@ def test_tiny_cpu_run_writes_both_configurations(bench, tmp_path, capsys, scale,
         assert res["train"]["ours+ckpt"]["status"] == "ok" and res["ratios"]["ours+ckpt"]["reference+ckpt"]["time"] > 0
         for name in ("ours+fp8", "ours+fp8+ckpt"):  # train.fp8's float8 linears run on CPU too (torch 2.14+)
             assert res["train"][name]["status"] == ("ok" if cpu_float8() else "error"), res["train"][name]
-        assert res["train"]["ours+fp8+compile"]["status"] == "skipped"
+        assert res["train"]["ours+compile"]["status"] == res["train"]["ours+fp8+compile"]["status"] == "skipped"
         # the torchao comparison row runs where torchao is installed (the device script carries it)
         if importlib.util.find_spec("torchao") is None:
             assert res["train"]["ours+fp8-torchao"]["status"] == "skipped"
     assert "ours" in capsys.readouterr().out  # the table
+
+
+@needs_cpp_compiler
+def test_compile_row_leaves_the_transformer_eager_for_the_next_rows(bench):
+    """ours+compile compiles the transformer's blocks in place; the fp8 rows after it must run eager."""
+    args = bench.argparse.Namespace(scale="tiny", batch=2, resolution=None, tokens=16, iters=1, warmup=1, compile=True)
+    setup = bench.Setup(args, torch.device("cpu"))
+    try:
+        assert bench.run_train("ours+compile", setup, args)["status"] == "ok"
+    finally:
+        torch._dynamo.reset()
+    blocks = [*setup.transformer.transformer_blocks, *setup.transformer.single_transformer_blocks]
+    assert blocks and all(block._compiled_call_impl is None for block in blocks)
 
 
 def test_out_of_memory_is_reported_not_raised(bench):

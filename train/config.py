@@ -33,6 +33,7 @@ SCHEMA: dict[str, Any] = {
         "config": {"*": (int, float, str)},  # T5 fields for init: config (unset ones come from the teacher's T5)
         "projection_dropout": NUM,
         "gradient_checkpointing": bool,
+        "compile": bool,  # torch.compile the student in place (its CUDA step is launch-bound when eager)
     },
     "optim": {
         "lr": NUM,
@@ -90,7 +91,8 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "teacher": {"dtype": "auto", "trust_remote_code": False, "guidance": [2.0, 5.0], "empty_prompt_prob": 0.0,
                 "gradient_checkpointing": False, "fp8": False, "compile": False},
-    "student": {"init": "google/flan-t5-base", "config": {}, "projection_dropout": 0.1, "gradient_checkpointing": False},
+    "student": {"init": "google/flan-t5-base", "config": {}, "projection_dropout": 0.1, "gradient_checkpointing": False,
+                "compile": False},
     "optim": {"lr": 1.0e-4, "betas": [0.9, 0.999], "eps": 1.0e-8, "weight_decay": 1.0e-3, "warmup_steps": 0,
               "schedule": "constant", "min_lr_ratio": 0.1, "grad_clip": 1.0, "batch_size": 32, "micro_batch_size": None,
               "mixed_precision": "auto", "max_bad_steps": 10},

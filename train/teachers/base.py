@@ -117,8 +117,8 @@ class Teacher:
         raise NotImplementedError
 
     def compile_transformer(self) -> int:
-        """torch.compile the transformer's blocks in place (`compile_transformer_blocks`)."""
-        return compile_transformer_blocks(self.transformer)
+        """torch.compile the transformer's blocks in place (`compile_transformer_blocks`); returns the count."""
+        return len(compile_transformer_blocks(self.transformer))
 
     def transformer_to_fp8(self) -> int:
         """The frozen transformer's linears stored and run in float8 (`train.fp8.transformer_to_fp8`)."""
@@ -160,15 +160,15 @@ class Teacher:
 KINDS = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
 
 
-def compile_transformer_blocks(transformer: torch.nn.Module) -> int:
+def compile_transformer_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
     """torch.compile each block of a FLUX / SD3 transformer in place (regional compilation): blocks of a
     kind share one compiled graph, so compiling takes seconds rather than the whole model's minutes, and
-    the elementwise work around each matmul (norms, modulation, float8 casts) is fused. Returns the count."""
+    the elementwise work around each matmul (norms, modulation, float8 casts) is fused. Returns the blocks."""
     blocks = [block for name in ("transformer_blocks", "single_transformer_blocks")
               for block in getattr(transformer, name, [])]
     for block in blocks:
         block.compile()
-    return len(blocks)
+    return blocks
 
 
 def resolve_source(source: str) -> str:
