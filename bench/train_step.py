@@ -17,8 +17,8 @@ beats one update per trajectory).
                    cache (already on the device, T5-XXL/CLIP freed), then the same forward/backward, AdamW.
   +ckpt            gradient checkpointing of the transformer;  +compile: student.compile + teacher.compile,
                    torch.compile of the student and, block by block (regional compilation: one graph for
-                   all blocks of a kind, compiled in seconds), of the transformer, which fuses the float8
-                   casts with their neighbours;
+                   all blocks of a kind, compiled once), of the transformer, which fuses the float8 casts
+                   with their neighbours;
   ours+fp8         teacher.fp8: the frozen transformer's linears as train.fp8.Float8FrozenLinear (weights
                    stored in e4m3 with rowwise scales, forward GEMM in fp8, input gradient only, nothing
                    saved). Run last: they convert in place. ours+fp8+compile is the whole stack.
@@ -34,12 +34,12 @@ backend crashed with an illegal memory access on an H100).
 
     python bench/train_step.py --scale tiny --device cpu --iters 2 --warmup 1          # seconds, smoke
     python bench/train_step.py --scale flux-dev --device cuda --json out/flux.json     # one H100, ~3 min
+    bash bench/device_train_step.sh          # the same on a lent device machine (wheels to carry: see there)
 
 Measured on one H100 (torch 2.11, batch 4, 512 px; README's table): reference 664 ms / 52.0 GiB, ours
 593 / 42.9, ours+compile 385 / 40.7 (another run, reference 634), ours+fp8 988 / 31.9, ours+fp8+compile
 318 / 29.7 (0.480x time, 0.570x memory); student encode at 1 x 512 tokens 16-21 ms eager, 1.5-1.8 ms
 compiled (T5-XXL eager 27-38 ms).
-    bash bench/device_train_step.sh          # the same on a lent device machine (wheels to carry: see there)
 
 The device machine (Python 3.12, torch 2.11, transformers 5.17, requests and Pillow, as last listed) lacks
 diffusers and torchao, so carry their wheels (rehearsed on CPU in a venv with exactly torch 2.11.0 +

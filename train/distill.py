@@ -156,13 +156,15 @@ def _read_log(path: Path) -> list[dict]:
     return records
 
 
-def _truncate_log(path: Path, step: int, revalidate: bool = False) -> None:
+def _truncate_log(path: Path, step: int, revalidate: bool = False) -> list[dict]:
     """Drop the records written after the checkpoint being resumed (and a line cut off by a kill). With
-    `revalidate` the validation at the checkpoint's own step goes too: the final one, which runs again."""
+    `revalidate` the validation at the checkpoint's own step goes too: the final one, which runs again.
+    Returns the records kept."""
     records = _read_log(path)
     keep = [r for r in records if r.get("step", 0) < step
             or (r.get("step", 0) == step and not (revalidate and "val_gap" in r))]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+    return keep
 
 
 # ---- one trajectory -----------------------------------------------------------------------------
@@ -400,8 +402,9 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     state["total"] = total
     if resume and state["step"] >= stop:
         warnings.warn(f"--resume: the checkpoint is at step {state['step']}, the run stops at {stop}; nothing to train")
+    logged: list[dict] = []  # a resumed run's log up to its checkpoint
     if resume and state["step"] > 0 and main and (output / "log.jsonl").exists():
-        _truncate_log(output / "log.jsonl", state["step"], revalidate=state["step"] >= stop)
+        logged = _truncate_log(output / "log.jsonl", state["step"], revalidate=state["step"] >= stop)
     bounds, acc = [], 0
     for i, s in enumerate(stages):
         acc += s["steps"] if i < len(stages) - 1 else s["steps"] + (total - planned)
@@ -453,8 +456,7 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     step = state["step"]
     if step == 0:
         results["initial"] = validate(0)
-    elif main and (output / "log.jsonl").exists():  # resumed: the summary keeps the run's first gap
-        logged = _read_log(output / "log.jsonl")
+    else:  # resumed: the summary keeps the run's first gap
         results["initial"] = next(({"gap": r["val_gap"]} for r in logged if r.get("step") == 0 and "val_gap" in r), None)
     bar = tqdm(total=stop, initial=step, desc="distil", disable=not (progress and main), dynamic_ncols=True)
     gmin, gmax = cfg["teacher"]["guidance"]

@@ -14,8 +14,9 @@ frozen. `Float8FrozenLinear` does only what a frozen layer needs:
   along the contracted dimension), with full accumulation. Nothing is saved from the forward but the
   stored weight.
 
-Each cast is three passes over the tensor (max-abs, scale, cast), without torch.compile; whether that
-leaves the float8 GEMMs a net gain is what `bench/train_step.py`'s ours+fp8 row measures on the GPU.
+Each cast is three passes over the tensor (max-abs, scale, cast), so use it with `teacher.compile`, which
+fuses them with their neighbours: on an H100 at FLUX.1-dev size (`bench/train_step.py`) an iteration took
+988 ms eager against 596 ms in bf16, and 318 ms compiled against 385 ms compiled bf16.
 
 Row-scaled `torch._scaled_mm` needs a GPU with float8 tensor cores (compute capability 8.9+: H100, L40S,
 RTX 4090) or, on the CPU, a recent torch (2.14 has it, 2.11 does not; slow: what the tests use). The
