@@ -11,6 +11,8 @@ Rule: records are visited in input order and compared only with records already 
 A record is dropped when an earlier kept record has Jaccard >= threshold; the reason names
 the most similar one (ties: the earliest). So the first record of each group is kept,
 and chains do not cascade: if A~B and B~C but not A~C, B goes (a copy of A) and C stays.
+The pipeline sorts records by records.canonical_key before the steps, so "first" means: within
+a criterion, the cleanest copy (lowest records.normalization_cost), then the smallest id.
 A dropped record that banding met stands for its kept twin, compared exactly too (keep_first).
 """
 
@@ -18,21 +20,19 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from curate.records import Prompt, normalize_text
 from filters.base import Context, Step, StepResult, register
 from filters.dedup_semantic import keep_first
-
-if TYPE_CHECKING:
-    from curate.records import Prompt
 
 _WORD = re.compile(r"\w+")  # word tokens without any downloaded nltk data; punctuation ignored
 # In a band bucket, each prompt is compared with at most this many earlier members: huge
 # buckets are boilerplate shared by distinct prompts, and would otherwise cost n^2. In a huge group
 # of near copies the window holds only dropped copies; the second hop (run) reaches their kept twin.
 _WINDOW = 512
+_CHUNK = 65536  # records whose MinHash signatures are held at once
 
 
 def shingles(text: str, n: int) -> set[str]:
@@ -50,13 +50,13 @@ def _identity(h: int) -> int:
 
 
 def _band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(n, bands) uint64: a multiplicative hash of each band's `rows` MinHash values. A
-    collision only adds a candidate, which the exact Jaccard then rejects."""
+    """(n, bands) uint32: a multiplicative hash of each band's `rows` MinHash values (computed in 64
+    bits, the high half kept). A collision only adds a candidate, which the exact Jaccard then rejects."""
     keys = np.zeros((len(sig), bands), np.uint64)
     with np.errstate(over="ignore"):
         for k in range(rows):
             keys = (keys ^ sig[:, k::rows][:, :bands].astype(np.uint64)) * np.uint64(0x100000001B3)
-    return keys
+    return (keys >> np.uint64(32)).astype(np.uint32)
 
 
 def _bucket_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +104,7 @@ class DedupNear(Step):
             raise ValueError("ngram must be >= 1 and num_perm >= 16")
         self.threshold, self.num_perm, self.ngram, self.seed = threshold, num_perm, ngram, seed
         self.same_rendered_text = same_rendered_text
+        self._perms = None
         try:
             self._lsh()
         except ValueError as exc:  # datasketch: "The number of bands are too small (b < 2)"
@@ -119,30 +120,33 @@ class DedupNear(Step):
         return MinHashLSH(threshold=self.threshold, num_perm=self.num_perm, weights=(0.05, 0.95))
 
     def run(self, records: list[Prompt], ctx: Context) -> StepResult:
-        from datasketch import MinHash
-        from datasketch.hashfunc import sha1_hash32
         from tqdm.auto import tqdm
 
         lsh = self._lsh()
-        perms = MinHash(self.num_perm, seed=self.seed).permutations  # shared: built once, not per record
         n = len(records)
-        keys = np.zeros((n, lsh.b), np.uint64)
-        sig = np.zeros((min(n, 65536), self.num_perm), np.uint32)  # signatures live one chunk at a time
-        hashes: list[np.ndarray] = []
-        for i, rec in enumerate(tqdm(records, desc="dedup_near", unit="prompt", disable=not ctx.progress)):
-            grams = shingles(rec.text, self.ngram)
-            h = np.unique(np.fromiter((sha1_hash32(g.encode("utf-8")) for g in grams), np.uint32, len(grams)))
-            hashes.append(h)
-            if len(h):
-                m = MinHash(self.num_perm, seed=self.seed, hashfunc=_identity, permutations=perms, scheme="affine32")
-                m.update_batch(h.tolist())
-                sig[i % len(sig)] = m.hashvalues
-            if i % len(sig) == len(sig) - 1 or i == n - 1:
-                start = i - i % len(sig)
-                keys[start : i + 1] = _band_keys(sig[: i + 1 - start], lsh.b, lsh.r)
-                sig[:] = 0
-        valid = np.array([len(h) > 0 for h in hashes], bool)  # no words: never a near duplicate
+        # Each record's sorted unique shingle hashes, back to back in one array (a list of small arrays
+        # costs ~100 bytes a record more: at millions of records that is the difference).
+        parts: list[np.ndarray] = []
+        ends = np.zeros(n + 1, np.int64)
+        keys = np.zeros((n, lsh.b), np.uint32)  # 32-bit band keys: a collision only adds a candidate
+        with tqdm(total=n, desc="dedup_near", unit="prompt", disable=not ctx.progress) as bar:
+            for start in range(0, n, _CHUNK):  # signatures live one chunk at a time
+                chunk = records[start : start + _CHUNK]
+                sig = np.zeros((len(chunk), self.num_perm), np.uint32)
+                found = []
+                for i, record in enumerate(chunk):
+                    found.append(self._hashes(record))
+                    if len(found[-1]):
+                        sig[i] = self._signature(found[-1])
+                    bar.update()
+                ends[start + 1 : start + len(chunk) + 1] = ends[start] + np.cumsum([len(h) for h in found])
+                parts.append(np.concatenate(found) if found else np.empty(0, np.uint32))
+                keys[start : start + len(chunk)] = _band_keys(sig, lsh.b, lsh.r)
+        hashes = np.concatenate(parts) if parts else np.empty(0, np.uint32)
+        del parts
+        valid = np.diff(ends) > 0  # no words: never a near duplicate
         pairs = [_bucket_pairs(keys[:, b], valid) for b in range(lsh.b)]
+        del keys
         lo = np.concatenate([p[0] for p in pairs]) if pairs else np.empty(0, np.int64)
         hi = np.concatenate([p[1] for p in pairs]) if pairs else np.empty(0, np.int64)
         uniq = np.unique(lo.astype(np.int64) * n + hi)
@@ -151,10 +155,11 @@ class DedupNear(Step):
             earlier[b].append(a)
 
         def jaccard(a: int, b: int) -> float:
-            if self.same_rendered_text and records[a].rendered_text != records[b].rendered_text:
+            if self.same_rendered_text and not records[a].same_rendered_text(records[b]):
                 return 0.0
-            inter = len(np.intersect1d(hashes[a], hashes[b], assume_unique=True))
-            return inter / (len(hashes[a]) + len(hashes[b]) - inter)
+            ha, hb = hashes[ends[a] : ends[a + 1]], hashes[ends[b] : ends[b + 1]]
+            inter = len(np.intersect1d(ha, hb, assume_unique=True))
+            return inter / (len(ha) + len(hb) - inter)
 
         dup_of = keep_first(earlier, jaccard, self.threshold)
         result = StepResult(kept=[r for i, r in enumerate(records) if i not in dup_of])
@@ -162,3 +167,22 @@ class DedupNear(Step):
             a, jac = dup_of[i]
             result.dropped.append((records[i], f"{self.name}: near_dup of {records[a].id} jaccard={jac:.2f}"))
         return result
+
+    def _hashes(self, record: Prompt) -> np.ndarray:
+        """The sorted unique 32-bit hashes of a record's shingles. Look-alike letters and stray marks are
+        folded first (records.normalize_text), as dedup_exact folds them, so a disguised and reworded
+        copy still meets its original."""
+        from datasketch.hashfunc import sha1_hash32
+
+        text = record.text if record.text.isascii() else normalize_text(record.text)
+        grams = shingles(text, self.ngram)
+        return np.unique(np.fromiter((sha1_hash32(g.encode("utf-8")) for g in grams), np.uint32, len(grams)))
+
+    def _signature(self, hashes: np.ndarray) -> np.ndarray:
+        from datasketch import MinHash
+
+        if self._perms is None:  # shared by every signature: built once, not per record
+            self._perms = MinHash(self.num_perm, seed=self.seed).permutations
+        m = MinHash(self.num_perm, seed=self.seed, hashfunc=_identity, permutations=self._perms, scheme="affine32")
+        m.update_batch(hashes.tolist())
+        return m.hashvalues

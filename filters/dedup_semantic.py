@@ -15,6 +15,8 @@ Rule (keep_first, shared with dedup_near): records are visited in input order an
 only with records already kept. A record is dropped when some earlier kept record has
 cos >= threshold; the reason names the most similar one (ties: the earliest). The first
 record of each group stays, and chains do not cascade (A~B, B~C, not A~C: B goes, C stays).
+The pipeline sorts records by records.canonical_key before the steps, so the first is, within a
+criterion, the cleanest copy (lowest records.normalization_cost), then the smallest id.
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ class DedupSemantic(Step):
         self.same_rendered_text, self.keep_rearrangements = same_rendered_text, keep_rearrangements
 
     def _may_merge(self, a: Prompt, b: Prompt) -> bool:
-        if self.same_rendered_text and a.rendered_text != b.rendered_text:
+        if self.same_rendered_text and not a.same_rendered_text(b):
             return False
         if self.keep_rearrangements and _bag(a.text) == _bag(b.text):
             return dedup_key(a.text) == dedup_key(b.text)  # "A and B" / "B and A" is still one prompt

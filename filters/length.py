@@ -2,12 +2,14 @@
 
 Drops prompts too short to say anything to a text encoder, and prompts longer than
 the encoder will ever read (tokens past max_sequence_length are cut at training).
+The counts are not stored in `record.scores`: they cost less to count again than a
+score dict costs to keep on each of millions of records, and a drop reason states them.
 """
 
 from __future__ import annotations
 
 from curate.records import Prompt
-from filters.base import Context, Filter, register
+from filters.base import Filter, register
 
 
 @register
@@ -20,14 +22,10 @@ class LengthFilter(Filter):
                              f"got min_words={min_words} max_words={max_words} max_chars={max_chars}")
         self.min_words, self.max_words, self.max_chars = min_words, max_words, max_chars
 
-    def score(self, records: list[Prompt], ctx: Context) -> None:
-        for record in records:
-            record.scores["words"] = float(len(record.text.split()))
-
     def reason(self, record: Prompt) -> str | None:
-        words = int(record.scores["words"])
         if len(record.text) > self.max_chars:
             return f"too_long {len(record.text)} chars > {self.max_chars}"
+        words = len(record.text.split())
         if words < self.min_words:
             return f"too_short {words} words < {self.min_words}"
         if words > self.max_words:
