@@ -85,13 +85,15 @@ def balance(records: list[Prompt], size: int, quotas: dict[str, dict[str, Any]],
         raise ConfigError(f"on_shortfall must be one of {', '.join(SHORTFALL_POLICIES)}, got {on_shortfall!r}")
     pools: dict[tuple[str, str | None], list[Prompt]] = defaultdict(list)
     dropped: list[tuple[Prompt, str]] = []
+    reasons: dict[tuple[str, str], str] = {}  # one string per reason, not one per record (millions may go)
     for record in records:
-        if record.criterion not in quotas:
-            dropped.append((record, f"balance: no_quota for criterion {record.criterion}"))
-            continue
-        cats = quotas[record.criterion].get("categories")
-        if cats and record.category not in cats:
-            dropped.append((record, f"balance: no_quota for {record.criterion}/{record.category}"))
+        cats = quotas[record.criterion].get("categories") if record.criterion in quotas else None
+        if record.criterion not in quotas or (cats and record.category not in cats):
+            key = (record.criterion, record.category if record.criterion in quotas else "")
+            if key not in reasons:
+                reasons[key] = (f"balance: no_quota for {record.criterion}/{record.category}" if key[1]
+                                else f"balance: no_quota for criterion {record.criterion}")
+            dropped.append((record, reasons[key]))
             continue
         pools[(record.criterion, record.category if cats else None)].append(record)
     available = {key: len(pool) for key, pool in pools.items()}
@@ -116,10 +118,12 @@ def balance(records: list[Prompt], size: int, quotas: dict[str, dict[str, Any]],
                                  "available": sum(n for (c, _), n in available.items() if c == criterion),
                                  "selected": 0, "categories": {}}
         for category, cat_target in cat_targets.items():
-            pool = sorted(pools.get((criterion, category), []), key=lambda r: r.id)
+            pool = pools.pop((criterion, category), [])
+            pool.sort(key=lambda r: r.id)
             take = _select(pool, cat_target, seed)
             chosen = {id(r) for r in take}  # by object: with dedup off, two rows can share an id
-            dropped.extend((r, f"balance: over_quota {criterion}/{category or 'all'}") for r in pool if id(r) not in chosen)
+            over = f"balance: over_quota {criterion}/{category or 'all'}"
+            dropped.extend((r, over) for r in pool if id(r) not in chosen)
             selected.extend(take)
             entry["selected"] += len(take)
             if category is not None:

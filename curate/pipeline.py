@@ -7,6 +7,7 @@ and the manifest's per-step counts satisfy in == kept + dropped.
 
 from __future__ import annotations
 
+import itertools
 import math
 import platform
 import sys
@@ -23,9 +24,9 @@ from tqdm.auto import tqdm
 from curate.balance import SHORTFALL_POLICIES, ShortfallError, balance
 from curate.recipe import ANY_KEY, apply_overrides, load_recipe, recipe_hash, validate
 from curate.records import CATEGORIES, CRITERIA, Prompt, canonical_key, parse_reason
-from curate.sources.files import SourceSpec, read_source
-from curate.writer import write_curated
-from filters.base import ConfigError, Context, build_step, cache_dir
+from curate.sources.files import SourceSpec, iter_source
+from curate.writer import CuratedSetWriter
+from filters.base import ConfigError, Context, Step, StepResult, build_step, cache_dir, describe_value
 
 SOURCE_SCHEMA = {
     "generator": str, "n": int, "categories": [str],
@@ -46,6 +47,7 @@ CURATE_SCHEMA: dict[str, Any] = {
     "steps": {ANY_KEY: {ANY_KEY: Any}},
     "quotas": {ANY_KEY: {"fraction": (int, float), "categories": {ANY_KEY: (int, float)}}},
 }
+STREAM_CHUNK_ROWS = 50_000  # rows read and put through the row-wise steps at a time
 
 
 def resolve_recipe(recipe: str, overrides: list[str] = (), sources: list[str] = (),
@@ -57,7 +59,7 @@ def resolve_recipe(recipe: str, overrides: list[str] = (), sources: list[str] = 
     for item in sources:
         criterion, sep, uri = item.partition("=")
         if not sep or not uri:
-            raise ConfigError(f"--source {item!r} is not CRITERION=URI")
+            raise ConfigError(f"--source {describe_value(item)} is not CRITERION=URI")
         data.setdefault("sources", {})[criterion] = [{"uri": uri}]
     data = apply_overrides(data, list(overrides), CURATE_SCHEMA)
     if size is not None:
@@ -76,7 +78,7 @@ def _check(data: dict[str, Any]) -> None:
         raise ConfigError(f"size must be positive, got {data['size']}")
     for criterion in list(data["sources"]) + list(data["quotas"]):
         if criterion not in CRITERIA:
-            raise ConfigError(f"unknown criterion {criterion!r} (criteria: {', '.join(CRITERIA)})")
+            raise ConfigError(f"unknown criterion {describe_value(criterion)} (criteria: {', '.join(CRITERIA)})")
     for criterion, entries in data["sources"].items():
         for i, entry in enumerate(entries or []):
             if ("generator" in entry) == ("uri" in entry):
@@ -90,14 +92,21 @@ def _check(data: dict[str, Any]) -> None:
                 raise ConfigError(f"sources.{criterion}.{i}.n must be >= 0, got {entry['n']}")
     for criterion, quota in data["quotas"].items():
         fraction = (quota or {}).get("fraction", 0)
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or fraction < 0:
-            raise ConfigError(f"quotas.{criterion}.fraction must be a number >= 0, got {fraction!r}")
+        if not _is_weight(fraction):
+            raise ConfigError(f"quotas.{criterion}.fraction must be a number >= 0, got {describe_value(fraction)}")
         if fraction > 0 and not data["sources"].get(criterion):
             raise ConfigError(f"quotas.{criterion} asks for {criterion} prompts but sources.{criterion} is empty")
-        for category in (quota or {}).get("categories") or {}:
+        weights = (quota or {}).get("categories") or {}
+        for category, weight in weights.items():
             if category not in CATEGORIES:
                 raise ConfigError(f"quotas.{criterion}.categories.{category}: unknown category "
                                   f"(categories: {', '.join(CATEGORIES)})")
+            if not _is_weight(weight):
+                raise ConfigError(f"quotas.{criterion}.categories.{category} must be a number >= 0, "
+                                  f"got {describe_value(weight)}")
+        if weights and not sum(weights.values()) > 0:
+            raise ConfigError(f"quotas.{criterion}.categories: every weight is 0, so no {criterion} prompt could be "
+                              "chosen; give a category a positive weight, or drop `categories` to take any")
     if data.get("on_shortfall", "scale") not in SHORTFALL_POLICIES:
         raise ConfigError(f"on_shortfall must be one of {', '.join(SHORTFALL_POLICIES)}")
     for name, params in (data.get("steps") or {}).items():
@@ -107,12 +116,17 @@ def _check(data: dict[str, Any]) -> None:
             build_step(name, params)  # fail on a typo before any work is done
 
 
+def _is_weight(value: Any) -> bool:
+    """A quota share: a finite number >= 0 (a negative or NaN one would silently empty a criterion)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
 def _step_criteria(name: str, criteria: Any) -> list[str] | None:
     """A step's `criteria` option: None (all) or a list of known criteria."""
     if criteria is None:
         return None
     if not isinstance(criteria, list) or not all(isinstance(c, str) for c in criteria):
-        raise ConfigError(f"steps.{name}.criteria must be a list of criteria, e.g. [quality], got {criteria!r}")
+        raise ConfigError(f"steps.{name}.criteria must be a list of criteria, e.g. [quality], got {describe_value(criteria)}")
     for criterion in criteria:
         if criterion not in CRITERIA:
             raise ConfigError(f"steps.{name}.criteria: unknown criterion {criterion!r} (criteria: {', '.join(CRITERIA)})")
@@ -138,105 +152,185 @@ def _seed_for(seed: int, *parts: object) -> int:
     return zlib.crc32(":".join(map(str, (seed, *parts))).encode())
 
 
-def _read_sources(data: dict[str, Any], seed: int, progress: bool):
-    """Every pool of every criterion, in recipe order: (records, rejected, source stats)."""
+@dataclass
+class _PlannedStep:
+    """A built step with its criteria and its counts, which add up over calls (a streamed step runs
+    once per chunk)."""
+
+    name: str
+    step: Step
+    criteria: list[str] | None  # None: every criterion
+    seen: int = 0
+    kept: int = 0
+    dropped: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def run(self, records: list[Prompt], ctx: Context) -> StepResult:
+        """The step on `records`; records outside its criteria pass through untouched, in their places."""
+        started = time.perf_counter()
+        if self.criteria is None:
+            result = self.step.run(records, ctx)
+        else:
+            result = self.step.run([r for r in records if r.criterion in self.criteria], ctx)
+            dropped_ids = {id(r) for r, _ in result.dropped}
+            result.kept = [r for r in records if r.criterion not in self.criteria or id(r) not in dropped_ids]
+        self.seen += len(records)
+        self.kept += len(result.kept)
+        self.dropped += len(result.dropped)
+        self.reasons.update(reason_kind(r) for _, r in result.dropped)
+        self.seconds += time.perf_counter() - started
+        return result
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "in": self.seen, "kept": self.kept, "dropped": self.dropped,
+                "reasons": dict(self.reasons), "seconds": round(self.seconds, 3)}
+
+
+def _plan_steps(data: dict[str, Any]) -> list[_PlannedStep]:
+    planned = []
+    for name, params in (data.get("steps") or {}).items():
+        if params is None:
+            continue  # disabled with --set steps.NAME=null
+        params = dict(params)
+        criteria = _step_criteria(name, params.pop("criteria", None))
+        planned.append(_PlannedStep(name, build_step(name, params), criteria))
+    return planned
+
+
+class _Rejections:
+    """Every dropped row goes to the writer as it is dropped; only the counts stay in memory."""
+
+    def __init__(self, writer: CuratedSetWriter):
+        self.writer, self.count, self.kinds = writer, 0, Counter()
+
+    def add(self, dropped: list[tuple[Prompt, str]]) -> None:
+        self.writer.reject(dropped)
+        self.count += len(dropped)
+        self.kinds.update(parse_reason(r) for _, r in dropped)
+
+
+def _pools(data: dict[str, Any], seed: int):
+    """(criterion, uri, rows, skipped files) per pool of every criterion, in recipe order; rows stream
+    as (record, None) or (record, rejection reason)."""
     from curate.balance import plan_quotas
 
     plan = plan_quotas(data["size"], data["quotas"])
     oversample = float(data.get("oversample", 2.0))
+    for criterion, pool in data["sources"].items():
+        for i, entry in enumerate(pool or []):
+            skipped: list[dict[str, str]] = []
+            if "generator" in entry:
+                from curate.sources.generators import CRITERION_OF, generate
+
+                if CRITERION_OF.get(entry["generator"], criterion) != criterion:
+                    raise ConfigError(f"sources.{criterion}.{i}: generator {entry['generator']!r} "
+                                      f"makes {CRITERION_OF[entry['generator']]} prompts, not {criterion}")
+                n = entry["n"] if entry.get("n") is not None else math.ceil(plan.criteria.get(criterion, 0) * oversample) + 16
+                got = generate(entry["generator"], n, _seed_for(seed, criterion, i), categories=entry.get("categories"))
+                yield criterion, f"generator:{entry['generator']}", ((r, None) for r in got), skipped
+            else:
+                spec = SourceSpec(**entry)
+                yield criterion, spec.uri, iter_source(spec, criterion, skipped), skipped
+
+
+def _stream(data: dict[str, Any], seed: int, steps: list[_PlannedStep], ctx: Context, rejections: _Rejections):
+    """Read every pool and run the row-wise `steps` on chunks of rows as they arrive, so only the rows
+    that pass them are ever held. Returns (records kept, per-source stats)."""
     records: list[Prompt] = []
-    rejected: list[tuple[Prompt, str]] = []
-    stats = []
-    entries = [(c, i, e) for c, pool in data["sources"].items() for i, e in enumerate(pool or [])]
-    for criterion, i, entry in tqdm(entries, desc="sources", unit="pool", disable=not progress):
-        if "generator" in entry:
-            from curate.sources.generators import CRITERION_OF, generate
+    source_stats = []
+    names = ", ".join(s.name for s in steps)
+    with tqdm(desc=f"read{' + ' + names if names else ''}", unit="prompt", disable=not ctx.progress) as bar:
+        progress, ctx.progress = ctx.progress, False  # one bar for the stream, not one per chunk and step
+        try:
+            for criterion, uri, rows, skipped in _pools(data, seed):
+                stats = {"criterion": criterion, "uri": uri, "rows_read": 0, "records": 0, "rejected": 0,
+                         "reasons": Counter()}
+                for chunk in _chunks(rows, STREAM_CHUNK_ROWS):
+                    good = [record for record, why in chunk if why is None]
+                    bad = [(record, why) for record, why in chunk if why is not None]
+                    stats["rows_read"] += len(chunk)
+                    stats["records"] += len(good)
+                    stats["rejected"] += len(bad)
+                    stats["reasons"].update(reason_kind(why) for _, why in bad)
+                    rejections.add(bad)
+                    for step in steps:
+                        result = step.run(good, ctx)
+                        good = result.kept
+                        rejections.add(result.dropped)
+                    records.extend(good)
+                    bar.update(len(chunk))
+                source_stats.append({**stats, "reasons": dict(stats["reasons"]),
+                                     **({"skipped_files": skipped} if skipped else {})})
+        finally:
+            ctx.progress = progress
+    return records, source_stats
 
-            if CRITERION_OF.get(entry["generator"], criterion) != criterion:
-                raise ConfigError(f"sources.{criterion}.{i}: generator {entry['generator']!r} "
-                                  f"makes {CRITERION_OF[entry['generator']]} prompts, not {criterion}")
-            n = entry["n"] if entry.get("n") is not None else math.ceil(plan.criteria.get(criterion, 0) * oversample) + 16
-            got = generate(entry["generator"], n, _seed_for(seed, criterion, i), categories=entry.get("categories"))
-            uri, rows_read, bad = f"generator:{entry['generator']}", len(got), []
-        else:
-            spec = SourceSpec(**entry)
-            result = read_source(spec, criterion)
-            uri, got, bad, rows_read = spec.uri, result.records, result.rejected, result.rows_read
-        stats.append({"criterion": criterion, "uri": uri, "rows_read": rows_read, "records": len(got),
-                      "rejected": len(bad), "reasons": dict(Counter(reason_kind(r) for _, r in bad))})
-        records.extend(got)
-        rejected.extend(bad)
-    return records, rejected, stats
 
-
-def _run_step(name: str, params: dict[str, Any], records: list[Prompt], ctx: Context):
-    params = dict(params)
-    criteria = _step_criteria(name, params.pop("criteria", None))
-    step = build_step(name, params)
-    if criteria is None:
-        return step.run(records, ctx)
-    # Records outside the step's criteria pass through untouched, in their places.
-    inside = [r for r in records if r.criterion in criteria]
-    result = step.run(inside, ctx)
-    dropped_ids = {id(r) for r, _ in result.dropped}
-    result.kept = [r for r in records if r.criterion not in criteria or id(r) not in dropped_ids]
-    return result
+def _chunks(items, size: int):
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def build(recipe_name: str, data: dict[str, Any], out_dir: Path, progress: bool = True,
           log=lambda message: print(message, file=sys.stderr)) -> BuildResult:
-    """Run a resolved recipe and write the curated set to out_dir."""
+    """Run a resolved recipe and write the curated set to out_dir.
+
+    The leading row-wise steps (those that decide each record on its own: tag, length, aesthetic, ...)
+    run on chunks as the pools are read; the steps from the first that needs every record (dedup,
+    cluster) on, and balance, run on the records left. Rejected rows are written out as they are dropped."""
     started = time.perf_counter()
     seed = int(data.get("seed", 0))
     ctx = Context(seed=seed, cache_dir=cache_dir(), progress=progress, embedder_spec=dict(data.get("embedder") or {}))
+    steps = _plan_steps(data)
+    n_stream = next((i for i, s in enumerate(steps) if not s.step.rowwise), len(steps))
 
-    records, rejected, source_stats = _read_sources(data, seed, progress)
-    # A canonical order makes every keep-the-first rule downstream independent of the
-    # order rows came in: shuffling an input file changes nothing in the output.
-    records.sort(key=canonical_key)
-    rows_read = sum(s["rows_read"] for s in source_stats)
-    step_stats = []
-    for name, params in (data.get("steps") or {}).items():
-        if params is None:
-            continue  # disabled with --set steps.NAME=null
-        t0 = time.perf_counter()
+    with CuratedSetWriter(out_dir) as writer:
+        rejections = _Rejections(writer)
+        records, source_stats = _stream(data, seed, steps[:n_stream], ctx, rejections)
+        # A canonical order makes every keep-the-first rule downstream independent of the
+        # order rows came in: shuffling an input file changes nothing in the output.
+        records.sort(key=canonical_key)
+        for step in steps[n_stream:]:
+            if progress:
+                print(f"  {step.name} on {len(records):,} prompts", file=sys.stderr)
+            result = step.run(records, ctx)
+            records = result.kept
+            rejections.add(result.dropped)
+
         n_in = len(records)
-        if progress:
-            print(f"  {name} on {n_in:,} prompts", file=sys.stderr)
-        result = _run_step(name, params, records, ctx)
-        records = result.kept
-        rejected.extend(result.dropped)
-        step_stats.append({"name": name, "in": n_in, "kept": len(records), "dropped": len(result.dropped),
-                           "reasons": dict(Counter(reason_kind(r) for _, r in result.dropped)),
-                           "seconds": round(time.perf_counter() - t0, 3)})
+        kept, over, report = balance(records, data["size"], data["quotas"], _seed_for(seed, "balance"),
+                                     data.get("on_shortfall", "scale"))
+        del records
+        rejections.add(over)
+        step_stats = [s.summary() for s in steps]
+        step_stats.append({"name": "balance", "in": n_in, "kept": len(kept), "dropped": len(over),
+                           "reasons": dict(Counter(reason_kind(r) for _, r in over)), "seconds": 0.0})
+        if not kept:  # nothing to train on: an error, with what the pools lacked and why rows were dropped
+            why = rejections.kinds.most_common(3)
+            raise ShortfallError("the set would be empty: " + ("; ".join(report["shortfalls"]) or "no prompts left")
+                                 + (" (most dropped: " + ", ".join(f"{' '.join(k)} {n:,}" for k, n in why) + ")"
+                                    if why else ""))
+        for line in report["shortfalls"]:
+            log(f"warning: shortfall: {line} (on_shortfall={data.get('on_shortfall', 'scale')})")
+        if report["shortfalls"] and data.get("on_shortfall", "scale") == "scale":
+            log(f"warning: the set was scaled to {len(kept):,} records to keep the recipe's fractions")
 
-    n_in = len(records)
-    kept, over, report = balance(records, data["size"], data["quotas"], _seed_for(seed, "balance"),
-                                 data.get("on_shortfall", "scale"))
-    rejected.extend(over)
-    step_stats.append({"name": "balance", "in": n_in, "kept": len(kept), "dropped": len(over),
-                       "reasons": dict(Counter(reason_kind(r) for _, r in over)), "seconds": 0.0})
-    if not kept:  # nothing to train on: an error, with what the pools lacked and why rows were dropped
-        why = Counter(" ".join(parse_reason(r)) for _, r in rejected).most_common(3)
-        raise ShortfallError("the set would be empty: " + ("; ".join(report["shortfalls"]) or "no prompts left")
-                             + (" (most dropped: " + ", ".join(f"{k} {n:,}" for k, n in why) + ")" if why else ""))
-    for line in report["shortfalls"]:
-        log(f"warning: shortfall: {line} (on_shortfall={data.get('on_shortfall', 'scale')})")
-    if report["shortfalls"] and data.get("on_shortfall", "scale") == "scale":
-        log(f"warning: the set was scaled to {report['planned_size']} records to keep the recipe's fractions")
-
-    seconds = time.perf_counter() - started
-    manifest = {
-        "recipe_name": recipe_name, "recipe": data, "recipe_hash": recipe_hash(data),
-        "seed": seed, "size": data["size"], "sources": source_stats, "steps": step_stats,
-        "quotas": report["quotas"], "shortfalls": report["shortfalls"],
-        "counts": {"rows_read": rows_read, "kept": len(kept), "rejected": len(rejected)},
-        "versions": _versions(), "seconds": round(seconds, 3),
-    }
-    write_curated(out_dir, kept, rejected, manifest)
-    return BuildResult(out_dir=Path(out_dir), kept=len(kept), rejected=len(rejected),
-                       reasons=Counter(reason_kind(r) for _, r in rejected), shortfalls=report["shortfalls"],
-                       seconds=time.perf_counter() - started)
+        rows_read = sum(s["rows_read"] for s in source_stats)
+        manifest = {
+            "recipe_name": recipe_name, "recipe": data, "recipe_hash": recipe_hash(data),
+            "seed": seed, "size": data["size"], "sources": source_stats, "steps": step_stats,
+            "quotas": report["quotas"], "shortfalls": report["shortfalls"],
+            "counts": {"rows_read": rows_read, "kept": len(kept), "rejected": rejections.count},
+            "versions": _versions(), "seconds": round(time.perf_counter() - started, 3),
+        }
+        writer.finish(kept, manifest)
+    reasons = Counter()
+    for (_, kind), n in rejections.kinds.items():
+        reasons[kind] += n
+    return BuildResult(out_dir=writer.out_dir, kept=len(kept), rejected=rejections.count, reasons=reasons,
+                       shortfalls=report["shortfalls"], seconds=time.perf_counter() - started)
 
 
 def _versions() -> dict[str, str]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from filters.base import ConfigError
+from filters.base import ConfigError, describe_value
 
 ANY_KEY = "*"
 
@@ -73,14 +73,73 @@ def load_recipe(name_or_path: str, kind: str) -> tuple[str, dict[str, Any]]:
         path = recipe_dir(kind) / f"{name_or_path}.yaml"
         if not path.exists():
             known = ", ".join(list_recipes(kind)) or "none"
-            raise ConfigError(f"no {kind} recipe named {name_or_path!r} (shipped: {known}; or pass a .yaml path)")
+            raise ConfigError(f"no {kind} recipe named {describe_value(name_or_path)} "
+                              f"(shipped: {known}; or pass a .yaml path)")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes is not a recipe (at most {MAX_RECIPE_BYTES:,})")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except (ConfigError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping at the top level")
     return path.stem, data
+
+
+MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_VALUES = 100_000  # values a recipe may hold once its aliases are expanded (shipped ones: < 1,000)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as yaml.safe_load reads it, refusing what would make it a hazard downstream: a key given
+    twice in a mapping, aliases that expand to more than MAX_RECIPE_VALUES values (a "billion laughs"
+    bomb: 600 bytes that validation, hashing or an error message would expand to gigabytes), an alias
+    that contains itself, and nesting deeper than Python can walk."""
+    try:
+        return _parse_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {' '.join(str(exc).split())[:300]}") from exc
+
+
+def _parse_yaml(text: str) -> Any:
+    """load_yaml, except that invalid YAML raises yaml.YAMLError (a --set value then stays a string)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node) > MAX_RECIPE_VALUES:
+            raise ConfigError(f"its aliases expand to more than {MAX_RECIPE_VALUES:,} values; "
+                              "write the values out instead of nesting aliases")
+        return loader.construct_document(node) if node is not None else None
+    except RecursionError as exc:
+        raise ConfigError("nested too deeply to read") from exc
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values the node graph holds with every alias expanded, counted without expanding (each
+    shared node's size is computed once)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ConfigError("an alias refers to a value that contains it (a recursive structure)")
+        open_nodes.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        sizes[key] = 1 + sum(size(child) for child in children)
+        open_nodes.discard(key)
+        return sizes[key]
+
+    return size(root)
 
 
 FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -89,14 +148,16 @@ FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 def parse_override(item: str) -> tuple[list[str], Any]:
     """'a.b=3' -> (['a', 'b'], 3); the value is read as YAML (numbers, lists, null)."""
     if "=" not in item:
-        raise ConfigError(f"override {item!r} is not KEY=VALUE")
+        raise ConfigError(f"override {describe_value(item)} is not KEY=VALUE")
     key, raw = item.split("=", 1)
     if not key.strip():
-        raise ConfigError(f"override {item!r} has an empty key")
+        raise ConfigError(f"override {describe_value(item)} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        value = raw
+        value = raw  # not YAML: the plain string
+    except ConfigError as exc:
+        raise ConfigError(f"--set {key.strip()}: {exc}") from exc
     if isinstance(value, str) and FLOAT_RE.fullmatch(value.strip()):
         value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; on a command line it is a number
     return key.strip().split("."), value
@@ -164,7 +225,7 @@ def validate(data: Any, schema: Any, where: str = "") -> None:
         if not isinstance(data, schema) or (bool not in schema and isinstance(data, bool)):
             names = "/".join(t.__name__ for t in schema)
             hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(data, str) and FLOAT_RE.fullmatch(data) else ""
-            raise ConfigError(f"{where} must be {names}, got {data!r}{hint}")
+            raise ConfigError(f"{where} must be {names}, got {describe_value(data)}{hint}")
     elif isinstance(schema, type):
         validate(data, (schema,), where)
 

@@ -1,6 +1,6 @@
 """`curate inspect`: what a curated set holds (and the loading and table helpers `curate diff` shares).
 
-Plain functions over a curated-set folder (DESIGN.md "Output layout of curate build"):
+Plain functions over a curated-set folder (data/, rejected/, manifest.json):
 
     summarize(dir)            -> dict   machine-readable summary (`curate inspect --json`)
     render_tables(summary)    -> str    aligned plain-text tables (`curate inspect`)
@@ -303,7 +303,8 @@ def summarize(dir: Path, examples: int = 3) -> dict[str, Any]:
         "categories": categories,
         "sources": sources,
         "inputs": [
-            {k: s.get(k) for k in ("criterion", "uri", "rows_read", "records", "rejected")}
+            {**{k: s.get(k) for k in ("criterion", "uri", "rows_read", "records", "rejected")},
+             "skipped_files": len(s.get("skipped_files") or [])}
             for s in manifest.get("sources") or []
         ],
         "steps": [
@@ -403,10 +404,10 @@ def _tables(summary: dict[str, Any]) -> dict[str, Table]:
     tables["sources"] = Table("Kept prompts by source", ["source", "count", "share"], rows, "lrr")
 
     if summary["inputs"]:
-        rows = [[str(s["criterion"] or ""), str(s["uri"] or ""),
-                 _num(s["rows_read"]), _num(s["records"]), _num(s["rejected"])] for s in summary["inputs"]]
-        tables["inputs"] = Table("Inputs (manifest)", ["criterion", "uri", "rows read", "records", "rejected"],
-                                 rows, "llrrr")
+        rows = [[str(s["criterion"] or ""), str(s["uri"] or ""), _num(s["rows_read"]), _num(s["records"]),
+                 _num(s["rejected"]), _num(s.get("skipped_files", 0))] for s in summary["inputs"]]
+        tables["inputs"] = Table("Inputs (manifest)", ["criterion", "uri", "rows read", "records", "rejected",
+                                                       "files skipped"], rows, "llrrrr")
 
     if summary["steps"]:
         rows = []

@@ -1,8 +1,8 @@
-"""Write and read curated sets in the layout of DESIGN.md, atomically.
+"""Write and read curated sets (data/, rejected/, manifest.json: the README's layout), atomically.
 
-The set is assembled in a hidden sibling folder and renamed into place only once
-manifest.json is written, so a folder with a manifest is always complete, and a
-killed build leaves nothing that passes for finished.
+The set is assembled in a hidden staging folder beside the output and renamed into
+place only once manifest.json is written, so a folder with a manifest is always
+complete, and a killed build leaves nothing that passes for finished.
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from curate.records import Prompt, parse_reason
+from curate.records import Prompt, parse_reason, records_to_columns
 
 FORMAT = "t5shrink.curated/1"
 PART = "part-00000.parquet"
@@ -26,6 +29,7 @@ class OutputError(ValueError):
 
 
 def _schema(score_keys: list[str], rejected: bool):
+    """The parquet layout of data/ (and, with `rejected`, of rejected/: plus step and reason)."""
     import pyarrow as pa
 
     keys = score_keys or ["words"]  # parquet cannot store a struct with no fields
@@ -39,26 +43,47 @@ def _schema(score_keys: list[str], rejected: bool):
     return pa.schema(fields)
 
 
-def _table(rows: list[dict[str, Any]], rejected: bool):
+def _table(records: list[Prompt], reasons: list[str] | None):
+    """Records as a table in that layout, built column by column (no dict per record)."""
     import pyarrow as pa
 
-    score_keys = sorted({k for row in rows for k in row["scores"]})
-    for row in rows:
-        row["scores"] = {k: row["scores"].get(k) for k in score_keys} if score_keys else None
-    return pa.Table.from_pylist(rows, schema=_schema(score_keys, rejected))
+    columns = records_to_columns(records)
+    scores = columns["scores"]
+    keys = sorted({k for s in scores if s for k in s})
+    schema = _schema(keys, reasons is not None)
+    if keys:  # every record gets every key (null where it has no such score)
+        columns["scores"] = pa.StructArray.from_arrays(
+            [pa.array([s.get(k) if s else None for s in scores], pa.float64()) for k in keys], names=keys)
+    else:
+        columns["scores"] = pa.nulls(len(records), schema.field("scores").type)
+    if reasons is not None:
+        columns["step"] = [parse_reason(reason)[0] for reason in reasons]
+        columns["reason"] = reasons
+    return pa.table({name: columns[name] for name in schema.names}, schema=schema)
 
 
-def _write_parquet(rows: list[dict[str, Any]], path: Path, rejected: bool) -> dict[str, Any]:
+def _write_parquet(records: list[Prompt], path: Path, reasons: list[str] | None = None) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(_table(rows, rejected), path, compression="zstd")
-    return {"rows": len(rows), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    pq.write_table(_table(records, reasons), path, compression="zstd")
+    return {"rows": len(records), "sha256": _sha256(path)}
 
 
-def write_curated(out_dir: Path, kept: list[Prompt], rejected: list[tuple[Prompt, str]],
-                  manifest: dict[str, Any]) -> Path:
-    """Write DIR/data, DIR/rejected and DIR/manifest.json; replace DIR only when done."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+REJECTED_PART_ROWS = 50_000  # rejected rows are written out in parts of this many, so they never pile up
+REJECTED_PART_CHARS = 64 * 2**20  # ... or of this much text, whichever comes first
+
+
+def check_output_dir(out_dir: Path) -> Path:
+    """`out_dir` resolved, if a build may replace it: nothing, an empty folder or a curated set."""
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir} is a file; choose a folder for --output")
@@ -73,19 +98,63 @@ def write_curated(out_dir: Path, kept: list[Prompt], rejected: list[tuple[Prompt
         if foreign:  # replacing the set would delete these too
             raise OutputError(f"{out_dir} holds {foreign[0]!r}, which is not part of a curated set; "
                               "move it or choose another --output")
-    partial = staging_path(out_dir)
-    outputs = {f"data/{PART}": _write_parquet([r.to_dict() for r in kept], partial / "data" / PART, False)}
-    rejected_rows = []
-    for record, reason in rejected:
-        row = record.to_dict()
-        row["step"], row["reason"] = parse_reason(reason)[0], reason
-        rejected_rows.append(row)
-    outputs[f"rejected/{PART}"] = _write_parquet(rejected_rows, partial / "rejected" / PART, True)
-    manifest = {"format": FORMAT, **manifest, "outputs": outputs}
-    atomic_write_text(partial / "manifest.json", json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
-    _fsync_dir(partial)
-    swap_into_place(partial, out_dir)
     return out_dir
+
+
+class CuratedSetWriter:
+    """Writes DIR/data, DIR/rejected and DIR/manifest.json, replacing DIR only when all is written.
+
+    The set is assembled in a staging folder beside DIR. Rejected rows are written as they come
+    (`reject`), in parts of at most REJECTED_PART_ROWS rows, so a build that drops millions of rows
+    never holds them all; `finish` writes the kept rows and the manifest and moves the set into place.
+    As a context manager, an error on the way leaves nothing behind but what was there before."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = check_output_dir(out_dir)
+        self.staging = staging_path(self.out_dir)
+        self.outputs: dict[str, dict[str, Any]] = {}
+        self._pending: list[tuple[Prompt, str]] = []
+        self._pending_chars = 0
+
+    def __enter__(self) -> "CuratedSetWriter":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if error is not None:
+            discard_staging(self.staging)
+
+    def reject(self, dropped: Iterable[tuple[Prompt, str]]) -> None:
+        """Queue dropped records with their reasons; written out in parts as the queue fills."""
+        for pair in dropped:
+            self._pending.append(pair)
+            self._pending_chars += len(pair[0].text)
+            if len(self._pending) >= REJECTED_PART_ROWS or self._pending_chars >= REJECTED_PART_CHARS:
+                self._write_rejected()
+
+    def _write_rejected(self) -> None:
+        records = [record for record, _ in self._pending]
+        reasons = [reason for _, reason in self._pending]
+        self._pending, self._pending_chars = [], 0
+        part = f"rejected/part-{sum(k.startswith('rejected/') for k in self.outputs):05d}.parquet"
+        self.outputs[part] = _write_parquet(records, self.staging / part, reasons)
+
+    def finish(self, kept: list[Prompt], manifest: dict[str, Any]) -> Path:
+        if self._pending or not any(k.startswith("rejected/") for k in self.outputs):
+            self._write_rejected()  # an empty part when nothing was rejected: rejected/ always exists
+        self.outputs[f"data/{PART}"] = _write_parquet(kept, self.staging / "data" / PART)
+        manifest = {"format": FORMAT, **manifest, "outputs": self.outputs}
+        atomic_write_text(self.staging / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
+        _fsync_dir(self.staging)
+        swap_into_place(self.staging, self.out_dir)
+        return self.out_dir
+
+
+def write_curated(out_dir: Path, kept: list[Prompt], rejected: list[tuple[Prompt, str]],
+                  manifest: dict[str, Any]) -> Path:
+    """Write a whole curated set at once (see CuratedSetWriter)."""
+    with CuratedSetWriter(out_dir) as writer:
+        writer.reject(rejected)
+        return writer.finish(kept, manifest)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -102,52 +171,90 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+# ---- staging: assemble beside the output, move into place when complete --------------------------
+
+STAGING_MARKER = ".t5shrink-staging.json"  # what makes a hidden folder ours to clean up, and whose
+
+
 def staging_path(out: Path, folder: bool = True) -> Path:
-    """A fresh hidden `.NAME.partial-PID` beside `out` to assemble it in (a folder, created, or a file
-    path), to be moved into place when complete. Leftovers of killed writers of the same `out`
-    (.NAME.partial-*, .NAME.old-*) whose process is gone are deleted first, so kills do not pile up
-    copies."""
+    """Where to assemble `out` (a folder, created, or a file path) before `swap_into_place` moves it there.
+
+    It lies in a fresh hidden folder `.NAME.partial-PID-XXXX` beside `out` that carries a marker naming
+    this process and host. Leftovers of killed writers of the same `out` are deleted first, so kills do
+    not pile up copies; only folders with such a marker whose writer is gone count as leftovers: anything
+    else beside the output (a user's `.NAME.partial-draft`, say) is never touched."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for pattern in (f".{out.name}.partial-*", f".{out.name}.old-*"):
-        for stale in out.parent.glob(glob.escape(pattern[:-1]) + "*"):
-            if _running(stale.name.rpartition("-")[2]):
-                continue  # another writer's, still at work
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    remove_leftovers(out)
+    staging = _marked_folder(out, "partial") / out.name
     if folder:
         staging.mkdir()
     return staging
 
 
-def _running(pid: str) -> bool:
+def _marked_folder(out: Path, kind: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))
+    marker = {"writer": "t5shrink", "pid": os.getpid(), "host": socket.gethostname(), "target": out.name}
+    (folder / STAGING_MARKER).write_text(json.dumps(marker) + "\n")
+    return folder
+
+
+def _marker(folder: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((folder / STAGING_MARKER).read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and data.get("writer") == "t5shrink" else None
+
+
+def remove_leftovers(out: Path) -> None:
+    """Delete what killed writers of `out` left beside it: marked folders of this host whose process is gone."""
+    out = Path(out)
+    for kind in ("partial", "old"):
+        for folder in out.parent.glob(glob.escape(f".{out.name}.{kind}-") + "*"):
+            marker = _marker(folder) if folder.is_dir() and not folder.is_symlink() else None
+            if (marker is None or marker.get("target") != out.name or marker.get("host") != socket.gethostname()
+                    or _running(marker.get("pid"))):
+                continue  # not ours, another machine's, or a writer still at work
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def discard_staging(staging: Path) -> None:
+    """Remove a staging path and its marked folder (a build that failed)."""
+    holder = staging.parent
+    target = holder if _marker(holder) is not None else staging
+    if target.is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        target.unlink(missing_ok=True)
+
+
+def _running(pid: Any) -> bool:
     """Whether `pid` is a live process other than this one (a leftover's writer still at work)."""
-    if not pid.isdigit() or int(pid) == os.getpid():
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid == os.getpid():
         return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True  # alive, someone else's
+    except (PermissionError, OverflowError):
+        return True  # alive, someone else's (or a number no process has: leave it be)
     return True
 
 
 def swap_into_place(staging: Path, out: Path) -> None:
-    """Replace `out` (a folder or file, or nothing) with the complete folder `staging`. The old one is
-    moved aside first and deleted last, so a kill at any moment leaves the old or the new `out` whole
-    (plus, at worst, a hidden `.NAME.old-PID` leftover), never neither."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.rename(out, old)
+    """Replace `out` (a folder or file, or nothing) with the complete `staging`. The old one is moved
+    aside into a marked folder first and deleted last, so a kill at any moment leaves the old or the new
+    `out` whole (plus, at worst, a marked leftover the next write removes), never neither."""
+    staging, out = Path(staging), Path(out)
+    aside = None
+    if out.exists() or out.is_symlink():
+        aside = _marked_folder(out, "old")
+        os.rename(out, aside / out.name)
     os.rename(staging, out)
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    elif old.exists():
-        old.unlink()
+    for folder in (aside, staging.parent):
+        if folder is not None and _marker(folder) is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -53,13 +54,18 @@ class Context:
 
     def embed(self, records: list[Prompt]) -> np.ndarray:
         """(n, d) float32, L2-normalised, one row per record, cached on disk by text."""
+        self.embedder.progress = self.progress  # the context's setting now, not when the embedder was built
         return self.embedder.encode([r.text for r in records])
 
 
 class Step:
-    """Base of every pipeline step. Subclasses set `name` and implement `run`."""
+    """Base of every pipeline step. Subclasses set `name` and implement `run`.
+
+    A `rowwise` step decides each record on its own (nothing in its result depends on the other
+    records), so the pipeline runs it on chunks of rows as they are read instead of on the whole pool."""
 
     name: ClassVar[str] = ""
+    rowwise: ClassVar[bool] = False
 
     def run(self, records: list[Prompt], ctx: Context) -> StepResult:
         raise NotImplementedError
@@ -67,7 +73,10 @@ class Step:
 
 class Filter(Step):
     """Score once, then decide: `score` caches numbers in `record.scores`, `reason`
-    compares them with thresholds. Changing a threshold never needs a new score."""
+    compares them with thresholds. Changing a threshold never needs a new score. Row-wise: a
+    filter's scores and decisions are per record."""
+
+    rowwise = True
 
     def score(self, records: list[Prompt], ctx: Context) -> None:
         """Fill record.scores; the default scores nothing."""
@@ -102,6 +111,20 @@ class ConfigError(ValueError):
     """A recipe or override that does not fit: the message names the offending key."""
 
 
+def describe_value(value: Any, limit: int = 60) -> str:
+    """A value for an error message, bounded whatever it holds: a scalar as its repr (cut at `limit`
+    characters), a container as its type, its size and a short prefix. Never expands a whole tree (a
+    YAML alias bomb's repr would take minutes and gigabytes)."""
+    if isinstance(value, (list, tuple, dict, set)):
+        short = reprlib.Repr()
+        short.maxlevel, short.maxstring, short.maxother = 2, 30, 30
+        short.maxlist = short.maxtuple = short.maxdict = short.maxset = 3
+        text = short.repr(value)
+        return f"a {type(value).__name__} of {len(value)} item(s) {text[:limit]}"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def build_step(name: str, params: dict[str, Any] | None, where: str = "steps") -> Step:
     """Build a registered step from recipe data; unknown names and keys are errors."""
     _import_builtin_steps()
@@ -120,7 +143,7 @@ def build_step(name: str, params: dict[str, Any] | None, where: str = "steps") -
             allowed = ", ".join(k for k in accepted if k != "self") or "none"
             raise ConfigError(f"unknown key {where}.{name}.{key} (allowed: {allowed})")
         if key in hints and not _fits_type(value, hints[key]):
-            raise ConfigError(f"{where}.{name}.{key} must be {_type_name(hints[key])}, got {value!r}")
+            raise ConfigError(f"{where}.{name}.{key} must be {_type_name(hints[key])}, got {describe_value(value)}")
     try:
         return cls(**params)
     except (TypeError, ValueError) as exc:

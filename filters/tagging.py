@@ -95,6 +95,7 @@ class TagStep(Step):
     text_rendering without one gets the quoted words of its text."""
 
     name = "tag"
+    rowwise = True
 
     def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 1000, n_process: int = 1,
                  overwrite: bool = False) -> None:

@@ -145,3 +145,49 @@ def test_bf16_embeddings_match_fp32():
     assert (fp32 * bf16).sum(1).min() > 0.999
     with pytest.raises(ValueError, match="dtype"):
         build_embedder(progress=False, dtype="int4")
+
+
+def test_a_cache_folder_that_cannot_be_written_only_means_no_cache(tiny, tmp_path):
+    reference = build_embedder(model=tiny, cache_dir=None, progress=False).encode(CORPUS)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")  # so mkdir fails, even for root
+    with pytest.warns(UserWarning, match="embedding cache: cannot write to") as caught:
+        emb = build_embedder(model=tiny, cache_dir=blocker / "cache", progress=False)
+        np.testing.assert_allclose(emb.encode(CORPUS), reference, atol=1e-6)
+        np.testing.assert_allclose(emb.encode(CORPUS[:2]), reference[:2], atol=1e-6)
+    assert len([w for w in caught if "embedding cache" in str(w.message)]) == 1
+
+
+def test_a_cache_folder_that_fails_mid_build_stops_caching_with_one_warning(tiny, tmp_path):
+    emb = build_embedder(model=tiny, cache_dir=tmp_path, progress=False)
+    reference = emb.encode(CORPUS[:3])
+    (folder,) = {p.parent for p in tmp_path.rglob("*.safetensors")}
+    for shard in folder.iterdir():
+        shard.unlink()
+    folder.rmdir()
+    folder.write_text("the folder is gone: every write fails")  # as a full or read-only disk does
+    with pytest.warns(UserWarning, match="embedding cache: cannot write") as caught:
+        out = emb.encode(CORPUS)
+        emb.encode(CORPUS[3:] + ["one more prompt"])
+    np.testing.assert_allclose(out[:3], reference, atol=1e-6)
+    assert len([w for w in caught if "cannot write" in str(w.message)]) == 1  # not one per shard
+
+
+def test_a_shard_with_valid_checksums_but_inconsistent_rows_is_a_miss(tiny, tmp_path):
+    import hashlib
+
+    from safetensors.numpy import load_file, save_file
+
+    reference = build_embedder(model=tiny, cache_dir=tmp_path, progress=False).encode(CORPUS)
+    (shard,) = tmp_path.rglob("*.safetensors")
+    tensors = load_file(str(shard))
+    for vectors in (np.full_like(tensors["vectors"], np.nan), tensors["vectors"][:-2]):  # non-finite; short
+        meta = {f"{k}_blake2b": hashlib.blake2b(np.ascontiguousarray(v).data, digest_size=16).hexdigest()
+                for k, v in (("keys", tensors["keys"]), ("vectors", vectors))}
+        save_file({"keys": tensors["keys"], "vectors": np.ascontiguousarray(vectors)}, str(shard), metadata=meta)
+        emb = build_embedder(model=tiny, cache_dir=tmp_path, progress=False)
+        calls = count_calls(emb, "_encode_texts")
+        with pytest.warns(UserWarning, match="ignoring damaged shard"):
+            out = emb.encode(CORPUS)
+        np.testing.assert_allclose(out, reference, atol=1e-6)  # recomputed, never the shard's NaN
+        assert sum(calls) == len(CORPUS)

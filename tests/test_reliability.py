@@ -78,14 +78,15 @@ def _run_build(out, extra=("--quiet",)):
 
 
 def _partial(parent, name="out"):
-    return next(iter(parent.glob(f".{name}.partial-*")), None)
+    """The set being assembled: `name` inside the marked staging folder beside it."""
+    return next((p / name for p in parent.glob(f".{name}.partial-*") if (p / name).exists()), None)
 
 
 KILL_POINTS = {
     "mid-pipeline": None,  # when the build says it starts dedup_exact (its stderr), whatever the machine's speed
-    "writer started": lambda parent: _partial(parent),
-    "data written, rejected not yet": lambda parent: (p := _partial(parent)) and (p / "data/part-00000.parquet").exists()
-    and p,
+    "reading": lambda parent: _partial(parent),  # the staging folder is made before the first row is read
+    "rejected written, data not yet": lambda parent: (p := _partial(parent)) and (p / "rejected").exists()
+    and not (p / "data").exists() and p,
 }
 
 
@@ -153,23 +154,37 @@ def test_rows_sharing_an_id_are_all_accounted_for_without_dedup(tmp_path):
     assert balance["in"] == balance["kept"] + balance["dropped"]
 
 
-def test_a_new_write_clears_what_killed_writers_left_beside_the_output(tmp_path):
-    from curate.writer import staging_path, swap_into_place
+def test_a_new_write_clears_only_what_killed_writers_left_beside_the_output(tmp_path):
+    import json
+    import socket
 
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()  # a writer killed earlier: its pid names no live process
+    from curate.writer import STAGING_MARKER, staging_path, swap_into_place
+
     out = tmp_path / "export"
-    (tmp_path / f".export.partial-{gone.pid}").mkdir()  # killed while assembling
-    (tmp_path / f".export.old-{gone.pid}").mkdir()  # killed between the two renames
-    (tmp_path / f".export.partial-{gone.pid}x").write_text("half a file")
-    (tmp_path / f".exports.partial-{gone.pid}").mkdir()  # another output's: not ours to delete
-    (tmp_path / f".export.partial-{os.getppid()}").mkdir()  # a live writer's (our parent): left alone
+    killed = ("import os, sys; from pathlib import Path; from curate.writer import staging_path, _marked_folder; "
+              "out = Path(sys.argv[1]); (staging_path(out) / 'half.txt').write_text('x'); "
+              "(_marked_folder(out, 'old') / 'export').mkdir(); os._exit(0)")  # dies mid-write, between the renames
+    subprocess.run([sys.executable, "-c", killed, str(out)], check=True)
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    assert len(list(tmp_path.glob(".export.*"))) == 2
+    # Hidden siblings that only look like leftovers: a user's, another output's, a live writer's, another host's
+    (tmp_path / f".export.partial-{dead_pid}").mkdir()  # no marker: not written by t5shrink
+    (tmp_path / ".export.old-backup").mkdir()
+    (tmp_path / ".export.partial-draft").write_text("notes")
+    for name, pid, host in ((".export.partial-live", os.getppid(), socket.gethostname()),
+                            (".export.partial-remote", int(dead_pid), "another-host"),
+                            (".exports.partial-x", int(dead_pid), socket.gethostname())):
+        (tmp_path / name).mkdir()
+        marker = {"writer": "t5shrink", "pid": pid, "host": host, "target": name.split(".")[1]}
+        (tmp_path / name / STAGING_MARKER).write_text(json.dumps(marker))
     staging = staging_path(out)
     (staging / "model.txt").write_text("new")
     swap_into_place(staging, out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".export.partial-{os.getppid()}",
-                                                          f".exports.partial-{gone.pid}", "export"]
-    assert (out / "model.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".export.old-backup", f".export.partial-{dead_pid}", ".export.partial-draft", ".export.partial-live",
+        ".export.partial-remote", ".exports.partial-x", "export"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.txt"]  # the marker stays outside the output
 
 
 def test_output_that_is_a_file_or_the_current_folder_is_refused(tmp_path, monkeypatch):

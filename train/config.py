@@ -11,7 +11,7 @@ import difflib
 from typing import Any
 
 from curate.recipe import apply_overrides, load_recipe, recipe_hash, validate
-from filters.base import ConfigError
+from filters.base import ConfigError, describe_value
 
 NUM = (int, float)
 
@@ -145,27 +145,27 @@ def resolve(
         if data:
             stage["data"] = data
         if not stage.get("data"):
-            raise ConfigError(f"stage {stage['name']!r} has no data (set stages[].data or pass --data)")
+            raise ConfigError(f"stage {describe_value(stage['name'])} has no data (set stages[].data or pass --data)")
         if not isinstance(stage.get("steps"), int) or stage["steps"] < 1:
-            raise ConfigError(f"stage {stage['name']!r}: steps must be a positive integer")
+            raise ConfigError(f"stage {describe_value(stage['name'])}: steps must be a positive integer")
         if not 1 <= stage["max_sequence_length"] <= 512:
-            raise ConfigError(f"stage {stage['name']!r}: max_sequence_length must be in 1..512")
+            raise ConfigError(f"stage {describe_value(stage['name'])}: max_sequence_length must be in 1..512")
         resolved.append(stage)
     cfg["stages"] = resolved
     g = cfg["teacher"]["guidance"]
     if not (isinstance(g, list) and len(g) == 2 and g[0] <= g[1]):
-        raise ConfigError(f"teacher.guidance must be [min, max], got {g!r}")
+        raise ConfigError(f"teacher.guidance must be [min, max], got {describe_value(g)}")
     if cfg["optim"]["schedule"] not in ("constant", "cosine"):
-        raise ConfigError(f"optim.schedule must be constant or cosine, got {cfg['optim']['schedule']!r}")
+        raise ConfigError(f"optim.schedule must be constant or cosine, got {describe_value(cfg['optim']['schedule'])}")
     if cfg["optim"]["mixed_precision"] not in ("auto", "bf16", "no"):
-        raise ConfigError(f"optim.mixed_precision must be auto, bf16 or no, got {cfg['optim']['mixed_precision']!r}")
+        raise ConfigError(f"optim.mixed_precision must be auto, bf16 or no, got {describe_value(cfg['optim']['mixed_precision'])}")
     if cfg["teacher"]["dtype"] not in ("auto", "bf16", "fp16", "fp32"):
-        raise ConfigError(f"teacher.dtype must be auto, bf16, fp16 or fp32, got {cfg['teacher']['dtype']!r}")
+        raise ConfigError(f"teacher.dtype must be auto, bf16, fp16 or fp32, got {describe_value(cfg['teacher']['dtype'])}")
     n, k = cfg["distill"]["sampling_steps"], cfg["distill"]["train_steps"]
     if n < 1 or (k is not None and not 1 <= k <= n):
         raise ConfigError(f"distill.train_steps must be in 1..sampling_steps ({n}), got {k}")
     if cfg["distill"]["update"] not in ("step", "trajectory"):
-        raise ConfigError(f"distill.update must be step or trajectory, got {cfg['distill']['update']!r}")
+        raise ConfigError(f"distill.update must be step or trajectory, got {describe_value(cfg['distill']['update'])}")
     for key, (accept, what, nullable) in RANGES.items():
         _check_value(key, _get(cfg, key), accept, what, nullable)
     for i, stage in enumerate(resolved):
@@ -173,7 +173,7 @@ def resolve(
         _check_value(f"stages.{i}.micro_batch_size", stage["micro_batch_size"], _positive_int, "a positive integer", True)
     sigmas = cfg["validation"]["sigmas"]
     if not sigmas or not all(isinstance(x, (int, float)) and 0 < x <= 1 for x in sigmas):
-        raise ConfigError(f"validation.sigmas must be a non-empty list of noise levels in (0, 1], got {sigmas!r}")
+        raise ConfigError(f"validation.sigmas must be a non-empty list of noise levels in (0, 1], got {describe_value(sigmas)}")
     if cfg["cache"]["offload_text_encoders"] and not (cfg["cache"]["dir"] and cfg["cache"]["precompute"]):
         raise ConfigError("cache.offload_text_encoders needs cache.dir and cache.precompute: the teacher's text "
                           "encoders leave the device, so every prompt must be encoded before")
@@ -227,7 +227,7 @@ def _check_value(key: str, value: Any, accept: Any, what: str, nullable: bool) -
     if value is None and nullable:
         return
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not accept(value):
-        raise ConfigError(f"{key} must be {what}, got {value!r}")
+        raise ConfigError(f"{key} must be {what}, got {describe_value(value)}")
 
 
 def _check_student_config(fields: dict[str, Any]) -> None:

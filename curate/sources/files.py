@@ -1,17 +1,29 @@
-"""Read prompt pools from local files and HF datasets, surviving hostile rows.
+"""Read prompt pools from local files and HF datasets, surviving hostile rows and files.
 
 Every input row becomes either a Prompt or a rejected (Prompt, reason) pair, so
-`rows_read == records + rejected` always holds per source. Only a problem with the
-whole source (missing file, no text column) is an error.
+`rows_read == records + rejected` always holds per source. Rows stream: a file is read a line
+or a record batch at a time, so a pool's size never multiplies in memory.
+
+Failures are isolated as narrowly as they can be:
+- a row that cannot be parsed for any reason (bad JSON, invalid UTF-8, nesting too deep, a
+  number too large, ...) is a rejected row with its reason;
+- a file inside a folder that cannot be read at all (a truncated parquet, a JSON file that is
+  not a table) is skipped with a warning naming it and listed in `skipped_files`;
+- only a problem with the whole source (a missing path, a single file given directly that
+  cannot be read, no text column) is an error, and it names the file.
+A link inside a source folder that points outside it is not followed (pass its target directly
+to read it), so a folder of prompts cannot pull in files from elsewhere on the machine.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
-import itertools
 import io
+import itertools
 import json
 import math
+import os
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
@@ -19,11 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curate.records import CATEGORIES, Prompt, clean_text
+from curate.records import CATEGORIES, Prompt, clean_text, lookalike_reason
 
 SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 TEXT_COLUMNS = ("text", "prompt", "caption", "TEXT", "Prompt", "Caption", "sentence")
 MAX_RAW_CHARS = 100_000  # longer rows are rejected at ingest (stored cut to this), before spaCy sees them
+# A line is read at most this far (UTF-8 takes up to 4 bytes a character); the rest of a longer one is
+# only counted, so a file that is one 10 GB line cannot exhaust memory.
+MAX_LINE_BYTES = 4 * MAX_RAW_CHARS + 4
+PARQUET_BATCH_ROWS = 16_384
+BOM = b"\xef\xbb\xbf"
+
+Row = tuple[Any, "str | None"]  # a raw row (a line or a mapping) and why it could not be parsed, if so
 
 
 class SourceError(ValueError):
@@ -48,28 +67,45 @@ class SourceResult:
     records: list[Prompt]
     rejected: list[tuple[Prompt, str]]
     rows_read: int
+    skipped_files: list[dict[str, str]] = field(default_factory=list)
 
 
 def read_source(spec: SourceSpec, criterion: str) -> SourceResult:
-    """Read every row of a local file/folder or an HF dataset into records."""
+    """Every row of a local file/folder or an HF dataset, as records and rejected rows (in memory;
+    `iter_source` streams)."""
+    result = SourceResult(records=[], rejected=[], rows_read=0)
+    for record, why in iter_source(spec, criterion, result.skipped_files):
+        result.rows_read += 1
+        if why is None:
+            result.records.append(record)
+        else:
+            result.rejected.append((record, why))
+    return result
+
+
+def iter_source(spec: SourceSpec, criterion: str, skipped: list[dict[str, str]] | None = None
+                ) -> Iterator[tuple[Prompt, str | None]]:
+    """(record, None) for each readable row, (record, "ingest: <why>") for each that is not, in file
+    order. Files of a folder that cannot be read are appended to `skipped` as {"path", "reason"}."""
+    skipped = [] if skipped is None else skipped
     path = Path(spec.uri).expanduser()
+    in_folder = path.is_dir() and not _is_hf_saved_dataset(path)
     if path.is_dir() and _is_curated_set(path):
         files = sorted((path / "data").glob("*.parquet"))  # its kept prompts; never rejected/ or the manifest
-        parts: Iterable[tuple[str, Iterable[tuple[Any, str | None]]]] = ((str(f), _read_file(f)) for f in files)
-    elif path.is_dir() and not _is_hf_saved_dataset(path):
-        files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+    elif in_folder:
+        files = _folder_files(path, skipped)
         if not files:
             raise SourceError(f"{spec.uri}: folder has no {'/'.join(SUFFIXES)} files")
-        parts = ((str(f), _read_file(f)) for f in files)
     elif path.is_file():
         if path.suffix not in SUFFIXES:
             raise SourceError(f"{spec.uri}: unsupported file type {path.suffix!r} (use {', '.join(SUFFIXES)})")
-        parts = [(spec.uri, _read_file(path))]
+        files = [path]
     elif (not path.exists()) and looks_like_path(spec.uri):
         raise SourceError(f"{spec.uri}: no such file or folder")
     else:
-        parts = [(spec.uri, _read_hf(spec))]
-    return _to_records(parts, spec, criterion, in_folder=path.is_dir() and not _is_hf_saved_dataset(path))
+        return _to_records([(spec.uri, _read_hf(spec))], spec, criterion, False, skipped)
+    parts = ((str(f), _guarded(f, in_folder, skipped)) for f in files)
+    return _to_records(parts, spec, criterion, in_folder, skipped)
 
 
 def looks_like_path(uri: str) -> bool:
@@ -88,47 +124,112 @@ def _is_hf_saved_dataset(path: Path) -> bool:
 def _is_curated_set(path: Path) -> bool:
     try:
         return str(json.loads((path / "manifest.json").read_text()).get("format", "")).startswith("t5shrink.curated")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
 
 
-def _to_records(parts: Iterable[tuple[str, Iterable[tuple[Any, str | None]]]], spec: SourceSpec,
-                criterion: str, in_folder: bool = False) -> SourceResult:
+def _folder_files(root: Path, skipped: list[dict[str, str]]) -> list[Path]:
+    """The prompt files under `root`, sorted. Linked folders are not entered, and a linked file is read
+    only when its target lies inside `root`."""
+    inside = root.resolve()
+    files = []
+    for folder, subfolders, names in os.walk(root):  # followlinks=False: a linked folder is listed, not entered
+        for name in sorted(subfolders):
+            if (Path(folder) / name).is_symlink():
+                _skip(skipped, Path(folder) / name, "a linked folder is not followed; pass its target directly")
+        for name in names:
+            file = Path(folder) / name
+            if file.suffix not in SUFFIXES:
+                continue
+            if file.is_symlink() and not file.resolve().is_relative_to(inside):
+                _skip(skipped, file, f"a link to {file.resolve()}, outside the folder; pass that file directly to read it")
+            elif file.is_file():  # not a FIFO or a device, which could block or never end
+                files.append(file)
+    return sorted(files)
+
+
+def _skip(skipped: list[dict[str, str]], path: Path | str, reason: str) -> None:
+    warnings.warn(f"skipping {path}: {reason}")
+    skipped.append({"path": str(path), "reason": reason})
+
+
+def _guarded(path: Path, in_folder: bool, skipped: list[dict[str, str]]) -> Iterator[Row]:
+    """The rows of one file. If the file itself turns out unreadable (at its start or midway, as a
+    truncated parquet does): inside a folder, the rows read so far stand and the file is skipped with a
+    warning; given alone, it is an error naming the file."""
+    try:
+        yield from _read_file(path)
+    except Exception as exc:  # pyarrow, OSError, a JSON array nested too deeply, ...: all mean "this file"
+        error = exc if isinstance(exc, SourceError) else SourceError(f"{path}: cannot be read ({_describe_error(exc)})")
+        if not in_folder:
+            raise error from exc
+        _skip(skipped, path, str(error).removeprefix(f"{path}: "))
+
+
+def _describe_error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def _to_records(parts: Iterable[tuple[str, Iterable[Row]]], spec: SourceSpec, criterion: str, in_folder: bool,
+                skipped: list[dict[str, str]]) -> Iterator[tuple[Prompt, str | None]]:
     """Each part (a file, or the dataset) yields (raw_row, error): error is set when the row could not
     be parsed. The text column is found per part, since a folder's files may name it differently. In a
     folder, a file that is not a table of prompts at all (a dataset's metadata .json, say) is skipped
     with a warning; given on its own, it is an error."""
-    records, rejected, n = [], [], 0
+    n = 0
     for name, rows in parts:
         rows = iter(rows)
+        head = list(itertools.islice(rows, 1000))
         try:
-            head = list(itertools.islice(rows, 1000))
             column = _text_column([raw for raw, err in head if err is None], name, spec.text_column)
         except SourceError as exc:
             if not in_folder:
                 raise
-            warnings.warn(f"skipping {exc}")
+            _skip(skipped, name, str(exc).removeprefix(f"{name}: "))
             continue
         for raw, error in itertools.chain(head, rows):
             if spec.limit is not None and n >= spec.limit:
-                return SourceResult(records=records, rejected=rejected, rows_read=n)
+                return
             n += 1
-            text, error = _row_text(raw, column, error)
-            if error is None and len(text) > MAX_RAW_CHARS:
-                error = f"too_long {len(text):,} chars > {MAX_RAW_CHARS:,}"
-            if error is not None:
-                # lone surrogates (from \ud800 escapes in JSON) cannot be written as UTF-8
-                raw_text = text[:MAX_RAW_CHARS].encode("utf-8", "replace").decode("utf-8")
-                rejected.append((Prompt(text=raw_text, criterion=criterion, source=spec.uri), f"ingest: {error}"))
-                continue
-            record = Prompt(text=clean_text(text), criterion=criterion, source=spec.uri)
-            if not record.text:
-                rejected.append((record, "ingest: empty row"))
-                continue
-            if isinstance(raw, dict):
-                _copy_columns(raw, spec, record)
-            records.append(record)
-    return SourceResult(records=records, rejected=rejected, rows_read=n)
+            try:
+                yield _to_record(raw, error, column, spec, criterion)
+            except Exception as exc:  # a row nothing above foresaw: rejected with its reason, never fatal
+                yield _rejected(_preview(raw), spec, criterion, f"unreadable_row ({_describe_error(exc)})")
+
+
+def _to_record(raw: Any, error: str | None, column: str | None, spec: SourceSpec,
+               criterion: str) -> tuple[Prompt, str | None]:
+    text, error = _row_text(raw, column, error)
+    if error is None and len(text) > MAX_RAW_CHARS:
+        error = f"too_long {len(text):,} chars > {MAX_RAW_CHARS:,}"
+    if error is not None:
+        return _rejected(text, spec, criterion, error)
+    record = Prompt(text=clean_text(text), criterion=criterion, source=spec.uri)
+    if not record.text:
+        return record, "ingest: empty row"
+    disguise = lookalike_reason(record.text)
+    if disguise is not None:  # look-alike letters or marks: a copy made to slip past dedup (records module)
+        return record, f"ingest: lookalike {disguise}"
+    if isinstance(raw, dict):
+        _copy_columns(raw, spec, record)
+    return record, None
+
+
+def _rejected(text: str, spec: SourceSpec, criterion: str, why: str) -> tuple[Prompt, str]:
+    # lone surrogates (from \ud800 escapes in JSON) cannot be written as UTF-8
+    text = text[:MAX_RAW_CHARS].encode("utf-8", "replace").decode("utf-8")
+    return Prompt(text=text, criterion=criterion, source=spec.uri), f"ingest: {why}"
+
+
+def _preview(raw: Any) -> str:
+    """Some text to store with a rejected row, whatever the row is (never raises, never huge)."""
+    if isinstance(raw, str):
+        return raw[:MAX_RAW_CHARS]
+    try:
+        return json.dumps(raw, default=str, ensure_ascii=False)[:MAX_RAW_CHARS]
+    except (TypeError, ValueError, RecursionError):
+        return f"<{type(raw).__name__}>"
 
 
 def _text_column(rows: list[Any], name: str, wanted: str | None) -> str | None:
@@ -139,7 +240,7 @@ def _text_column(rows: list[Any], name: str, wanted: str | None) -> str | None:
     seen: dict[str, None] = {}
     for row in objects:
         seen.update(dict.fromkeys(map(str, row)))
-    found = ", ".join(seen) or "none"
+    found = ", ".join(list(seen)[:20]) + (", ..." if len(seen) > 20 else "") or "none"
     if wanted is not None:
         if wanted not in seen:
             raise SourceError(f"{name}: no column {wanted!r} in its first rows (columns found: {found})")
@@ -153,16 +254,16 @@ def _text_column(rows: list[Any], name: str, wanted: str | None) -> str | None:
 
 def _row_text(raw: Any, column: str | None, error: str | None) -> tuple[str, str | None]:
     if error is not None:
-        return (raw if isinstance(raw, str) else repr(raw)), error
+        return (raw if isinstance(raw, str) else _preview(raw)), error
     if isinstance(raw, str):
         return raw, None
     if not isinstance(raw, dict):
-        return json.dumps(raw, default=str), f"not an object ({type(raw).__name__})"
+        return _preview(raw), f"not an object ({type(raw).__name__})"
     value = raw.get(column)
     if value is None:
-        return json.dumps(raw, default=str, ensure_ascii=False), f"missing text field {column!r}"
+        return _preview(raw), f"missing text field {column!r}"
     if not isinstance(value, str):
-        return json.dumps(raw, default=str, ensure_ascii=False), f"text field {column!r} is {type(value).__name__}, not a string"
+        return _preview(raw), f"text field {column!r} is {type(value).__name__}, not a string"
     return value, None
 
 
@@ -170,112 +271,207 @@ def _copy_columns(raw: dict[str, Any], spec: SourceSpec, record: Prompt) -> None
     for score, column in spec.score_columns.items():
         try:
             value = float(raw[column])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             continue  # a missing score is the aesthetic step's business, not ingest's
         if math.isfinite(value):  # NaN (common in scraped score columns) is "not scored", never a pass
             record.scores[score] = value
     if spec.image_column and raw.get(spec.image_column):
-        record.meta["image"] = str(raw[spec.image_column])
+        record.meta = {"image": str(raw[spec.image_column])}
     label = raw.get(spec.category_column) if spec.category_column else None
-    if label in CATEGORIES:  # anything else stays unlabelled, for the `tag` step to label
+    if isinstance(label, str) and label in CATEGORIES:  # anything else stays unlabelled, for `tag` to label
         record.category = label
         record.tags = [label]
 
 
-def _decode_lines(data: bytes) -> Iterator[tuple[str, str | None]]:
-    """Split bytes into lines; a line that is not UTF-8 is yielded with an error."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    for line in data.split(b"\n"):
-        line = line.rstrip(b"\r")
-        try:
-            yield line.decode("utf-8"), None
-        except UnicodeDecodeError:
-            yield line.decode("utf-8", errors="replace"), "invalid utf-8"
+# ---- formats ------------------------------------------------------------------------------------
 
 
-def _lines(data: bytes) -> list[tuple[str, str | None]]:
-    lines = list(_decode_lines(data))
-    if lines and lines[-1] == ("", None):
-        lines.pop()  # the file's final newline ends the last row; it is not a row
-    return lines
-
-
-def _read_file(path: Path) -> Iterator[tuple[Any, str | None]]:
+def _read_file(path: Path) -> Iterator[Row]:
     if path.suffix == ".parquet":
         yield from _read_parquet(path)
-        return
-    data = path.read_bytes()
-    if path.suffix == ".txt":
-        yield from _lines(data)
-    elif path.suffix in (".jsonl", ".json"):
-        if path.suffix == ".json" and data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
-            yield from _read_json_array(path, data)
-            return
-        if path.suffix == ".json" and data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") and b"\n" in data.strip():
-            try:  # one object over several lines is a file of the wrong shape, not a file of bad rows
-                whole = json.loads(data.decode("utf-8-sig"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                whole = None
-            if isinstance(whole, dict):
-                raise SourceError(f"{path}: one JSON object, not an array of rows or JSON lines")
-        for line, error in _lines(data):
-            if error is None and not line.strip():
-                yield line, None  # a blank row: rejected as empty, so it is still counted
-                continue
-            if error is not None:
-                yield line, error
-                continue
-            try:
-                yield json.loads(line), None
-            except json.JSONDecodeError as exc:
-                yield line, f"malformed JSON ({exc.msg} at column {exc.colno})"
+    elif path.suffix == ".txt":
+        yield from _lines(path)
+    elif path.suffix == ".csv":
+        yield from _read_csv(path)
     else:
-        yield from _read_csv(data)
+        yield from _read_json_lines(path)
 
 
-def _read_json_array(path: Path, data: bytes) -> Iterator[tuple[Any, str | None]]:
+def _lines(path: Path) -> Iterator[tuple[str, str | None]]:
+    """The file's lines without their line ends (a BOM dropped), read one at a time. A line that is
+    not UTF-8, or longer than MAX_LINE_BYTES, comes with an error."""
+    with open(path, "rb") as handle:
+        first = True
+        while True:
+            line = handle.readline(MAX_LINE_BYTES)
+            if not line:
+                return
+            if first and line.startswith(BOM):
+                line = line[len(BOM):]
+            first = False
+            if len(line) >= MAX_LINE_BYTES and not line.endswith(b"\n"):
+                yield _overlong(handle, line)
+                continue
+            line = line.rstrip(b"\n").rstrip(b"\r")
+            try:
+                yield line.decode("utf-8"), None
+            except UnicodeDecodeError:
+                yield line.decode("utf-8", errors="replace"), "invalid utf-8"
+
+
+def _overlong(handle: io.BufferedReader, start: bytes) -> tuple[str, str]:
+    """Consume the rest of a line too long to hold; its start and its length in characters."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    chars = len(decoder.decode(start))
+    while True:
+        chunk = handle.readline(1 << 20)
+        chars += len(decoder.decode(chunk.rstrip(b"\r\n") if chunk.endswith(b"\n") else chunk))
+        if not chunk or chunk.endswith(b"\n"):
+            break
+    return start.decode("utf-8", errors="replace")[:MAX_RAW_CHARS], f"too_long {chars:,} chars > {MAX_RAW_CHARS:,}"
+
+
+def _read_json_lines(path: Path) -> Iterator[Row]:
+    with open(path, "rb") as handle:
+        opening = handle.read(4096).lstrip(BOM + b" \t\r\n")[:1]
+    if path.suffix == ".json" and opening == b"[":
+        yield from _read_json_array(path)
+        return
+    if path.suffix == ".json" and opening == b"{" and _is_one_object(path):
+        # one object over several lines is a file of the wrong shape, not a file of bad rows
+        raise SourceError(f"{path}: one JSON object, not an array of rows or JSON lines")
+    for line, error in _lines(path):
+        if error is None and not line.strip():
+            yield line, None  # a blank row: rejected as empty, so it is still counted
+        elif error is not None:
+            yield line, error
+        else:
+            yield _parse_json(line)
+
+
+def _parse_json(line: str) -> Row:
     try:
-        items = json.loads(data.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SourceError(f"{path}: not a valid JSON array ({exc}); use JSONL to keep the good rows") from exc
+        return json.loads(line), None
+    except json.JSONDecodeError as exc:
+        return line, f"malformed JSON ({exc.msg} at column {exc.colno})"
+    except RecursionError:
+        return line, "malformed JSON (nested too deeply)"
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        return line, f"malformed JSON ({_describe_error(exc)})"
+
+
+def _is_one_object(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(MAX_LINE_BYTES)
+    if b"\n" not in head.strip():
+        return False  # one line: a JSON-lines file of one row
+    try:
+        return isinstance(json.loads(path.read_bytes().decode("utf-8-sig")), dict)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+
+
+def _read_json_array(path: Path) -> Iterator[Row]:
+    try:
+        items = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise SourceError(f"{path}: not a valid JSON array ({_describe_error(exc)}); "
+                          "use JSON lines to keep the good rows") from exc
     for item in items:
         yield item, None
 
 
-def _read_csv(data: bytes) -> Iterator[tuple[Any, str | None]]:
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+def _read_csv(path: Path) -> Iterator[Row]:
     # surrogateescape keeps undecodable bytes as lone surrogates so one bad row can be
     # rejected without losing the rest of the file.
-    text = data.decode("utf-8", errors="surrogateescape").replace("\x00", "")
     csv.field_size_limit(sys.maxsize)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    for row in reader:
-        row.pop(None, None)  # extra cells beyond the header
-        bad = any(isinstance(v, str) and _has_surrogates(v) for v in row.values())
-        if bad:
-            fixed = {k: v.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if isinstance(v, str) else v
-                     for k, v in row.items()}
-            yield json.dumps(fixed, ensure_ascii=False), "invalid utf-8"
-        else:
-            yield row, None
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        lines = (line.removeprefix("\ufeff") if i == 0 else line for i, line in enumerate(handle))
+        yield from _csv_rows((line.replace("\x00", "") for line in lines), header=None, first_line=1)
+
+
+def _csv_rows(lines: Iterable[str], header: list[str] | None, first_line: int) -> Iterator[Row]:
+    """Rows of CSV `lines` as mappings (the header is the first line unless given). A row with an
+    unterminated quote swallows the lines after it, up to the end of the file or to a quote that closes
+    it in the wrong place: such a row is rejected, naming the line it starts on, and the lines it
+    swallowed are read again as rows of their own."""
+    consumed: list[str] = []  # the lines of the row being parsed (csv reads no further than a row's end)
+
+    def recorded() -> Iterator[str]:
+        for line in lines:
+            consumed.append(line)
+            yield line
+
+    reader = csv.reader(recorded())
+    if header is None:
+        header = next(reader, None)
+        if header is None:
+            return
+        first_line += len(consumed)
+    consumed.clear()
+    held = None  # one row of look-ahead: whether a row ran to the end of the file shows only at the next
+    for cells in reader:
+        raw = "".join(consumed)
+        consumed.clear()
+        if held is not None:
+            yield from _checked_row(header, *held, at_end=False)
+        held = (cells, _split_lines(raw), first_line) if cells else None  # [] is a blank line: no row
+        first_line += raw.count("\n") + (not raw.endswith("\n"))
+    if held is not None:
+        yield from _checked_row(header, *held, at_end=True)
+
+
+def _checked_row(header: list[str], cells: list[str], lines: list[str], start: int, at_end: bool) -> Iterator[Row]:
+    if not _swallowed(lines, at_end):
+        yield _csv_row(header, cells)
+        return
+    note = f": it swallowed the {len(lines) - 1} line(s) after it, read again as rows" if len(lines) > 1 else ""
+    yield lines[0].rstrip("\r\n"), f"unterminated quote in the row at line {start}{note}"
+    yield from _csv_rows(lines[1:], header, start + 1)
+
+
+def _split_lines(raw: str) -> list[str]:
+    """`raw` cut after each newline (str.splitlines would also cut at form feeds and the like)."""
+    parts = raw.split("\n")
+    return [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+def _swallowed(lines: list[str], at_end: bool) -> bool:
+    """Whether a row is a quote left open: strict CSV refuses a row that ends inside quotes (at the end
+    of the file) or whose quote closes in the middle of text (a later row's quote closing it)."""
+    try:
+        list(csv.reader(io.StringIO("".join(lines), newline=""), strict=True))
+    except csv.Error as exc:
+        return len(lines) > 1 or (at_end and "unexpected end of data" in str(exc))
+    return False
+
+
+def _csv_row(header: list[str], cells: list[str]) -> Row:
+    row: dict[str, Any] = dict(zip(header, cells))  # extra cells beyond the header are dropped
+    for name in header[len(cells):]:
+        row[name] = None
+    bad = any(isinstance(v, str) and _has_surrogates(v) for v in row.values())
+    if bad:
+        fixed = {k: v.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if isinstance(v, str) else v
+                 for k, v in row.items()}
+        return json.dumps(fixed, ensure_ascii=False), "invalid utf-8"
+    return row, None
 
 
 def _has_surrogates(value: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in value)
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[Any, str | None]]:
+def _read_parquet(path: Path) -> Iterator[Row]:
     import pyarrow.parquet as pq
 
     table = pq.ParquetFile(path)
-    for batch in table.iter_batches(batch_size=65_536):
+    for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS):
         for row in batch.to_pylist():
             yield row, None
 
 
-def _read_hf(spec: SourceSpec) -> Iterator[tuple[Any, str | None]]:
+def _read_hf(spec: SourceSpec) -> Iterator[Row]:
     import datasets
 
     path = Path(spec.uri).expanduser()
@@ -287,7 +483,7 @@ def _read_hf(spec: SourceSpec) -> Iterator[tuple[Any, str | None]]:
         else:
             ds = datasets.load_dataset(spec.uri, split=spec.split)
     except Exception as exc:  # datasets raises many types; the message is what the user needs
-        raise SourceError(f"{spec.uri}: could not load as a Hugging Face dataset: {exc}") from exc
+        raise SourceError(f"{spec.uri}: could not load as a Hugging Face dataset: {_describe_error(exc)}") from exc
     if spec.limit is not None:
         ds = ds.select(range(min(spec.limit, len(ds))))
     for row in ds:
