@@ -27,7 +27,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -73,22 +73,25 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
 # ---- checkpoints --------------------------------------------------------------------------------
 
 
-def find_checkpoint(output: Path) -> Path | None:
-    """The newest complete checkpoint; a folder cut off mid-write is skipped with a warning."""
+def complete_checkpoints(output: Path) -> Iterator[Path]:
+    """The complete checkpoints, newest first; a folder cut off mid-write is skipped with a warning.
+    Complete means all files present; whether they load is load_checkpoint's to find out."""
     root = output / "checkpoints"
     if not root.is_dir():
-        return None
+        return
     for leftover in sorted(root.glob(".step-*")):
         warnings.warn(f"ignoring {leftover.name}: a checkpoint cut off mid-write")
     for path in sorted((p for p in root.iterdir() if CKPT_RE.match(p.name)), reverse=True):
-        try:
-            json.loads((path / "state.json").read_text())
-            if not (path / "student" / "model.safetensors").is_file() or not (path / "optimizer.pt").is_file():
-                raise FileNotFoundError("missing files")
-            return path
-        except (OSError, ValueError) as exc:
-            warnings.warn(f"skipping checkpoint {path.name}: incomplete ({exc})")
-    return None
+        absent = [name for name in ("state.json", "student/model.safetensors", "optimizer.pt") if not (path / name).is_file()]
+        if absent:
+            warnings.warn(f"skipping checkpoint {path.name}: incomplete (no {absent[0]})")
+            continue
+        yield path
+
+
+def find_checkpoint(output: Path) -> Path | None:
+    """The newest complete checkpoint (see complete_checkpoints)."""
+    return next(complete_checkpoints(output), None)
 
 
 def save_checkpoint(output: Path, step: int, student: DistillT5EncoderModel, optimizer: Any, state: dict, teacher: Teacher,
@@ -122,21 +125,52 @@ def save_checkpoint(output: Path, step: int, student: DistillT5EncoderModel, opt
 
 
 def load_checkpoint(path: Path, student: DistillT5EncoderModel, optimizer: Any, accelerator: Any) -> dict:
-    from safetensors.torch import load_file
+    """Restore a checkpoint into student, optimizer and RNG; returns its state. Every file is read and
+    checked before anything is changed, and each error is one line naming the damaged file."""
+    from train.weights import load_safetensors, load_torch, read_json
 
-    missing, unexpected = load_student_state_dict(student, load_file(str(path / "student" / "model.safetensors")))
-    if missing or unexpected:
-        raise TrainingError(f"{path}: student weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    weights = load_safetensors(path / "student" / "model.safetensors")
     # map to the CPU: load_state_dict moves the state to the parameters' device ("cpu:0" under torchrun
     # cannot be restored by torch.load)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    opt_state = load_torch(path / "optimizer.pt", "optimizer state")
+    if not isinstance(opt_state, dict) or not {"state", "param_groups"} <= set(opt_state):
+        raise ValueError(f"{path / 'optimizer.pt'}: not an optimizer state (no state/param_groups)")
+    state = read_json(path / "state.json", "the checkpoint's state")
+    if not isinstance(state, dict) or type(state.get("step")) is not int or not isinstance(state.get("positions"), list):
+        raise ValueError(f"{path / 'state.json'}: not a checkpoint state (needs step and positions)")
     rng_file = path / f"rng-{accelerator.process_index}.safetensors"
-    if rng_file.exists():
-        rng = load_file(str(rng_file))
+    rng = load_safetensors(rng_file, finite=False) if rng_file.exists() else {}
+    if rng and ("cpu" not in rng or rng["cpu"].dtype != torch.uint8):
+        raise ValueError(f"{rng_file}: no CPU random state (a uint8 tensor 'cpu')")
+    missing, unexpected = load_student_state_dict(student, weights)
+    if missing or unexpected:
+        raise TrainingError(f"{path}: student weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    optimizer.load_state_dict(opt_state)
+    if rng:
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and accelerator.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], accelerator.device)
-    return json.loads((path / "state.json").read_text())
+    return state
+
+
+def resume_checkpoint(output: Path, student: DistillT5EncoderModel, optimizer: Any, accelerator: Any) -> tuple[Path, dict] | None:
+    """Load the newest checkpoint that loads: a damaged one (truncated or corrupt files) is passed over
+    with one warning naming it, for the one before. None when there is no complete checkpoint at all;
+    an error when there are some but none loads (starting over would silently discard the run)."""
+    from train.weights import one_line
+
+    damaged: list[str] = []
+    for ckpt in complete_checkpoints(output):
+        try:
+            return ckpt, load_checkpoint(ckpt, student, optimizer, accelerator)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:  # RuntimeError: torch refusing a state
+            damaged.append(f"{ckpt.name}: {one_line(exc)}")
+            warnings.warn(f"--resume: skipping damaged checkpoint {ckpt.name} ({one_line(exc)}); "
+                          "trying the one before it")
+    if damaged:
+        raise TrainingError(f"--resume: none of the {len(damaged)} checkpoint(s) in {output / 'checkpoints'} loads "
+                            f"(newest {damaged[0]}); restore them, or move the folder away to start over")
+    return None
 
 
 def _read_log(path: Path) -> list[dict]:
@@ -376,13 +410,13 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     state = {"format": STATE_FORMAT, "step": 0, "positions": [0] * len(stages), "bad_steps": 0,
              "recipe_hash": config_hash(cfg)}
     if resume:
-        ckpt = find_checkpoint(output)
-        if ckpt is None:
+        loaded = resume_checkpoint(output, student, optimizer, accelerator)
+        if loaded is None:
             warnings.warn(f"--resume: no complete checkpoint in {output / 'checkpoints'}; starting from step 0")
             if main and (output / "log.jsonl").exists():
                 _truncate_log(output / "log.jsonl", -1)  # the run starts over: so does its log
         else:
-            state = load_checkpoint(ckpt, student, optimizer, accelerator)
+            ckpt, state = loaded
             if state.get("format") != STATE_FORMAT:
                 raise TrainingError(f"{ckpt} was written by an older t5shrink whose steps counted updates, not "
                                     "trajectories; it cannot be resumed (its student/ folder still loads)")

@@ -1,4 +1,4 @@
-"""The conditioning gap (DESIGN.md), teacher-vs-student image pairs (preview grids, CLIP metrics), and
+"""The conditioning gap (defined below), teacher-vs-student image pairs (preview grids, CLIP metrics), and
 `evaluate_student` behind `train eval`.
 
     gap = sum ||f(x,t,S(p)) - f(x,t,T(p))||^2  /  sum ||f(x,t,T(p)) - f(x,t,0)||^2
@@ -14,6 +14,7 @@ Everything but f(x,t,S) is fixed, so it is computed once and each validation is 
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -66,27 +67,48 @@ class GapEvaluator:
     def __call__(self, student: torch.nn.Module) -> dict[str, Any]:
         was_training = student.training
         student.eval()
-        num: dict[str, float] = defaultdict(float)
-        den: dict[str, float] = defaultdict(float)
+        rows: list[tuple[str, str, float, float]] = []  # per prompt: text, category, numerator, denominator
         device = self.teacher.device
         try:
             for texts, cats, ids, cond, points in self.batches:
                 seq = student(ids.to(device))[0]
                 scond = self.teacher.student_cond(seq, cond, self.max_len)
+                num, den = [0.0] * len(texts), [0.0] * len(texts)
                 for x, t, f_t, base in points:
                     diff = _per_prompt(self.teacher.predict(x, t, scond, self.guidance).float() - f_t)
-                    for cat, n, d in zip(cats, diff.tolist(), base.tolist()):
-                        num[cat] += n
-                        den[cat] += d
+                    for i, (n, d) in enumerate(zip(diff.tolist(), base.tolist())):
+                        num[i] += n
+                        den[i] += d
+                rows += zip(texts, cats, num, den)
         finally:
             student.train(was_training)
-        total_num, total_den = sum(num.values()), sum(den.values())
-        return {
-            "gap": total_num / max(total_den, 1e-30),
-            "per_category": {c: num[c] / max(den[c], 1e-30) for c in sorted(num)},
-            "num_prompts": len(self.prompts),
-            "max_sequence_length": self.max_len,
-        }
+        return {**gap_report(rows), "num_prompts": len(self.prompts), "max_sequence_length": self.max_len}
+
+
+def gap_report(rows: list[tuple[str, str, float, float]]) -> dict[str, Any]:
+    """gap and per_category from per-prompt (text, category, numerator, denominator) sums. Prompts whose
+    sums are NaN/inf (a student that blows up on some token) are left out with a warning and listed in
+    `nonfinite_prompts` (index, text cut to 60 characters): one bad prompt must not make the whole
+    metric NaN, and the user needs to know which."""
+    bad = [{"index": i, "text": " ".join(text.split())[:60]} for i, (text, _, n, d) in enumerate(rows)  # one line
+           if not (math.isfinite(n) and math.isfinite(d))]
+    if bad:
+        shown = ", ".join(f"#{b['index']} {b['text']!r}" for b in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        warnings.warn(f"conditioning gap: {len(bad)} of {len(rows)} held-out prompts gave non-finite values "
+                      f"({shown}); the gap is computed over the other {len(rows) - len(bad)}")
+    skip = {b["index"] for b in bad}
+    num: dict[str, float] = defaultdict(float)
+    den: dict[str, float] = defaultdict(float)
+    for i, (_, cat, n, d) in enumerate(rows):
+        if i not in skip:
+            num[cat] += n
+            den[cat] += d
+    total_num, total_den = sum(num.values()), sum(den.values())
+    return {
+        "gap": total_num / max(total_den, 1e-30) if num else float("nan"),
+        "per_category": {c: num[c] / max(den[c], 1e-30) for c in sorted(num)},
+        "nonfinite_prompts": bad,
+    }
 
 
 def _per_prompt(diff: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,6 @@ Formats:
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from filters.base import ConfigError
 from train.student import DTYPES, META_NAME, DistillT5EncoderModel, is_student_folder, published_state_dict
 from train.teachers.flux import FluxTeacher
 from train.teachers.sd3 import SD3Teacher
+from train.weights import read_header, read_json
 
 SLOTS = {t.kind: (t.t5_slot, t.tokenizer_slot) for t in (FluxTeacher, SD3Teacher)}  # where each pipeline's T5 sits
 ENCODER_SLOTS = [encoder for encoder, _ in SLOTS.values()]
@@ -59,9 +59,10 @@ def resolve_student_dir(path: str | Path) -> Path:
 
 
 def _meta_step(folder: Path) -> int:
-    try:
-        return int(json.loads((folder / META_NAME).read_text()).get("step", -1))
-    except (OSError, ValueError):
+    try:  # notes only: an unreadable one ranks the folder last instead of failing the export
+        meta = json.loads((folder / META_NAME).read_text())
+        return int(meta.get("step", -1)) if isinstance(meta, dict) else -1
+    except (OSError, ValueError, TypeError):
         return -1
 
 
@@ -81,7 +82,9 @@ def load_student_dir(path: str | Path) -> tuple[DistillT5EncoderModel, Any, dict
     tok_dir = _tokenizer_dir(folder)
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir else None
     meta_file = next((p for p in (folder / META_NAME, folder.parent / META_NAME) if p.is_file()), None)
-    meta = json.loads(meta_file.read_text()) if meta_file else {}
+    meta = read_json(meta_file, "t5shrink's notes on the student") if meta_file else {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_file}: not a JSON object; restore it or delete it (it only holds notes)")
     return student, tokenizer, meta
 
 
@@ -100,6 +103,22 @@ def _atomic_dir(out: Path):
             raise ValueError(f"{out} holds {foreign[0]!r}, which is not part of an export; "
                              "choose a new --output folder (it is replaced as a whole)")
     return staging_path(out)
+
+
+def _check_comfy_target(path: Path) -> None:
+    """Only a file that t5shrink's comfyui export wrote (its header carries `t5shrink_config`) may be
+    replaced: anything else at that path is someone's model, which a rename would destroy."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_file():
+        raise ValueError(f"{path} exists and is not a file; choose another --output path")
+    try:
+        ours = "t5shrink_config" in read_header(path).metadata
+    except ValueError:  # unreadable: not provably ours
+        ours = False
+    if not ours:
+        raise ValueError(f"{path} exists and was not written by t5shrink's comfyui export; "
+                         "choose another --output path (it would be overwritten)")
 
 
 def export_student(checkpoint: str | Path, output: str | Path, fmt: str = "distillt5", dtype: str = "fp32") -> Path:
@@ -133,10 +152,11 @@ def export_student(checkpoint: str | Path, output: str | Path, fmt: str = "disti
             warnings.warn(f"the DistillT5ComfyUI loader builds T5-base {COMFY_T5_BASE}; this student is {shape}, "
                           "so that node will not load it (the file is written anyway)")
         path = out if out.suffix == ".safetensors" else out / f"t5shrink-{meta.get('teacher_kind', 'student')}-{cfg.d_model}d.safetensors"
+        _check_comfy_target(path)
         tmp = staging_path(path, folder=False)
         config_json = json.dumps({k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))})
         save_file(published_state_dict(student), str(tmp),
                   metadata={"format": "pt", "t5shrink_config": config_json, "t5shrink_meta": json.dumps(meta)})
-        os.replace(tmp, path)
+        swap_into_place(tmp, path)  # also removes the staging folder around tmp
         return path
     raise ConfigError(f"unknown export format {fmt!r} (diffusers, distillt5, comfyui)")

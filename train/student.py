@@ -1,6 +1,6 @@
 """The student: a small T5 encoder plus a projection head to the teacher's text width.
 
-Layout (DESIGN.md, compatible with the published DistillT5 weights):
+Layout (compatible with the published DistillT5 weights):
 
     encoder.*                    a transformers `T5EncoderModel` (d_model = d)
     final_projection.0.weight    Linear d -> D, no bias
@@ -21,6 +21,8 @@ random init.
 from __future__ import annotations
 
 import json
+import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -101,16 +103,21 @@ class DistillT5EncoderModel(T5PreTrainedModel):
     def from_pretrained(cls, path: str | Path, *args: Any, subfolder: str = "", **kwargs: Any) -> "DistillT5EncoderModel":
         """Load a student folder strictly. Accepts `dtype`/`torch_dtype` (what diffusers passes);
         other loading kwargs diffusers adds (device_map, low_cpu_mem_usage, ...) are ignored."""
-        from safetensors.torch import load_file
+        from train.weights import load_safetensors
 
         folder = _local_folder(path, subfolder)
         if not (folder / "config.json").exists():
             raise FileNotFoundError(f"{folder}: no config.json (not a student folder)")
-        model = cls(load_config(folder))
+        config = load_config(folder)
         weights = folder / WEIGHTS_NAME
         if not weights.exists():
             raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME}")
-        missing, unexpected = load_student_state_dict(model, load_file(str(weights)))
+        check_t5_folder(folder, config)  # before building: an inflated config.json must not allocate
+        model = cls(config)
+        try:
+            missing, unexpected = load_student_state_dict(model, load_safetensors(weights))
+        except ValueError as exc:
+            raise ValueError(str(exc) if str(weights) in str(exc) else f"{weights}: {exc}") from None
         if missing or unexpected:
             raise ValueError(f"{weights}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
         dtype = kwargs.get("torch_dtype") or kwargs.get("dtype")
@@ -135,8 +142,8 @@ def is_student_folder(path: str | Path) -> bool:
     """Whether path (a folder or hub id) holds a student: its config.json has project_out_dim."""
     local = Path(path)
     if local.is_dir():
-        cfg = local / "config.json"
-        return cfg.is_file() and "project_out_dim" in cfg.read_text()
+        cfg = local / "config.json"  # bytes: a config.json that is not UTF-8 is reported by load_config
+        return cfg.is_file() and b"project_out_dim" in cfg.read_bytes()
     if local.exists() or str(path) == "config":
         return False
     try:
@@ -148,12 +155,123 @@ def is_student_folder(path: str | Path) -> bool:
 
 
 def load_config(folder: str | Path) -> T5Config:
-    data = json.loads((Path(folder) / "config.json").read_text())
+    """A folder's config.json as a T5Config; anything unreadable is one error naming the file."""
+    from train.weights import read_json
+
+    path = Path(folder) / "config.json"
+    data = read_json(path, "a T5 config.json")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object; fix config.json")
     if "project_out_dim" not in data and "out_dim" in data:
         data["project_out_dim"] = data["out_dim"]
     for key in ("architectures", "transformers_version"):
         data.pop(key, None)
-    return T5Config.from_dict(data)
+    try:
+        return T5Config.from_dict(data)
+    except Exception as exc:  # an unknown feed_forward_proj, transformers' type validation of a field, ...
+        raise ValueError(f"{path}: {' '.join(str(exc).split())[:300] or type(exc).__name__}; fix config.json") from None
+
+
+# ---- config.json against the weights, before anything is built -----------------------------------
+
+# Far above any T5 (T5-XXL: d_model 4096, d_ff 10240, 24 layers, 64 heads of 64; mT5's vocabulary has
+# 250,112 tokens), far below sizes that exhaust a machine before the first shape error.
+T5_LIMITS = {"d_model": 65_536, "d_kv": 4_096, "d_ff": 262_144, "num_layers": 1_024, "num_heads": 1_024,
+             "vocab_size": 2_097_152, "relative_attention_num_buckets": 16_384, "project_in_dim": 65_536,
+             "project_out_dim": 65_536}
+MAX_PARAMETERS = 20_000_000_000  # the whole T5-XXL (encoder and decoder) has 11 B
+_BLOCK = re.compile(r"(?:^|\.)encoder\.block\.(\d+)\.")
+# (tensor name pattern, the config keys its axes give); the first tensor that matches a pattern is used.
+# Names are matched at their end, so a student's `encoder.encoder.*`, a T5EncoderModel's `encoder.*`
+# and a full T5's encoder half all read alike. `inner` is num_heads * d_kv.
+_EVIDENCE = [
+    (r"(?:^|\.)shared\.weight$", ("vocab_size", "d_model")),
+    (r"(?:^|\.)encoder\.embed_tokens\.weight$", ("vocab_size", "d_model")),
+    (r"(?:^|\.)encoder\.final_layer_norm\.weight$", ("d_model",)),
+    (r"encoder\.block\.\d+\.layer\.0\.SelfAttention\.q\.weight$", ("inner", "d_model")),
+    (r"encoder\.block\.\d+\.layer\.0\.SelfAttention\.relative_attention_bias\.weight$",
+     ("relative_attention_num_buckets", "num_heads")),
+    (r"encoder\.block\.\d+\.layer\.1\.DenseReluDense\.wi(?:_0)?\.weight$", ("d_ff", "d_model")),
+    (r"^final_projection\.0\.weight$", ("project_out_dim", "project_in_dim")),
+]
+
+
+def _config_values(config: T5Config) -> dict[str, Any]:
+    values = {k: getattr(config, k, None) for k in T5_LIMITS}
+    values["project_in_dim"] = values["project_in_dim"] or values["d_model"]
+    if not values["project_out_dim"]:  # a plain T5: no head
+        values.pop("project_out_dim")
+        values.pop("project_in_dim")
+    return values
+
+
+def _weights_dims(shapes: dict[str, tuple[int, ...]], where: str) -> dict[str, tuple[int, str]]:
+    """Config key -> (its value in the weights, the evidence in words), from tensor shapes alone."""
+    dims: dict[str, tuple[int, str]] = {}
+    layers = {int(m.group(1)) for k in shapes if (m := _BLOCK.search(k))}
+    if layers:
+        dims["num_layers"] = (len(layers), f"{len(layers)} layers")
+    for pattern, keys in _EVIDENCE:
+        name = next((k for k in shapes if re.search(pattern, k)), None)
+        if name is None:
+            continue
+        if len(shapes[name]) != len(keys):
+            raise ValueError(f"{where}: tensor {name} has shape {list(shapes[name])}, not {len(keys)}-D; "
+                             "the weights are not a T5 encoder's")
+        for key, size in zip(keys, shapes[name]):
+            shown = "num_heads*d_kv" if key == "inner" else key
+            dims.setdefault(key, (size, f"{shown}={size} ({name} is {list(shapes[name])})"))
+    return dims
+
+
+def check_t5_folder(folder: str | Path, config: T5Config, need_safetensors: bool = True) -> None:
+    """Refuse a config.json that its weights contradict or that is absurd, from the weights' headers only.
+    A model built from an inflated config (num_layers 10,000,000) allocates until the machine gives out
+    before any shape check, so this runs before building. need_safetensors=False admits a folder whose
+    weights are another format (pytorch_model.bin): its config is then only bounded."""
+    from train.weights import folder_shapes
+
+    folder = Path(folder)
+    shapes, source = folder_shapes(folder)
+    has_other = any(folder.glob("*.bin"))
+    if not shapes and (need_safetensors or not has_other):
+        raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME} (or its .index.json) beside config.json")
+    values = _config_values(config)
+    for key, (size, evidence) in _weights_dims(shapes, f"{folder}/{source}").items():
+        if key == "inner":
+            if not _whole(values, "num_heads", "d_kv"):
+                continue  # the bounds below name the bad one
+            value, shown = values["num_heads"] * values["d_kv"], f"num_heads*d_kv={values['num_heads']}*{values['d_kv']}"
+        else:
+            value = values.get(key, size)
+            shown = f"{key}={value!r}"
+        if value != size:
+            raise ValueError(f"{folder}: config.json {shown} but {source} holds {evidence}; "
+                             "fix config.json or pair it with its own weights")
+    for key, value in values.items():
+        if type(value) is not int or not 1 <= value <= T5_LIMITS[key]:
+            raise ValueError(f"{folder}: config.json {key}={value!r} is not a whole number from 1 to "
+                             f"{T5_LIMITS[key]:,}; fix config.json")
+    _check_size(folder, values, shapes, source)
+
+
+def _whole(values: dict[str, Any], *keys: str) -> bool:
+    return all(type(values.get(k)) is int for k in keys)
+
+
+def _check_size(folder: Path, values: dict[str, Any], shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """A lower bound on the parameters config.json describes must fit in the weights (and in reason)."""
+    d, inner = values["d_model"], values["num_heads"] * values["d_kv"]
+    params = values["vocab_size"] * d + values["num_layers"] * (2 * d * inner + 2 * d * values["d_ff"])
+    if "project_out_dim" in values:
+        params += values["project_out_dim"] * (values["project_in_dim"] + values["project_out_dim"])
+    held = sum(math.prod(s) for s in shapes.values())
+    if params > MAX_PARAMETERS:
+        raise ValueError(f"{folder}: config.json describes over {params:,} parameters (limit {MAX_PARAMETERS:,}); "
+                         "fix config.json")
+    if shapes and params > held:
+        raise ValueError(f"{folder}: config.json describes over {params:,} parameters but {source} holds {held:,}; "
+                         "fix config.json or pair it with its own weights")
 
 
 def published_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -222,6 +340,8 @@ def build_student(
         config = T5Config(**fields, is_encoder_decoder=False, use_cache=False)
         pretrained = None
     else:
+        if Path(init).is_dir():  # a local T5 folder: checked before transformers builds it (hub ids: not here)
+            check_t5_folder(init, load_config(init), need_safetensors=False)
         pretrained = T5EncoderModel.from_pretrained(init, trust_remote_code=trust_remote_code)
         config = T5Config.from_dict({**pretrained.config.to_dict(), **overrides})
         if config.vocab_size < vocab_size:

@@ -210,6 +210,8 @@ def load_teacher(
     """Load a frozen teacher pipeline from a folder, a hub id, or `tiny:flux` / `tiny:sd3`."""
     source = resolve_source(source)
     kind = teacher_kind(source)
+    if Path(source).expanduser().is_dir():
+        check_pipeline_folder(Path(source).expanduser())
     device = torch.device(device)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -235,6 +237,21 @@ def load_teacher(
             module.eval()
     pipe.to(device)
     return cls(pipe, source, device)
+
+
+def check_pipeline_folder(folder: Path) -> None:
+    """Every component's config.json against its weights' headers, before diffusers builds anything from
+    them (an inflated config would allocate until the machine gives out): a T5 exactly
+    (train.student.check_t5_folder), any other model by bounds (train.weights.check_config_bounds)."""
+    from train.student import check_t5_folder, load_config
+    from train.weights import check_config_bounds, read_json
+
+    for component in sorted(p for p in folder.iterdir() if (p / "config.json").is_file()):
+        config = read_json(component / "config.json", "a model config.json")
+        if isinstance(config, dict) and config.get("model_type") == "t5":
+            check_t5_folder(component, load_config(component), need_safetensors=False)
+        else:
+            check_config_bounds(component)
 
 
 def _dtype_kwarg() -> str:
