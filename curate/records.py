@@ -258,6 +258,19 @@ def parse_reason(reason: str | None, step: str | None = None) -> tuple[str, str]
     return (step or head or "unknown"), (words[0] if words else "unspecified")
 
 
+def _made_on_first_use(slot: str, make: type) -> Any:
+    """A property over `slot` that holds None until the value is first read (then `make()`) or set."""
+
+    def get(record: "Prompt") -> Any:
+        value = getattr(record, slot)
+        if value is None:
+            value = make()
+            setattr(record, slot, value)
+        return value
+
+    return property(get, lambda record, value: setattr(record, slot, value))
+
+
 _FIELDS = ("id", "text", "criterion", "category", "tags", "rendered_text", "source", "scores", "cluster", "stage")
 
 
@@ -283,45 +296,10 @@ class Prompt:
         self.cluster, self.stage = cluster, stage
         self.id = id or prompt_id(text)
 
-    @property
-    def tags(self) -> list[str]:
-        if self._tags is None:
-            self._tags = []
-        return self._tags
-
-    @tags.setter
-    def tags(self, value: list[str]) -> None:
-        self._tags = value
-
-    @property
-    def rendered_text(self) -> list[str]:
-        if self._rendered_text is None:
-            self._rendered_text = []
-        return self._rendered_text
-
-    @rendered_text.setter
-    def rendered_text(self, value: list[str]) -> None:
-        self._rendered_text = value
-
-    @property
-    def scores(self) -> dict[str, float]:
-        if self._scores is None:
-            self._scores = {}
-        return self._scores
-
-    @scores.setter
-    def scores(self, value: dict[str, float]) -> None:
-        self._scores = value
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        if self._meta is None:
-            self._meta = {}
-        return self._meta
-
-    @meta.setter
-    def meta(self, value: dict[str, Any]) -> None:
-        self._meta = value
+    tags: list[str] = _made_on_first_use("_tags", list)
+    rendered_text: list[str] = _made_on_first_use("_rendered_text", list)
+    scores: dict[str, float] = _made_on_first_use("_scores", dict)
+    meta: dict[str, Any] = _made_on_first_use("_meta", dict)
 
     def same_rendered_text(self, other: "Prompt") -> bool:
         """Whether both ask for the same text to render (without making either's list)."""

@@ -227,3 +227,20 @@ def test_cli_errors_for_hostile_input_are_one_line(tmp_path):
     result = CliRunner().invoke(main, ["build", "--recipe", str(recipe), "--output", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and "bomb.yaml" in result.output and "expand" in result.output
+
+
+def test_disguised_rows_are_rejected_at_ingest_and_foreign_scripts_are_not(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("a r\u0435d \u0441ar on a bridge\n"           # Cyrillic е and с inside Latin words
+                    "a r\u0336e\u0336d\u0336 car on a bridge\n"   # strike-through marks
+                    "a red car on a bridge\n"
+                    "\u043a\u0440\u0430\u0441\u043d\u0430\u044f \u043c\u0430\u0448\u0438\u043d\u0430 \u043d\u0430 \u043c\u043e\u0441\u0442\u0443\n"  # Russian
+                    'a sign reading "\u041c\u041e\u0421\u041a\u0412\u0410" above a door\n'
+                    "a re\u200bd car on a\u00ad bridge\n")         # invisible characters: cleaned, kept
+    result = _read(path)
+    assert [r.text for r in result.records][1:] == [
+        "\u043a\u0440\u0430\u0441\u043d\u0430\u044f \u043c\u0430\u0448\u0438\u043d\u0430 \u043d\u0430 \u043c\u043e\u0441\u0442\u0443",
+        'a sign reading "\u041c\u041e\u0421\u041a\u0412\u0410" above a door', "a red car on a bridge"]
+    reasons = [why for _, why in result.rejected]
+    assert [r.split(" ", 3)[:3] for r in reasons] == [["ingest:", "lookalike", "mixed_script"],
+                                                      ["ingest:", "lookalike", "combining_overlay"]]

@@ -36,9 +36,11 @@ from curate.records import CATEGORIES, Prompt, clean_text, lookalike_reason
 SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 TEXT_COLUMNS = ("text", "prompt", "caption", "TEXT", "Prompt", "Caption", "sentence")
 MAX_RAW_CHARS = 100_000  # longer rows are rejected at ingest (stored cut to this), before spaCy sees them
-# A line is read at most this far (UTF-8 takes up to 4 bytes a character); the rest of a longer one is
-# only counted, so a file that is one 10 GB line cannot exhaust memory.
+# A line is read at most this far; the rest of a longer one is only counted, so a file that is one 10 GB
+# line cannot exhaust memory. A text line longer than MAX_RAW_CHARS characters (UTF-8: up to 4 bytes
+# each) is rejected anyway; a JSON line may carry other columns beside its text.
 MAX_LINE_BYTES = 4 * MAX_RAW_CHARS + 4
+MAX_JSON_LINE_BYTES = 64 * 2**20
 PARQUET_BATCH_ROWS = 16_384
 BOM = b"\xef\xbb\xbf"
 
@@ -160,7 +162,8 @@ def _guarded(path: Path, in_folder: bool, skipped: list[dict[str, str]]) -> Iter
     try:
         yield from _read_file(path)
     except Exception as exc:  # pyarrow, OSError, a JSON array nested too deeply, ...: all mean "this file"
-        error = exc if isinstance(exc, SourceError) else SourceError(f"{path}: cannot be read ({_describe_error(exc)})")
+        error = exc if isinstance(exc, SourceError) else SourceError(
+            f"{path}: cannot be read ({_describe_error(exc)}); restore or remove the file")
         if not in_folder:
             raise error from exc
         _skip(skipped, path, str(error).removeprefix(f"{path}: "))
@@ -297,20 +300,20 @@ def _read_file(path: Path) -> Iterator[Row]:
         yield from _read_json_lines(path)
 
 
-def _lines(path: Path) -> Iterator[tuple[str, str | None]]:
+def _lines(path: Path, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[str, str | None]]:
     """The file's lines without their line ends (a BOM dropped), read one at a time. A line that is
-    not UTF-8, or longer than MAX_LINE_BYTES, comes with an error."""
+    not UTF-8, or longer than `max_bytes`, comes with an error."""
     with open(path, "rb") as handle:
         first = True
         while True:
-            line = handle.readline(MAX_LINE_BYTES)
+            line = handle.readline(max_bytes)
             if not line:
                 return
             if first and line.startswith(BOM):
                 line = line[len(BOM):]
             first = False
-            if len(line) >= MAX_LINE_BYTES and not line.endswith(b"\n"):
-                yield _overlong(handle, line)
+            if len(line) >= max_bytes and not line.endswith(b"\n"):
+                yield _overlong(handle, line, max_bytes)
                 continue
             line = line.rstrip(b"\n").rstrip(b"\r")
             try:
@@ -319,8 +322,8 @@ def _lines(path: Path) -> Iterator[tuple[str, str | None]]:
                 yield line.decode("utf-8", errors="replace"), "invalid utf-8"
 
 
-def _overlong(handle: io.BufferedReader, start: bytes) -> tuple[str, str]:
-    """Consume the rest of a line too long to hold; its start and its length in characters."""
+def _overlong(handle: io.BufferedReader, start: bytes, max_bytes: int) -> tuple[str, str]:
+    """Consume the rest of a line too long to hold; its start and why it is rejected."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     chars = len(decoder.decode(start))
     while True:
@@ -328,7 +331,9 @@ def _overlong(handle: io.BufferedReader, start: bytes) -> tuple[str, str]:
         chars += len(decoder.decode(chunk.rstrip(b"\r\n") if chunk.endswith(b"\n") else chunk))
         if not chunk or chunk.endswith(b"\n"):
             break
-    return start.decode("utf-8", errors="replace")[:MAX_RAW_CHARS], f"too_long {chars:,} chars > {MAX_RAW_CHARS:,}"
+    why = (f"too_long {chars:,} chars > {MAX_RAW_CHARS:,}" if max_bytes <= MAX_LINE_BYTES
+           else f"too_long row of {chars:,} chars (over {max_bytes:,} bytes)")
+    return start.decode("utf-8", errors="replace")[:MAX_RAW_CHARS], why
 
 
 def _read_json_lines(path: Path) -> Iterator[Row]:
@@ -340,7 +345,7 @@ def _read_json_lines(path: Path) -> Iterator[Row]:
     if path.suffix == ".json" and opening == b"{" and _is_one_object(path):
         # one object over several lines is a file of the wrong shape, not a file of bad rows
         raise SourceError(f"{path}: one JSON object, not an array of rows or JSON lines")
-    for line, error in _lines(path):
+    for line, error in _lines(path, MAX_JSON_LINE_BYTES):
         if error is None and not line.strip():
             yield line, None  # a blank row: rejected as empty, so it is still counted
         elif error is not None:
