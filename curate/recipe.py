@@ -79,7 +79,9 @@ def load_recipe(name_or_path: str, kind: str) -> tuple[str, dict[str, Any]]:
         raise ConfigError(f"{path}: {path.stat().st_size:,} bytes is not a recipe (at most {MAX_RECIPE_BYTES:,})")
     try:
         data = load_yaml(path.read_text(encoding="utf-8"))
-    except (ConfigError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the recipe as UTF-8") from exc
+    except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping at the top level")

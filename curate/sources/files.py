@@ -104,6 +104,8 @@ def iter_source(spec: SourceSpec, criterion: str, skipped: list[dict[str, str]] 
         files = [path]
     elif (not path.exists()) and looks_like_path(spec.uri):
         raise SourceError(f"{spec.uri}: no such file or folder")
+    elif path.exists():  # a FIFO or a device: reading could block forever or never end
+        raise SourceError(f"{spec.uri}: not a regular file or folder")
     else:
         return _to_records([(spec.uri, _read_hf(spec))], spec, criterion, False, skipped)
     parts = ((str(f), _guarded(f, in_folder, skipped)) for f in files)
