@@ -1,6 +1,6 @@
 """Peak memory of `curate build` against the number of input prompts: does reading stream?
 
-    python bench/build_memory.py                      # 250k, 500k, 1M, 2M one-line prompts
+    python bench/build_memory.py                      # 250k, 1M, 2M one-line prompts
     python bench/build_memory.py --sizes 100000 --keep-steps tag,visual   # spaCy steps too (slow)
 
 Each size is a fresh `curate build --recipe quality` in its own process on a .txt file of N distinct
@@ -68,7 +68,7 @@ def build_peak(pool: Path, out: Path, size: int, keep: set[str]) -> tuple[float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="250000,500000,1000000,2000000", help="input rows per build")
+    parser.add_argument("--sizes", default="250000,1000000,2000000", help="input rows per build")
     parser.add_argument("--set-size", type=int, default=20_000, help="prompts kept (the recipe's size)")
     parser.add_argument("--keep-steps", default="", help=f"model steps to leave on ({', '.join(MODEL_STEPS)})")
     args = parser.parse_args()

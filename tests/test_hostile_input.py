@@ -244,3 +244,86 @@ def test_disguised_rows_are_rejected_at_ingest_and_foreign_scripts_are_not(tmp_p
     reasons = [why for _, why in result.rejected]
     assert [r.split(" ", 3)[:3] for r in reasons] == [["ingest:", "lookalike", "mixed_script"],
                                                       ["ingest:", "lookalike", "combining_overlay"]]
+
+
+def test_link_loops_and_dangling_links_in_a_folder_are_skipped_naming_them(tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "ok.txt").write_text("a red car on a bridge\n")
+    (pool / "l1.txt").symlink_to(pool / "l2.txt")
+    (pool / "l2.txt").symlink_to(pool / "l1.txt")  # a loop
+    (pool / "gone.txt").symlink_to(pool / "deleted.txt")  # dangling, inside the folder
+    with pytest.warns(UserWarning, match="leads to no file"):
+        result = _read(pool)
+    assert [r.text for r in result.records] == ["a red car on a bridge"]
+    assert sorted(os.path.basename(s["path"]) for s in result.skipped_files) == ["gone.txt", "l1.txt", "l2.txt"]
+
+
+def test_a_csv_header_with_an_unterminated_quote_is_an_error_not_an_empty_file(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text('"prompt,n\nrow one,1\nrow two,2\n')
+    with pytest.raises(SourceError, match=r"p\.csv: its header line has an unterminated quote"):
+        _read(path)
+
+
+def test_csv_with_carriage_return_line_ends_recovers_swallowed_rows(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_bytes(b'text\r"a red car\rblue cat\rgreen dog\r')
+    result = _read(path)
+    assert [r.text for r in result.records] == ["blue cat", "green dog"] and len(result.rejected) == 1
+
+
+def test_a_runaway_csv_row_is_cut_and_the_rest_read(tmp_path):
+    from curate.sources.csv_rows import MAX_ROW_CHARS
+
+    path = tmp_path / "p.csv"
+    filler = "".join(f"line {i} inside the runaway quote\n" for i in range(MAX_ROW_CHARS // 30 + 10))
+    path.write_text('text,n\n"an unterminated quote,1\n' + filler + "a last row,2\n")
+    result = _read(path)
+    assert result.rejected[0][1].startswith("ingest: unterminated quote in the row at line 2")
+    assert result.records[-1].text == "a last row" and result.rows_read == filler.count("\n") + 2
+
+
+def test_a_bom_does_not_hide_an_over_long_first_line(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + b"x" * (MAX_LINE_BYTES - 3) + b"tail of the first line\nsecond line\n")
+    result = _read(path)
+    assert [r.text for r in result.records] == ["second line"] and result.rows_read == 2
+
+
+def test_json_lines_in_a_json_file_are_rows_and_a_json_document_is_bounded(tmp_path, monkeypatch):
+    import curate.sources.files as files
+
+    lines = tmp_path / "lines.json"
+    lines.write_text("\n".join(json.dumps({"text": f"a red car number {i}"}) for i in range(3)) + "\n")
+    assert [r.text for r in _read(lines).records] == [f"a red car number {i}" for i in range(3)]
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(json.dumps({"prompts": ["a cat"]}, indent=2))
+    with pytest.raises(SourceError, match="one JSON object"):
+        _read(pretty)
+    array = tmp_path / "array.json"
+    array.write_text(json.dumps([{"text": "a red car"}] * 50))
+    assert len(_read(array).records) == 50
+    monkeypatch.setattr(files, "MAX_JSON_DOCUMENT_BYTES", 100)
+    with pytest.raises(SourceError, match=r"array\.json: a [\d,]+-byte JSON document is read whole"):
+        _read(array)
+
+
+def test_a_curated_set_with_a_damaged_part_is_an_error_not_a_partial_set(tmp_path):
+    from curate.records import Prompt
+    from curate.writer import write_curated
+
+    out = write_curated(tmp_path / "set", [Prompt(text="a red car", criterion="quality", source="x")], [], {})
+    part = next((out / "data").glob("*.parquet"))
+    part.write_bytes(part.read_bytes()[:40])
+    with pytest.raises(SourceError, match=r"part-00000\.parquet: cannot be read"):
+        _read(out)
+    (out / "manifest.json").write_text('{"format": "t5shrink.curated/1", ')  # cut off
+    done = subprocess.run([sys.executable, "-m", "curate.cli", "inspect", str(out)], capture_output=True, text=True)
+    assert done.returncode != 0 and "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_long_keys_in_errors_are_cut(tmp_path):
+    result = CliRunner().invoke(main, ["build", "--recipe", "tiny", "--set", f"steps.{'x' * 50_000}={{}}",
+                                       "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and len(result.output) < 1100

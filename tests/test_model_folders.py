@@ -152,6 +152,9 @@ def hostile_safetensors(path: Path, kind: str) -> None:
 @pytest.mark.parametrize("kind, component, key, value, says", [
     ("flux", "transformer", "num_layers", 10_000_000, "config.json num_layers=10,000,000 but"),
     ("flux", "transformer", "attention_head_dim", 1_000_000, "config.json attention_head_dim=1,000,000 is larger"),
+    ("flux", "transformer", "num_attention_heads", 60_000, "config.json gives 60,000 heads of"),
+    ("flux", "transformer", "axes_dims_rope", [4, 4, 10_000_000], "config.json axes_dims_rope=10,000,000 is larger"),
+    ("flux", "vae", "layers_per_block", 20_000, "config.json layers_per_block=20,000 but"),
     ("flux", "text_encoder", "num_hidden_layers", 5_000_000, "config.json num_hidden_layers=5,000,000 but"),
     ("flux", "text_encoder_2", "num_layers", 10_000_000, "config.json num_layers=10000000 but model.safetensors"),
     ("sd3", "transformer", "num_layers", 10_000_000, "config.json num_layers=10,000,000 but"),
@@ -409,15 +412,27 @@ def test_inconsistent_shards_are_misses_with_one_warning(tmp_path):
     assert torch.equal(EmbeddingCache(tmp_path / "c", "teacher").get(["f"], 4).pooled, cond(1).pooled)
 
 
-def test_training_runs_with_the_cache_off(tmp_path):
+@pytest.mark.parametrize("offload", [False, True])
+def test_training_runs_with_the_cache_off(tmp_path, offload):
     from train.distill import train
     from train.tiny import tiny_teacher_path
 
     tiny_teacher_path("flux")
     (tmp_path / "blocker").write_text("")
-    cfg = small_cfg("tiny:flux", steps=2, cache={"dir": str(tmp_path / "blocker" / "cache"), "precompute": True})
+    cfg = small_cfg("tiny:flux", steps=2, cache={"dir": str(tmp_path / "blocker" / "cache"), "precompute": True,
+                                                  "offload_text_encoders": offload})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = train(cfg, tmp_path / "run", progress=False)
     assert summary["steps"] == 2 and math.isfinite(summary["gap_final"])
     assert sum("embedding cache" in str(w.message) for w in caught) == 1
+    # offloading would leave nothing to encode a miss with: the encoders stay, and the run says so
+    assert sum("text encoders stay on the device" in str(w.message) for w in caught) == offload
+
+
+def test_a_damaged_tokenizer_beside_a_student_is_one_line_naming_its_folder(tmp_path):
+    folder = save_student(tmp_path / "student")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5TokenizerFast"}))
+    (folder / "tokenizer.json").write_text("{ not json")
+    says = one_line_error(["export", "--checkpoint", str(folder), "--output", str(tmp_path / "out")])
+    assert f"{folder}: the tokenizer files cannot be loaded" in says

@@ -198,3 +198,20 @@ def test_output_that_is_a_file_or_the_current_folder_is_refused(tmp_path, monkey
         with pytest.raises(OutputError, match="is the current folder or holds it"):
             write_curated(out, [], [], {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_writer_killed_between_the_two_renames_loses_nothing(tmp_path):
+    from curate.writer import staging_path, swap_into_place
+
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model.txt").write_text("old")
+    killed = ("import os, sys; from pathlib import Path; from curate.writer import _marked_folder; "
+              "out = Path(sys.argv[1]); os.rename(out, _marked_folder(out, 'old') / out.name); os._exit(0)")
+    subprocess.run([sys.executable, "-c", killed, str(out)], check=True)
+    assert not out.exists()
+    staging = staging_path(out)  # the next write puts the old output back first ...
+    assert (out / "model.txt").read_text() == "old"
+    (staging / "model.txt").write_text("new")
+    swap_into_place(staging, out)  # ... and then replaces it as usual
+    assert (out / "model.txt").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["export"]

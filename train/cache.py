@@ -25,8 +25,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from filters.base import one_line
 from train.teachers.base import Cond
-from train.weights import one_line, read_header
+from train.weights import read_header
 
 
 def teacher_cache_id(source: str, dtype: torch.dtype) -> str:
@@ -49,9 +50,10 @@ _WARNED: set[tuple[str, str]] = set()
 
 class EmbeddingCache:
     """A cache that never fails a run: a folder that cannot be created or listed turns it off (every
-    get a miss, put a no-op); a failed write (read-only folder, full disk) stops writing but keeps the
-    shards already read, since with the text encoders offloaded they may be the only source; an
-    inconsistent shard (unreadable, rows not matching its keys, NaN/inf) is a miss. Each with one warning."""
+    get a miss, put a no-op); a failed write (read-only folder, full disk) stops writing but keeps
+    serving the shards already there; an inconsistent shard (unreadable, rows not matching its keys,
+    NaN/inf) is a miss. Each with one warning. The trainer offloads the text encoders only while the
+    cache is enabled and writable, since after that a miss could not be encoded."""
 
     def __init__(self, root: str | Path, teacher_id: str):
         self.teacher_id = teacher_id

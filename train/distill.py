@@ -157,12 +157,14 @@ def resume_checkpoint(output: Path, student: DistillT5EncoderModel, optimizer: A
     """Load the newest checkpoint that loads: a damaged one (truncated or corrupt files) is passed over
     with one warning naming it, for the one before. None when there is no complete checkpoint at all;
     an error when there are some but none loads (starting over would silently discard the run)."""
-    from train.weights import one_line
+    from filters.base import one_line
 
     damaged: list[str] = []
     for ckpt in complete_checkpoints(output):
         try:
             return ckpt, load_checkpoint(ckpt, student, optimizer, accelerator)
+        except TrainingError:
+            raise  # a checkpoint of another run (other student shape): not damage, and older ones are no better
         except (OSError, ValueError, RuntimeError, KeyError) as exc:  # RuntimeError: torch refusing a state
             damaged.append(f"{ckpt.name}: {one_line(exc)}")
             warnings.warn(f"--resume: skipping damaged checkpoint {ckpt.name} ({one_line(exc)}); "
@@ -374,10 +376,15 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     cache_id = teacher_cache_id(teacher.source, teacher.dtype) if cfg["cache"]["dir"] else None
     cache = EmbeddingCache(cfg["cache"]["dir"], cache_id) if cache_id else None
 
+    offloaded = False  # the text encoders left the device: the cache is then the only source
+
     def teacher_cond(texts: list[str], max_len: int) -> Cond:
         if cache is None:
             return teacher.encode(texts, max_len)
         hit = cache.get(texts, max_len)
+        if hit is None and offloaded:
+            raise TrainingError(f"the teacher embedding cache lost entries mid-run ({cache.dir}) and the text "
+                                "encoders are offloaded; run again with --resume (or cache.offload_text_encoders: false)")
         if hit is None:
             hit = teacher.encode(texts, max_len)
             cache.put(texts, max_len, hit)
@@ -469,10 +476,14 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
         cache = EmbeddingCache(cfg["cache"]["dir"], cache_id)  # pick up the other ranks' shards
     evaluator = GapEvaluator(teacher, heldout, val_len, val_res, val["sigmas"], val["guidance"], val["batch_size"],
                              seed=seed, encode=teacher_cond)
-    if cfg["cache"]["offload_text_encoders"]:
+    if cfg["cache"]["offload_text_encoders"] and not (cache is not None and cache.enabled and cache.writable):
+        warnings.warn("cache.offload_text_encoders: cache.dir cannot be written, so the text "
+                      "encoders stay on the device to encode every batch")
+    elif cfg["cache"]["offload_text_encoders"]:
         for s in stages:
             teacher.uncond(s["max_sequence_length"])  # SD3's empty prompt, before the encoders leave
         teacher.offload_text_encoders()
+        offloaded = True
 
     logger = Logger(output, cfg["log"]["tensorboard"], main)
     results: dict[str, Any] = {"initial": None, "final": None}

@@ -80,7 +80,13 @@ def load_student_dir(path: str | Path) -> tuple[DistillT5EncoderModel, Any, dict
     folder = resolve_student_dir(path)
     student = DistillT5EncoderModel.from_pretrained(folder)
     tok_dir = _tokenizer_dir(folder)
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir else None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir else None
+    except Exception as exc:  # a damaged tokenizer.json: the library's message names no file
+        from filters.base import one_line
+
+        raise ValueError(f"{tok_dir}: the tokenizer files cannot be loaded ({one_line(exc, 200)}); "
+                         "restore them from the teacher's tokenizer folder") from None
     meta_file = next((p for p in (folder / META_NAME, folder.parent / META_NAME) if p.is_file()), None)
     meta = read_json(meta_file, "t5shrink's notes on the student") if meta_file else {}
     if not isinstance(meta, dict):

@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from filters.base import one_line
+
 MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
                "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
@@ -27,12 +29,6 @@ RESTORE = "restore it from a good copy or re-export it"
 class Header(NamedTuple):
     shapes: dict[str, tuple[int, ...]]  # tensor name -> shape, in the file's order
     metadata: dict[str, str]
-
-
-def one_line(exc: BaseException, limit: int = 400) -> str:
-    """The first line of an exception's message, bounded (torch's unpickling errors run to pages)."""
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_json(path: Path, what: str = "a JSON file") -> Any:
@@ -173,38 +169,51 @@ def folder_shapes(folder: Path) -> tuple[dict[str, tuple[int, ...]], str]:
 
 # ---- any model folder: config.json bounded by the weights, before a library builds it ------------
 
-_COUNT_KEY = re.compile(r"(?:^|_)(?:layers|blocks)$")  # num_layers, num_single_layers, num_hidden_layers, ...
+# num_layers, num_single_layers, num_hidden_layers, layers_per_block, transformer_layers_per_block, ...
+_COUNT_KEY = re.compile(r"(?:^|_)layers(?:_|$)|(?:^|_)(?:blocks|depth)$")
+_HEADS_KEY = re.compile(r"(?:^|_)heads$")  # num_heads, num_attention_heads
+_HEAD_DIM_KEY = re.compile(r"^(?:attention_head_dim|head_dim|d_kv)$")
 MAX_CONFIG_INT = 65_536  # every other integer a config holds (widths, vocabularies, positions) in tiny models
 
 
 def check_config_bounds(folder: Path) -> None:
-    """Refuse a component's config.json whose integers its own weights cannot back: a layer count
-    (a key ending in `layers` or `blocks`) above the longest stack of numbered modules in the weights,
-    or any other integer above max(65,536, 16 x the largest tensor dimension). Libraries build the
-    module tree from config.json before reading a weight (on the meta device, but one Python object
-    per module), so `num_layers: 10000000` would exhaust the machine first. Headers only; a folder
-    whose weights are not safetensors gets fixed caps instead."""
+    """Refuse a component's config.json whose integers its own weights cannot back. Libraries build the
+    module tree from config.json before reading a weight (on the meta device, but one Python object per
+    module), so `num_layers: 10000000` would exhaust the machine first. The bounds, from the headers only:
+    a layer count (num_layers, layers_per_block, ...) at most the longest stack of numbered modules in the
+    weights; heads x head width at most 4 x the largest tensor dimension; any other integer, in a list
+    too, at most max(65,536, 16 x that dimension). A folder whose weights are not safetensors gets fixed
+    caps instead."""
     folder = Path(folder)
     config = read_json(folder / "config.json", "a model config.json")
     if not isinstance(config, dict):
         raise ValueError(f"{folder / 'config.json'}: not a JSON object; fix config.json")
     shapes, source = folder_shapes(folder)
-    stacks: dict[str, set[int]] = {}  # "transformer_blocks" -> {0, 1, ...}: the numbered modules of each list
+    longest = _longest_stack(shapes) if shapes else 1_024
+    widest = max((max(s) for s in shapes.values() if s), default=0) if shapes else 65_536
+    cap = max(MAX_CONFIG_INT, 16 * widest)
+    fix = "fix config.json or pair it with its own weights"
+    for key, value in config.items():
+        if type(value) is int and _COUNT_KEY.search(key) and "decoder" not in key and value > max(longest, 1):
+            held = f"{source} holds at most {longest} numbered layers in any stack" if shapes else "that is absurd"
+            raise ValueError(f"{folder}: config.json {key}={value:,} but {held}; {fix}")
+        for item in (v for v in (value if isinstance(value, list) else [value]) if type(v) is int):
+            if item > cap:
+                raise ValueError(f"{folder}: config.json {key}={item:,} is larger than its weights can back "
+                                 f"(at most {cap:,}); {fix}")
+    heads = next((v for k, v in config.items() if _HEADS_KEY.search(k) and type(v) is int), None)
+    width = next((v for k, v in config.items() if _HEAD_DIM_KEY.search(k) and type(v) is int), None)
+    if heads is not None and width is not None and heads * width > 4 * max(widest, 1_024):
+        raise ValueError(f"{folder}: config.json gives {heads:,} heads of {width:,}, wider than its weights "
+                         f"(largest dimension {widest:,}); {fix}")
+
+
+def _longest_stack(shapes: dict[str, tuple[int, ...]]) -> int:
+    """The most numbered modules any list holds ("transformer_blocks.0." ... ".18." -> 19)."""
+    stacks: dict[str, set[int]] = {}
     for name in shapes:
         parts = name.split(".")
         for i, part in enumerate(parts[1:], 1):
             if part.isdigit():
                 stacks.setdefault(".".join(parts[:i]), set()).add(int(part))
-    longest = max(map(len, stacks.values()), default=0) if shapes else 1_024
-    widest = max((max(s) for s in shapes.values() if s), default=0)
-    cap = max(MAX_CONFIG_INT, 16 * widest) if shapes else 4_194_304
-    for key, value in config.items():
-        if type(value) is not int:
-            continue
-        if _COUNT_KEY.search(key) and "decoder" not in key and value > max(longest, 1):
-            held = f"{source} holds at most {longest} numbered layers in any stack" if shapes else "that is absurd"
-            raise ValueError(f"{folder}: config.json {key}={value:,} but {held}; "
-                             "fix config.json or pair it with its own weights")
-        if value > cap:
-            raise ValueError(f"{folder}: config.json {key}={value:,} is larger than its weights can back "
-                             f"(at most {cap:,}); fix config.json")
+    return max(map(len, stacks.values()), default=0)

@@ -2,7 +2,9 @@
 
 Every input row becomes either a Prompt or a rejected (Prompt, reason) pair, so
 `rows_read == records + rejected` always holds per source. Rows stream: a file is read a line
-or a record batch at a time, so a pool's size never multiplies in memory.
+or a record batch at a time, so a pool's size never multiplies in memory (a .json file that is one
+array is the exception: it is parsed whole, up to MAX_JSON_DOCUMENT_BYTES; JSON lines stream, whatever
+their suffix). CSV has a module of its own (csv_rows.py).
 
 Failures are isolated as narrowly as they can be:
 - a row that cannot be parsed for any reason (bad JSON, invalid UTF-8, nesting too deep, a
@@ -18,13 +20,11 @@ to read it), so a folder of prompts cannot pull in files from elsewhere on the m
 from __future__ import annotations
 
 import codecs
-import csv
 import io
 import itertools
 import json
 import math
 import os
-import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from curate.records import CATEGORIES, Prompt, clean_text, lookalike_reason
+from curate.sources.csv_rows import CsvHeaderError, read_csv
+from filters.base import one_line
 
 SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 TEXT_COLUMNS = ("text", "prompt", "caption", "TEXT", "Prompt", "Caption", "sentence")
@@ -41,6 +43,7 @@ MAX_RAW_CHARS = 100_000  # longer rows are rejected at ingest (stored cut to thi
 # each) is rejected anyway; a JSON line may carry other columns beside its text.
 MAX_LINE_BYTES = 4 * MAX_RAW_CHARS + 4
 MAX_JSON_LINE_BYTES = 64 * 2**20
+MAX_JSON_DOCUMENT_BYTES = 256 * 2**20  # a .json array is parsed whole (~10x its size in memory); JSON lines stream
 PARQUET_BATCH_ROWS = 16_384
 BOM = b"\xef\xbb\xbf"
 
@@ -94,6 +97,7 @@ def iter_source(spec: SourceSpec, criterion: str, skipped: list[dict[str, str]] 
     in_folder = path.is_dir() and not _is_hf_saved_dataset(path)
     if path.is_dir() and _is_curated_set(path):
         files = sorted((path / "data").glob("*.parquet"))  # its kept prompts; never rejected/ or the manifest
+        in_folder = False  # a damaged part is a damaged set: an error, never a silently partial set
     elif in_folder:
         files = _folder_files(path, skipped)
         if not files:
@@ -104,7 +108,7 @@ def iter_source(spec: SourceSpec, criterion: str, skipped: list[dict[str, str]] 
         files = [path]
     elif (not path.exists()) and looks_like_path(spec.uri):
         raise SourceError(f"{spec.uri}: no such file or folder")
-    elif path.exists():  # a FIFO or a device: reading could block forever or never end
+    elif path.exists() and not path.is_dir():  # a FIFO or a device: reading could block forever or never end
         raise SourceError(f"{spec.uri}: not a regular file or folder")
     else:
         return _to_records([(spec.uri, _read_hf(spec))], spec, criterion, False, skipped)
@@ -145,11 +149,23 @@ def _folder_files(root: Path, skipped: list[dict[str, str]]) -> list[Path]:
             file = Path(folder) / name
             if file.suffix not in SUFFIXES:
                 continue
-            if file.is_symlink() and not file.resolve().is_relative_to(inside):
-                _skip(skipped, file, f"a link to {file.resolve()}, outside the folder; pass that file directly to read it")
+            why = _unfollowed_link(file, inside) if file.is_symlink() else None
+            if why is not None:
+                _skip(skipped, file, why)
             elif file.is_file():  # not a FIFO or a device, which could block or never end
                 files.append(file)
     return sorted(files)
+
+
+def _unfollowed_link(link: Path, inside: Path) -> str | None:
+    """Why a link in a source folder is not read (None: it is, a file inside the folder)."""
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError):  # dangling, or a loop of links
+        return "a link that leads to no file (dangling, or a loop)"
+    if not target.is_relative_to(inside):
+        return f"a link to {target}, outside the folder; pass that file directly to read it"
+    return None if target.is_file() else "a link to something that is not a regular file"
 
 
 def _skip(skipped: list[dict[str, str]], path: Path | str, reason: str) -> None:
@@ -172,8 +188,8 @@ def _guarded(path: Path, in_folder: bool, skipped: list[dict[str, str]]) -> Iter
 
 
 def _describe_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+    text = one_line(exc, 200)
+    return text if text == type(exc).__name__ else f"{type(exc).__name__}: {text}"
 
 
 def _to_records(parts: Iterable[tuple[str, Iterable[Row]]], spec: SourceSpec, criterion: str, in_folder: bool,
@@ -297,7 +313,10 @@ def _read_file(path: Path) -> Iterator[Row]:
     elif path.suffix == ".txt":
         yield from _lines(path)
     elif path.suffix == ".csv":
-        yield from _read_csv(path)
+        try:
+            yield from read_csv(path)
+        except CsvHeaderError as exc:
+            raise SourceError(str(exc)) from None
     else:
         yield from _read_json_lines(path)
 
@@ -311,12 +330,13 @@ def _lines(path: Path, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[str, s
             line = handle.readline(max_bytes)
             if not line:
                 return
+            if len(line) >= max_bytes and not line.endswith(b"\n"):  # before the BOM goes: it counts
+                yield _overlong(handle, line.removeprefix(BOM) if first else line, max_bytes)
+                first = False
+                continue
             if first and line.startswith(BOM):
                 line = line[len(BOM):]
             first = False
-            if len(line) >= max_bytes and not line.endswith(b"\n"):
-                yield _overlong(handle, line, max_bytes)
-                continue
             line = line.rstrip(b"\n").rstrip(b"\r")
             try:
                 yield line.decode("utf-8"), None
@@ -339,14 +359,9 @@ def _overlong(handle: io.BufferedReader, start: bytes, max_bytes: int) -> tuple[
 
 
 def _read_json_lines(path: Path) -> Iterator[Row]:
-    with open(path, "rb") as handle:
-        opening = handle.read(4096).lstrip(BOM + b" \t\r\n")[:1]
-    if path.suffix == ".json" and opening == b"[":
-        yield from _read_json_array(path)
+    if path.suffix == ".json" and _is_one_document(path):
+        yield from _read_json_document(path)
         return
-    if path.suffix == ".json" and opening == b"{" and _is_one_object(path):
-        # one object over several lines is a file of the wrong shape, not a file of bad rows
-        raise SourceError(f"{path}: one JSON object, not an array of rows or JSON lines")
     for line, error in _lines(path, MAX_JSON_LINE_BYTES):
         if error is None and not line.strip():
             yield line, None  # a blank row: rejected as empty, so it is still counted
@@ -367,106 +382,41 @@ def _parse_json(line: str) -> Row:
         return line, f"malformed JSON ({_describe_error(exc)})"
 
 
-def _is_one_object(path: Path) -> bool:
+def _is_one_document(path: Path) -> bool:
+    """Whether a .json file is one JSON document (an array of rows, or a mistaken single object) rather
+    than JSON lines, which many datasets ship as .json: it is when its first line is not a whole value."""
     with open(path, "rb") as handle:
-        head = handle.read(MAX_LINE_BYTES)
-    if b"\n" not in head.strip():
-        return False  # one line: a JSON-lines file of one row
-    try:
-        return isinstance(json.loads(path.read_bytes().decode("utf-8-sig")), dict)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        first = handle.readline(MAX_JSON_LINE_BYTES).removeprefix(BOM).strip()
+        while not first and handle.peek(1):
+            first = handle.readline(MAX_JSON_LINE_BYTES).strip()
+    if first[:1] == b"[":
+        return True
+    if first[:1] != b"{":
         return False
+    try:
+        json.loads(first)
+    except (ValueError, RecursionError):
+        return True  # an object that goes on over more lines
+    return False
 
 
-def _read_json_array(path: Path) -> Iterator[Row]:
+def _read_json_document(path: Path) -> Iterator[Row]:
+    """The rows of a file that is one JSON array, read whole (so bounded in size)."""
+    size = path.stat().st_size
+    if size > MAX_JSON_DOCUMENT_BYTES:
+        raise SourceError(f"{path}: a {size:,}-byte JSON document is read whole, and the limit is "
+                          f"{MAX_JSON_DOCUMENT_BYTES:,}; write it as JSON lines (.jsonl), one row a line")
     try:
         items = json.loads(path.read_bytes().decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise SourceError(f"{path}: not a valid JSON array ({_describe_error(exc)}); "
                           "use JSON lines to keep the good rows") from exc
+    if isinstance(items, dict):  # a file of the wrong shape, not a file of bad rows
+        raise SourceError(f"{path}: one JSON object, not an array of rows or JSON lines")
+    if not isinstance(items, list):
+        raise SourceError(f"{path}: a JSON {type(items).__name__}, not an array of rows or JSON lines")
     for item in items:
         yield item, None
-
-
-def _read_csv(path: Path) -> Iterator[Row]:
-    # surrogateescape keeps undecodable bytes as lone surrogates so one bad row can be
-    # rejected without losing the rest of the file.
-    csv.field_size_limit(sys.maxsize)
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
-        lines = (line.removeprefix("\ufeff") if i == 0 else line for i, line in enumerate(handle))
-        yield from _csv_rows((line.replace("\x00", "") for line in lines), header=None, first_line=1)
-
-
-def _csv_rows(lines: Iterable[str], header: list[str] | None, first_line: int) -> Iterator[Row]:
-    """Rows of CSV `lines` as mappings (the header is the first line unless given). A row with an
-    unterminated quote swallows the lines after it, up to the end of the file or to a quote that closes
-    it in the wrong place: such a row is rejected, naming the line it starts on, and the lines it
-    swallowed are read again as rows of their own."""
-    consumed: list[str] = []  # the lines of the row being parsed (csv reads no further than a row's end)
-
-    def recorded() -> Iterator[str]:
-        for line in lines:
-            consumed.append(line)
-            yield line
-
-    reader = csv.reader(recorded())
-    if header is None:
-        header = next(reader, None)
-        if header is None:
-            return
-        first_line += len(consumed)
-    consumed.clear()
-    held = None  # one row of look-ahead: whether a row ran to the end of the file shows only at the next
-    for cells in reader:
-        raw = "".join(consumed)
-        consumed.clear()
-        if held is not None:
-            yield from _checked_row(header, *held, at_end=False)
-        held = (cells, _split_lines(raw), first_line) if cells else None  # [] is a blank line: no row
-        first_line += raw.count("\n") + (not raw.endswith("\n"))
-    if held is not None:
-        yield from _checked_row(header, *held, at_end=True)
-
-
-def _checked_row(header: list[str], cells: list[str], lines: list[str], start: int, at_end: bool) -> Iterator[Row]:
-    if not _swallowed(lines, at_end):
-        yield _csv_row(header, cells)
-        return
-    note = f": it swallowed the {len(lines) - 1} line(s) after it, read again as rows" if len(lines) > 1 else ""
-    yield lines[0].rstrip("\r\n"), f"unterminated quote in the row at line {start}{note}"
-    yield from _csv_rows(lines[1:], header, start + 1)
-
-
-def _split_lines(raw: str) -> list[str]:
-    """`raw` cut after each newline (str.splitlines would also cut at form feeds and the like)."""
-    parts = raw.split("\n")
-    return [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
-
-
-def _swallowed(lines: list[str], at_end: bool) -> bool:
-    """Whether a row is a quote left open: strict CSV refuses a row that ends inside quotes (at the end
-    of the file) or whose quote closes in the middle of text (a later row's quote closing it)."""
-    try:
-        list(csv.reader(io.StringIO("".join(lines), newline=""), strict=True))
-    except csv.Error as exc:
-        return len(lines) > 1 or (at_end and "unexpected end of data" in str(exc))
-    return False
-
-
-def _csv_row(header: list[str], cells: list[str]) -> Row:
-    row: dict[str, Any] = dict(zip(header, cells))  # extra cells beyond the header are dropped
-    for name in header[len(cells):]:
-        row[name] = None
-    bad = any(isinstance(v, str) and _has_surrogates(v) for v in row.values())
-    if bad:
-        fixed = {k: v.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if isinstance(v, str) else v
-                 for k, v in row.items()}
-        return json.dumps(fixed, ensure_ascii=False), "invalid utf-8"
-    return row, None
-
-
-def _has_surrogates(value: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in value)
 
 
 def _read_parquet(path: Path) -> Iterator[Row]:

@@ -219,17 +219,19 @@ def load_teacher(
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
     if kind == "flux":
-        from diffusers import FluxPipeline
+        from diffusers import FluxPipeline as pipeline_class
 
         from .flux import FluxTeacher as cls
-
-        pipe = FluxPipeline.from_pretrained(source, **kwargs)
     else:
-        from diffusers import StableDiffusion3Pipeline
+        from diffusers import StableDiffusion3Pipeline as pipeline_class
 
         from .sd3 import SD3Teacher as cls
+    try:
+        pipe = pipeline_class.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:  # what diffusers raises names no folder
+        from filters.base import one_line
 
-        pipe = StableDiffusion3Pipeline.from_pretrained(source, **kwargs)
+        raise ValueError(f"{source}: the {pipeline_class.__name__} cannot be loaded ({one_line(exc, 300)})") from exc
     pipe.set_progress_bar_config(disable=True)
     for name, module in pipe.components.items():
         if isinstance(module, torch.nn.Module):
