@@ -28,8 +28,14 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
 
 class OneLineErrors(click.Group):
     """Errors become one line on stderr and a non-zero exit (2 for bad input, 1 otherwise);
-    `--debug` on the group shows the traceback instead; warnings become one `warning: ...` line too.
-    Shared by `curate` and `train`."""
+    `--debug` shows the traceback instead, wherever it stands on the command line (`curate --debug build`
+    and `curate build ... --debug` alike); warnings become one `warning: ...` line too. Shared by `curate`
+    and `train`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--debug" in args[: args.index("--") if "--" in args else len(args)]:
+            args = ["--debug", *(a for a in args if a != "--debug")]  # the group's option, wherever typed
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
         if not ctx.params.get("debug"):
@@ -52,7 +58,7 @@ class OneLineErrors(click.Group):
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors (anywhere on the command line).")
 def main(debug: bool) -> None:
     """Curate balanced prompt sets for distilling T5-XXL into small text encoders.
 

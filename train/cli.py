@@ -29,8 +29,8 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-@click.group(cls=OneLineErrors)
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors (anywhere on the command line).")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """Distil a small T5 student that replaces T5-XXL in FLUX.1 / SD3.

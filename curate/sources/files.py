@@ -116,6 +116,26 @@ def iter_source(spec: SourceSpec, criterion: str, skipped: list[dict[str, str]] 
     return _to_records(parts, spec, criterion, in_folder, skipped)
 
 
+def local_path_or_hub_id(value: str, what: str) -> Path | None:
+    """The one "not found" rule of every path-or-hub-id argument: the local file or folder `value` names,
+    or None when it is a hub id (owner/name) to fetch. A value that can only be a path ("./x", "a/b/c",
+    "x.txt", "dir/") and does not exist is an error naming it and `what` it was meant to be."""
+    path = Path(value).expanduser()
+    if path.exists():
+        return path
+    if looks_like_path(value):
+        raise FileNotFoundError(f"{what} {value}: no such file or folder")
+    return None
+
+
+def hub_error(value: str, what: str, exc: BaseException) -> ValueError:
+    """The error for a hub id that could not be fetched: names the id, and says what would work offline."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    why = "HF_HUB_OFFLINE is set" if offline else one_line(exc, 200)
+    return ValueError(f"{what} {value}: not a local path, and it cannot be fetched from the Hugging Face Hub "
+                      f"({why}); it needs the network, or give a local folder")
+
+
 def looks_like_path(uri: str) -> bool:
     """Whether `uri` can only be a local path (so a missing one is an error, not a hub lookup)."""
     # A hub id is "name" or "owner/name"; a trailing slash or deeper nesting can only be a folder
