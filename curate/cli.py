@@ -90,8 +90,9 @@ def recipes() -> None:
 @click.option("--source", "sources", multiple=True, metavar="CRITERION=URI",
               help="Replace a criterion's pool with a local file/folder or an HF dataset id (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--print-recipe", is_flag=True, help="Print the fully resolved recipe (YAML) and exit.")
 def build(recipe: str, output: Path, size: int | None, seed: int | None, overrides: tuple[str, ...],
-          sources: tuple[str, ...], quiet: bool) -> None:
+          sources: tuple[str, ...], quiet: bool, print_recipe: bool) -> None:
     """Build a curated prompt set from a recipe.
 
     \b
@@ -100,15 +101,22 @@ def build(recipe: str, output: Path, size: int | None, seed: int | None, overrid
       curate build --recipe tiny --output /tmp/tiny
       curate build --recipe compbench --seed 1 --set steps.dedup_near=null
       curate build --recipe balanced --source quality=laion.parquet --set sources.quality.0.text_column=TEXT
+      curate build --recipe compbench --source semantic=prompts/ --set sources.semantic.0.category_from_filename=true
+      curate build --recipe balanced --set steps.dedup_near=null --print-recipe
     """
     from curate.pipeline import build as run_build
     from curate.pipeline import resolve_recipe
 
     name, data = resolve_recipe(recipe, overrides, sources, size=size, seed=seed)
+    if print_recipe:
+        import yaml
+
+        click.echo(f"# {name}, resolved\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), nl=False)
+        return
     result = run_build(name, data, output, progress=not quiet)
     top = ", ".join(f"{kind} {n:,}" for kind, n in result.reasons.most_common(6))
     click.echo(f"kept {result.kept:,}, rejected {result.rejected:,} ({top or 'none'}) "
-               f"in {result.seconds:.1f}s -> {result.out_dir}", err=True)
+               f"in {result.seconds:.1f}s -> {result.out_dir}")
 
 
 @main.command()

@@ -31,7 +31,7 @@ from filters.base import ConfigError, Context, Step, StepResult, build_step, cac
 SOURCE_SCHEMA = {
     "generator": str, "n": int, "categories": [str],
     "uri": str, "text_column": str, "split": str, "limit": int,
-    "score_columns": {ANY_KEY: str}, "image_column": str, "category_column": str,
+    "score_columns": {ANY_KEY: str}, "image_column": str, "category_column": str, "category_from_filename": bool,
 }
 GENERATOR_KEYS = {"generator", "n", "categories"}
 FILE_KEYS = set(SOURCE_SCHEMA) - {"n", "categories"}
@@ -40,6 +40,7 @@ CURATE_SCHEMA: dict[str, Any] = {
     "seed": int,
     "size": int,
     "on_shortfall": str,
+    "shortfall_floor": (int, float),
     "oversample": (int, float),
     "embedder": {"kind": str, "model": str, "batch_size": int, "device": str, "pretrained": str, "max_length": int,
                  "trust_remote_code": bool, "dtype": str},  # filters.embed.build_embedder's options
@@ -49,6 +50,7 @@ CURATE_SCHEMA: dict[str, Any] = {
 }
 STREAM_CHUNK_ROWS = 50_000  # rows read and put through the row-wise steps at a time
 MAX_SIZE = 1_000_000_000
+DEFAULT_SHORTFALL_FLOOR = 0.5  # on_shortfall: scale may shrink a set to half its size, no further
 
 
 def resolve_recipe(recipe: str, overrides: list[str] = (), sources: list[str] = (),
@@ -77,6 +79,9 @@ def _check(data: dict[str, Any]) -> None:
             raise ConfigError(f"recipe has no {key!r}")
     if not 0 < data["size"] <= MAX_SIZE:
         raise ConfigError(f"size must be from 1 to {MAX_SIZE:,}, got {describe_value(data['size'])}")
+    floor = data.get("shortfall_floor")
+    if floor is not None and not (math.isfinite(floor) and 0 <= floor <= 1):
+        raise ConfigError(f"shortfall_floor must be a number in [0, 1], got {describe_value(floor)}")
     oversample = data.get("oversample", 2.0)
     if oversample is not None and not (math.isfinite(oversample) and 0 < oversample <= 1000):
         raise ConfigError(f"oversample must be a number in (0, 1000], got {describe_value(oversample)}")
@@ -187,8 +192,8 @@ class _PlannedStep:
         return result
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "in": self.seen, "kept": self.kept, "dropped": self.dropped,
-                "reasons": dict(self.reasons), "seconds": round(self.seconds, 3)}
+        return {"name": self.name, "criteria": self.criteria, "in": self.seen, "kept": self.kept,
+                "dropped": self.dropped, "reasons": dict(self.reasons), "seconds": round(self.seconds, 3)}
 
 
 def _plan_steps(data: dict[str, Any]) -> list[_PlannedStep]:
@@ -203,7 +208,8 @@ def _plan_steps(data: dict[str, Any]) -> list[_PlannedStep]:
 
 
 class _Rejections:
-    """Every dropped row goes to the writer as it is dropped; only the counts stay in memory."""
+    """Every dropped row goes to the writer as it is dropped; only the counts stay in memory: by
+    (criterion, step, kind), so a shortfall can say what emptied a pool."""
 
     def __init__(self, writer: CuratedSetWriter):
         self.writer, self.count, self.kinds = writer, 0, Counter()
@@ -211,7 +217,33 @@ class _Rejections:
     def add(self, dropped: list[tuple[Prompt, str]]) -> None:
         self.writer.reject(dropped)
         self.count += len(dropped)
-        self.kinds.update(parse_reason(r) for _, r in dropped)
+        self.kinds.update((r.criterion, *parse_reason(why)) for r, why in dropped)
+
+    def most(self, criteria: set[str] | None = None, n: int = 3) -> str:
+        """'length too_short 1,200, dedup_exact exact_dup 40' over the given criteria (all: None)."""
+        counts = Counter()
+        for (criterion, step, kind), count in self.kinds.items():
+            if (criteria is None or criterion in criteria) and step != "balance":
+                counts[f"{step} {kind}"] += count
+        return ", ".join(f"{what} {count:,}" for what, count in counts.most_common(n))
+
+
+def _check_shortfall(data: dict[str, Any], kept: list[Prompt], report: dict[str, Any], rejections: _Rejections) -> None:
+    """A set that would be empty, or that `on_shortfall: scale` would shrink below shortfall_floor x size
+    (a pool pointed at the wrong file, say), is an error naming the pools that fell short and what
+    dropped their rows."""
+    floor = data.get("shortfall_floor", DEFAULT_SHORTFALL_FLOOR)
+    floor = DEFAULT_SHORTFALL_FLOOR if floor is None else floor
+    scaled = report["shortfalls"] and data.get("on_shortfall", "scale") == "scale"
+    if kept and not (scaled and len(kept) < floor * data["size"]):
+        return
+    short = {line.split(":")[0].split("/")[0] for line in report["shortfalls"]}
+    dropped = rejections.most(short or None)
+    head = (f"the set would shrink to {len(kept):,} of {data['size']:,} prompts, below shortfall_floor={floor}"
+            if kept else "the set would be empty")
+    raise ShortfallError(f"{head}: " + ("; ".join(report["shortfalls"]) or "no prompts left")
+                         + (f" (dropped: {dropped})" if dropped else "")
+                         + ("; fix the pool, or set on_shortfall=warn or a lower shortfall_floor" if kept else ""))
 
 
 def _pools(data: dict[str, Any], seed: int):
@@ -309,13 +341,9 @@ def build(recipe_name: str, data: dict[str, Any], out_dir: Path, progress: bool 
         del records
         rejections.add(over)
         step_stats = [s.summary() for s in steps]
-        step_stats.append({"name": "balance", "in": n_in, "kept": len(kept), "dropped": len(over),
+        step_stats.append({"name": "balance", "criteria": None, "in": n_in, "kept": len(kept), "dropped": len(over),
                            "reasons": dict(Counter(reason_kind(r) for _, r in over)), "seconds": 0.0})
-        if not kept:  # nothing to train on: an error, with what the pools lacked and why rows were dropped
-            why = rejections.kinds.most_common(3)
-            raise ShortfallError("the set would be empty: " + ("; ".join(report["shortfalls"]) or "no prompts left")
-                                 + (" (most dropped: " + ", ".join(f"{' '.join(k)} {n:,}" for k, n in why) + ")"
-                                    if why else ""))
+        _check_shortfall(data, kept, report, rejections)
         for line in report["shortfalls"]:
             log(f"warning: shortfall: {line} (on_shortfall={data.get('on_shortfall', 'scale')})")
         if report["shortfalls"] and data.get("on_shortfall", "scale") == "scale":
@@ -331,7 +359,7 @@ def build(recipe_name: str, data: dict[str, Any], out_dir: Path, progress: bool 
         }
         writer.finish(kept, manifest)
     reasons = Counter()
-    for (_, kind), n in rejections.kinds.items():
+    for (_, _, kind), n in rejections.kinds.items():
         reasons[kind] += n
     return BuildResult(out_dir=writer.out_dir, kept=len(kept), rejected=rejections.count, reasons=reasons,
                        shortfalls=report["shortfalls"], seconds=time.perf_counter() - started)

@@ -12,20 +12,21 @@ import copy
 import hashlib
 import json
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from filters.base import ConfigError, describe_value
+from filters.base import ConfigError, describe_value, did_you_mean
 
 ANY_KEY = "*"
 
 
 def recipe_dir(kind: str) -> Path:
-    """Folder of shipped recipes of a kind ("curate" or "train"), installed or not."""
-    return Path(str(resources.files("recipes") / kind))
+    """Folder of shipped recipes of a kind ("curate" or "train"), installed or not. Found beside this
+    package, not by importing `recipes`: a `recipes/` folder in the current directory would win that
+    import under `python -m` and hide the shipped ones."""
+    return Path(__file__).resolve().parents[1] / "recipes" / kind
 
 
 def list_recipes(kind: str) -> dict[str, str]:
@@ -189,7 +190,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], schema: dict[str
                 spec = spec[0]
             else:
                 if isinstance(spec, dict) and part not in spec and ANY_KEY not in spec:
-                    raise ConfigError(f"unknown key {full!r} in --set {item}")
+                    raise ConfigError(f"unknown key {full!r} in --set {item}{did_you_mean(part, _keys(spec))}")
                 key = part
                 spec = spec.get(part, spec.get(ANY_KEY)) if isinstance(spec, dict) else None
             if last:
@@ -202,6 +203,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], schema: dict[str
                 node = child
     validate(data, schema)
     return data
+
+
+def _keys(schema: dict[str, Any]) -> list[str]:
+    return [k for k in schema if k != ANY_KEY]
 
 
 def validate(data: Any, schema: Any, where: str = "") -> None:
@@ -219,7 +224,8 @@ def validate(data: Any, schema: Any, where: str = "") -> None:
             elif ANY_KEY in schema:
                 validate(value, schema[ANY_KEY], full)
             else:
-                raise ConfigError(f"unknown key {full!r} (allowed: {', '.join(k for k in schema if k != ANY_KEY)})")
+                raise ConfigError(f"unknown key {full!r}{did_you_mean(key, _keys(schema))} "
+                                  f"(allowed: {', '.join(_keys(schema))})")
     elif isinstance(schema, list):
         if not isinstance(data, list):
             raise ConfigError(f"{where} must be a list, got {type(data).__name__}")

@@ -7,6 +7,7 @@ by name with explicit keyword arguments, so a typo in a recipe fails loudly.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
 import reprlib
@@ -14,6 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -111,6 +113,12 @@ class ConfigError(ValueError):
     """A recipe or override that does not fit: the message names the offending key."""
 
 
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """"; did you mean 'x' or 'y'?" for the closest options to a mistyped key or name, or ""."""
+    close = difflib.get_close_matches(str(word)[:200], [str(o) for o in options], n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
 def one_line(error: BaseException | str, limit: int = 400) -> str:
     """The first line of an error's message (its type's name if it has none), cut at `limit` characters:
     what a one-line error or warning can quote of it (torch's unpickling errors run to pages)."""
@@ -137,7 +145,7 @@ def build_step(name: str, params: dict[str, Any] | None, where: str = "steps") -
     """Build a registered step from recipe data; unknown names and keys are errors."""
     _import_builtin_steps()
     if name not in STEPS:
-        raise ConfigError(f"unknown step {where}.{name}; known steps: {', '.join(sorted(STEPS))}")
+        raise ConfigError(f"unknown step {where}.{name}{did_you_mean(name, STEPS)} (known steps: {', '.join(sorted(STEPS))})")
     cls = STEPS[name]
     params = dict(params or {})
     accepted = inspect.signature(cls.__init__).parameters
@@ -149,7 +157,7 @@ def build_step(name: str, params: dict[str, Any] | None, where: str = "steps") -
     for key, value in params.items():
         if not takes_any and key not in accepted:
             allowed = ", ".join(k for k in accepted if k != "self") or "none"
-            raise ConfigError(f"unknown key {where}.{name}.{key} (allowed: {allowed})")
+            raise ConfigError(f"unknown key {where}.{name}.{key}{did_you_mean(key, accepted)} (allowed: {allowed})")
         if key in hints and not _fits_type(value, hints[key]):
             raise ConfigError(f"{where}.{name}.{key} must be {_type_name(hints[key])}, got {describe_value(value)}")
     try:

@@ -16,13 +16,13 @@ import hashlib
 import numpy as np
 
 from curate.records import Prompt, canonical_key, dedup_key, normalize_text
-from filters.base import Context, Step, StepResult, register
+from filters.base import Context, Step, StepResult, describe_value, register
 
 
 @register
 class ExactDedup(Step):
     """Keeps the smallest canonical_key of each group of records that share a dedup key; drops the
-    others as "exact_dup of <id>". Keys are held as 16-byte blake2b digests in one array (a chance
+    others as "exact_dup of <id> '<its text>'". Keys are held as 16-byte blake2b digests in one array (a chance
     collision needs ~10^19 prompts), so millions of records cost tens of MB, not a dict of strings."""
 
     name = "dedup_exact"
@@ -47,5 +47,6 @@ class ExactDedup(Step):
             best = min(group, key=lambda i: canonical_key(records[i]))
             keeper.update((i, best) for i in group if i != best)
         result = StepResult(kept=[r for i, r in enumerate(records) if i not in keeper])
-        result.dropped = [(records[i], f"{self.name}: exact_dup of {records[keeper[i]].id}") for i in sorted(keeper)]
+        result.dropped = [(records[i], f"{self.name}: exact_dup of {records[keeper[i]].id} {describe_value(records[keeper[i]].text)}")
+                          for i in sorted(keeper)]
         return result

@@ -24,7 +24,7 @@ from collections import defaultdict
 import numpy as np
 
 from curate.records import Prompt, normalize_text
-from filters.base import Context, Step, StepResult, register
+from filters.base import Context, Step, StepResult, describe_value, register
 from filters.dedup_semantic import keep_first
 
 _WORD = re.compile(r"\w+")  # word tokens without any downloaded nltk data; punctuation ignored
@@ -81,7 +81,7 @@ def _bucket_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.n
 @register
 class DedupNear(Step):
     """Keeps the first of each group of near-identical prompts (see the module rule); drops
-    the rest as "near_dup of <id> jaccard=<j>".
+    the rest as "near_dup of <id> jaccard=<j> '<its text>'".
 
     threshold: Jaccard of word n-grams at or above which two prompts are duplicates. One
     word changed inside an L-word prompt gives (L-5)/(L+1) with 3-grams, so the default 0.8
@@ -165,7 +165,8 @@ class DedupNear(Step):
         result = StepResult(kept=[r for i, r in enumerate(records) if i not in dup_of])
         for i in sorted(dup_of):
             a, jac = dup_of[i]
-            result.dropped.append((records[i], f"{self.name}: near_dup of {records[a].id} jaccard={jac:.2f}"))
+            result.dropped.append((records[i], f"{self.name}: near_dup of {records[a].id} jaccard={jac:.2f} "
+                                               f"{describe_value(records[a].text)}"))
         return result
 
     def _hashes(self, record: Prompt) -> np.ndarray:

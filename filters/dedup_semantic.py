@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from curate.records import dedup_key
-from filters.base import Context, Step, StepResult, register
+from filters.base import Context, Step, StepResult, describe_value, register
 
 if TYPE_CHECKING:
     from curate.records import Prompt
@@ -132,7 +132,7 @@ def keep_first(earlier: dict[int, list[int]], similarity: Callable[[int, int], f
 @register
 class DedupSemantic(Step):
     """Keeps the first of each group of semantically identical prompts (see the module rule);
-    drops the rest as "semantic_dup of <id> cos=<c>".
+    drops the rest as "semantic_dup of <id> cos=<c> '<its text>'".
 
     threshold: cosine at or above which two prompts are duplicates (0.95: paraphrases with
     the same content; order-swapped "A and B" pairs score about 0.98 with MiniLM).
@@ -189,5 +189,6 @@ class DedupSemantic(Step):
         result = StepResult(kept=[r for i, r in enumerate(records) if i not in dup_of])
         for i in sorted(dup_of):
             a, c = dup_of[i]
-            result.dropped.append((records[i], f"{self.name}: semantic_dup of {records[a].id} cos={min(c, 1.0):.2f}"))
+            result.dropped.append((records[i], f"{self.name}: semantic_dup of {records[a].id} cos={min(c, 1.0):.2f} "
+                                               f"{describe_value(records[a].text)}"))
         return result

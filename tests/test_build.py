@@ -93,7 +93,7 @@ def test_recipes_command_lists_the_shipped_recipes():
 def test_a_short_pool_is_reported_and_keeps_the_fractions(tmp_path):
     pool = tmp_path / "text.txt"
     pool.write_text("".join(f"a shop sign that says 'OPEN {i}'\n" for i in range(20)))
-    out = _build(tmp_path, sources=[f"text={pool}"])
+    out = _build(tmp_path, sources=[f"text={pool}"], overrides=["shortfall_floor=0.1"])
     manifest = read_manifest(out)
     assert manifest["shortfalls"] and manifest["shortfalls"][0].startswith("text:")
     rows = read_records(out)

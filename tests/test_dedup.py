@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from curate.records import Prompt, canonical_key, dedup_key
-from filters.base import ConfigError, Context, build_step
+from filters.base import ConfigError, Context, build_step, describe_value
 from filters.dedup_near import shingles
 from filters.dedup_semantic import keep_first, similar_pairs
 
@@ -76,7 +76,7 @@ def test_near_collapses_surface_variants_and_keeps_distinct(ctx):
     result = build_step("dedup_near", {}).run(recs, ctx)
     dropped = {r.text: why for r, why in result.dropped}
     assert set(dropped) == set(GROUPS[0][1:]) | set(GROUPS[2][1:])
-    assert dropped[GROUPS[0][2]] == f"dedup_near: near_dup of {recs[0].id} jaccard=1.00"
+    assert dropped[GROUPS[0][2]] == f"dedup_near: near_dup of {recs[0].id} jaccard=1.00 {describe_value(recs[0].text)}"
     assert dropped[GROUPS[2][1]].startswith(f"dedup_near: near_dup of {recs[6].id} jaccard=0.")
     assert len(result.kept) + len(result.dropped) == len(recs)
     assert [r.text for r in result.kept] == [r.text for r in recs if r.text not in dropped]  # order kept
@@ -103,7 +103,8 @@ def test_near_matches_brute_force_exact_jaccard(ctx):
     for i, s in enumerate(sets):
         best = max(((len(s & sets[k]) / len(s | sets[k]), -k) for k in kept), default=(0.0, 0))
         if best[0] >= 0.8:
-            expected[texts[i]] = f"dedup_near: near_dup of {recs[-best[1]].id} jaccard={best[0]:.2f}"
+            expected[texts[i]] = (f"dedup_near: near_dup of {recs[-best[1]].id} jaccard={best[0]:.2f} "
+                                  f"{describe_value(recs[-best[1]].text)}")
         else:
             kept.append(i)
     assert len(expected) >= 50
@@ -210,7 +211,7 @@ def test_exact_keeps_the_first_in_canonical_order_whatever_the_input_order(ctx):
     for records in ([quality, semantic], [semantic, quality]):
         result = step.run(list(records), ctx)
         assert result.kept == [quality]
-        assert result.dropped == [(semantic, f"dedup_exact: exact_dup of {quality.id}")]
+        assert result.dropped == [(semantic, f"dedup_exact: exact_dup of {quality.id} {describe_value(quality.text)}")]
     same = [Prompt(text=t, criterion="semantic", source="s") for t in GROUPS[0][:3]]  # one dedup_key
     first = min(same, key=canonical_key)
     assert step.run(same, ctx).kept == step.run(same[::-1], ctx).kept == [first]

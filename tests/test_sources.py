@@ -16,7 +16,7 @@ def test_txt_one_prompt_per_line(tmp_path):
     path.write_text("a red car\n\n  a blue bench  \n")
     result = _read(path)
     assert [r.text for r in result.records] == ["a red car", "a blue bench"]
-    assert result.rows_read == 3 and [why for _, why in result.rejected] == ["ingest: empty row"]
+    assert result.rows_read == 3 and [why for _, why in result.rejected] == ["ingest: empty (an empty row)"]
     assert all(r.criterion == "quality" and r.source == str(path) for r in result.records)
 
 
@@ -91,7 +91,7 @@ def test_hostile_jsonl_every_row_kept_or_rejected(tmp_path):
     reasons = [why for _, why in result.rejected]
     assert any("malformed JSON" in r for r in reasons)
     assert any("invalid utf-8" in r for r in reasons)
-    assert reasons.count("ingest: empty row") == 2
+    assert reasons.count("ingest: empty (an empty row)") == 2
     assert any("is int, not a string" in r for r in reasons)
     assert any("missing text field" in r for r in reasons)
     assert any("not an object" in r for r in reasons)

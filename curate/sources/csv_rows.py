@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 MAX_ROW_CHARS = 4 * 2**20
+INVALID_UTF8 = "invalid_utf8 (invalid utf-8)"  # the rejection of a row with bytes that are not UTF-8
 
 Row = tuple[Any, "str | None"]  # a mapping (or, if rejected, the row's text) and why it was rejected
 
@@ -112,7 +113,7 @@ def _swallowing(row_lines: list[str], line_no: int, lines: _Lines) -> Row:
     """The rejection of a row whose quote swallowed the lines after it, which go back to be read again."""
     lines.push_back(row_lines[1:])
     note = f": it swallowed the {len(row_lines) - 1} line(s) after it, read again as rows" if len(row_lines) > 1 else ""
-    return row_lines[0].rstrip("\r\n"), f"unterminated quote in the row at line {line_no}{note}"
+    return row_lines[0].rstrip("\r\n"), f"unterminated_quote (unterminated quote in the row at line {line_no}{note})"
 
 
 def _swallowed(row_lines: list[str], at_end: bool) -> bool:
@@ -132,7 +133,7 @@ def _row(header: list[str], cells: list[str]) -> Row:
     if any(isinstance(v, str) and _has_surrogates(v) for v in row.values()):
         fixed = {k: v.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if isinstance(v, str) else v
                  for k, v in row.items()}
-        return json.dumps(fixed, ensure_ascii=False), "invalid utf-8"
+        return json.dumps(fixed, ensure_ascii=False), INVALID_UTF8
     return row, None
 
 

@@ -29,10 +29,10 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from curate.records import CATEGORIES, Prompt, clean_text, lookalike_reason
-from curate.sources.csv_rows import CsvHeaderError, read_csv
+from curate.records import CATEGORIES, CRITERIA, Prompt, clean_text, lookalike_reason
+from curate.sources.csv_rows import INVALID_UTF8, CsvHeaderError, read_csv
 from filters.base import one_line
 
 SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
@@ -46,6 +46,7 @@ MAX_JSON_LINE_BYTES = 64 * 2**20
 MAX_JSON_DOCUMENT_BYTES = 256 * 2**20  # a .json array is parsed whole (~10x its size in memory); JSON lines stream
 PARQUET_BATCH_ROWS = 16_384
 BOM = b"\xef\xbb\xbf"
+# Every rejection reads "ingest: <kind> (<detail>)": the kind is one word that reports count by.
 
 Row = tuple[Any, "str | None"]  # a raw row (a line or a mapping) and why it could not be parsed, if so
 
@@ -65,6 +66,7 @@ class SourceSpec:
     score_columns: dict[str, str] = field(default_factory=dict)
     image_column: str | None = None
     category_column: str | None = None
+    category_from_filename: bool = False
 
 
 @dataclass
@@ -95,7 +97,8 @@ def iter_source(spec: SourceSpec, criterion: str, skipped: list[dict[str, str]] 
     skipped = [] if skipped is None else skipped
     path = Path(spec.uri).expanduser()
     in_folder = path.is_dir() and not _is_hf_saved_dataset(path)
-    if path.is_dir() and _is_curated_set(path):
+    curated = path.is_dir() and _is_curated_set(path)
+    if curated:
         files = sorted((path / "data").glob("*.parquet"))  # its kept prompts; never rejected/ or the manifest
         in_folder = False  # a damaged part is a damaged set: an error, never a silently partial set
     elif in_folder:
@@ -113,7 +116,7 @@ def iter_source(spec: SourceSpec, criterion: str, skipped: list[dict[str, str]] 
     else:
         return _to_records([(spec.uri, _read_hf(spec))], spec, criterion, False, skipped)
     parts = ((str(f), _guarded(f, in_folder, skipped)) for f in files)
-    return _to_records(parts, spec, criterion, in_folder, skipped)
+    return _to_records(parts, spec, criterion, in_folder, skipped, keep_labels=curated)
 
 
 def local_path_or_hub_id(value: str, what: str) -> Path | None:
@@ -213,13 +216,15 @@ def _describe_error(exc: BaseException) -> str:
 
 
 def _to_records(parts: Iterable[tuple[str, Iterable[Row]]], spec: SourceSpec, criterion: str, in_folder: bool,
-                skipped: list[dict[str, str]]) -> Iterator[tuple[Prompt, str | None]]:
+                skipped: list[dict[str, str]], keep_labels: bool = False) -> Iterator[tuple[Prompt, str | None]]:
     """Each part (a file, or the dataset) yields (raw_row, error): error is set when the row could not
     be parsed. The text column is found per part, since a folder's files may name it differently. In a
     folder, a file that is not a table of prompts at all (a dataset's metadata .json, say) is skipped
-    with a warning; given on its own, it is an error."""
+    with a warning; given on its own, it is an error. Labels: a curated set's rows keep theirs
+    (`keep_labels`); with category_from_filename, a file named after a category gives its rows that one."""
     n = 0
     for name, rows in parts:
+        labels = _Labels(keep_labels, category_of_filename(name) if spec.category_from_filename else None)
         rows = iter(rows)
         head = list(itertools.islice(rows, 1000))
         try:
@@ -234,13 +239,27 @@ def _to_records(parts: Iterable[tuple[str, Iterable[Row]]], spec: SourceSpec, cr
                 return
             n += 1
             try:
-                yield _to_record(raw, error, column, spec, criterion)
+                yield _to_record(raw, error, column, spec, criterion, labels)
             except Exception as exc:  # a row nothing above foresaw: rejected with its reason, never fatal
                 yield _rejected(_preview(raw), spec, criterion, f"unreadable_row ({_describe_error(exc)})")
 
 
-def _to_record(raw: Any, error: str | None, column: str | None, spec: SourceSpec,
-               criterion: str) -> tuple[Prompt, str | None]:
+class _Labels(NamedTuple):
+    from_row: bool  # a curated set's row: its criterion, category, tags and rendered_text stand
+    file_category: str | None  # the category its file's name gives
+
+
+def category_of_filename(name: str) -> str | None:
+    """The category a file's name starts with, followed by the end of the name or one of `_-.`:
+    color_train.txt -> color, 3d_spatial_val.jsonl -> 3d_spatial, text_rendering.csv -> text_rendering.
+    The longest such category wins (3d_spatial, not spatial); None when the name starts with none."""
+    stem = Path(name).name.lower()
+    found = [c for c in CATEGORIES if stem.startswith(c) and (len(stem) == len(c) or stem[len(c)] in "_-.")]
+    return max(found, key=len, default=None)
+
+
+def _to_record(raw: Any, error: str | None, column: str | None, spec: SourceSpec, criterion: str,
+               labels: _Labels = _Labels(False, None)) -> tuple[Prompt, str | None]:
     text, error = _row_text(raw, column, error)
     if error is None and len(text) > MAX_RAW_CHARS:
         error = f"too_long {len(text):,} chars > {MAX_RAW_CHARS:,}"
@@ -248,13 +267,31 @@ def _to_record(raw: Any, error: str | None, column: str | None, spec: SourceSpec
         return _rejected(text, spec, criterion, error)
     record = Prompt(text=clean_text(text), criterion=criterion, source=spec.uri)
     if not record.text:
-        return record, "ingest: empty row"
+        return record, "ingest: empty (an empty row)"
     disguise = lookalike_reason(record.text)
     if disguise is not None:  # look-alike letters or marks: a copy made to slip past dedup (records module)
         return record, f"ingest: lookalike {disguise}"
     if isinstance(raw, dict):
         _copy_columns(raw, spec, record)
+        if labels.from_row:
+            _copy_labels(raw, record)
+    if labels.file_category and not record.tags:  # a category column, when there is one, wins
+        record.category, record.tags = labels.file_category, [labels.file_category]
     return record, None
+
+
+def _copy_labels(row: dict[str, Any], record: Prompt) -> None:
+    """A curated set's own labels, so that a set reused as a source is not labelled again (the tag step
+    labels only records that come without tags)."""
+    if row.get("criterion") in CRITERIA:
+        record.criterion = row["criterion"]
+    if row.get("category") in CATEGORIES:
+        record.category = row["category"]
+        tags = [t for t in row.get("tags") or [] if isinstance(t, str) and t in CATEGORIES]
+        record.tags = tags or [record.category]
+    rendered = [t for t in row.get("rendered_text") or [] if isinstance(t, str)]
+    if rendered:
+        record.rendered_text = rendered
 
 
 def _rejected(text: str, spec: SourceSpec, criterion: str, why: str) -> tuple[Prompt, str]:
@@ -299,12 +336,12 @@ def _row_text(raw: Any, column: str | None, error: str | None) -> tuple[str, str
     if isinstance(raw, str):
         return raw, None
     if not isinstance(raw, dict):
-        return _preview(raw), f"not an object ({type(raw).__name__})"
+        return _preview(raw), f"not_object (the row is a {type(raw).__name__}, not an object)"
     value = raw.get(column)
     if value is None:
-        return _preview(raw), f"missing text field {column!r}"
+        return _preview(raw), f"missing_text (missing text field {column!r})"
     if not isinstance(value, str):
-        return _preview(raw), f"text field {column!r} is {type(value).__name__}, not a string"
+        return _preview(raw), f"wrong_type (text field {column!r} is {type(value).__name__}, not a string)"
     return value, None
 
 
@@ -361,7 +398,7 @@ def _lines(path: Path, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[str, s
             try:
                 yield line.decode("utf-8"), None
             except UnicodeDecodeError:
-                yield line.decode("utf-8", errors="replace"), "invalid utf-8"
+                yield line.decode("utf-8", errors="replace"), INVALID_UTF8
 
 
 def _overlong(handle: io.BufferedReader, start: bytes, max_bytes: int) -> tuple[str, str]:
@@ -395,11 +432,11 @@ def _parse_json(line: str) -> Row:
     try:
         return json.loads(line), None
     except json.JSONDecodeError as exc:
-        return line, f"malformed JSON ({exc.msg} at column {exc.colno})"
+        return line, f"malformed_json (malformed JSON: {exc.msg} at column {exc.colno})"
     except RecursionError:
-        return line, "malformed JSON (nested too deeply)"
+        return line, "malformed_json (malformed JSON: nested too deeply)"
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
-        return line, f"malformed JSON ({_describe_error(exc)})"
+        return line, f"malformed_json (malformed JSON: {_describe_error(exc)})"
 
 
 def _is_one_document(path: Path) -> bool:
