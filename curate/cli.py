@@ -74,9 +74,21 @@ def main(debug: bool) -> None:
 
 
 @main.command()
-def recipes() -> None:
-    """List the shipped curation recipes."""
-    click.echo(recipe_table("curate"))
+@click.option("--keys", is_flag=True, help="List every key a recipe takes (type, default) instead.")
+def recipes(keys: bool) -> None:
+    """List the shipped curation recipes, or every key a recipe takes.
+
+    \b
+    Examples:
+      curate recipes
+      curate recipes --keys
+    """
+    if keys:
+        from curate.pipeline import recipe_keys
+
+        click.echo(recipe_keys())
+    else:
+        click.echo(recipe_table("curate"))
 
 
 @main.command()

@@ -22,11 +22,13 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from curate.balance import SHORTFALL_POLICIES, ShortfallError, balance
-from curate.recipe import ANY_KEY, apply_overrides, load_recipe, recipe_hash, validate
+from curate.recipe import (ANY_KEY, apply_overrides, load_recipe, recipe_hash, render_keys, schema_keys, type_label,
+                           validate)
 from curate.records import CATEGORIES, CRITERIA, Prompt, canonical_key, parse_reason
 from curate.sources.files import SourceSpec, iter_source
 from curate.writer import CuratedSetWriter
-from filters.base import ConfigError, Context, Step, StepResult, build_step, cache_dir, describe_value
+from filters.base import (ConfigError, Context, Step, StepResult, build_step, cache_dir, describe_value,
+                          step_options)
 
 SOURCE_SCHEMA = {
     "generator": str, "n": int, "categories": [str],
@@ -51,6 +53,15 @@ CURATE_SCHEMA: dict[str, Any] = {
 STREAM_CHUNK_ROWS = 50_000  # rows read and put through the row-wise steps at a time
 MAX_SIZE = 1_000_000_000
 DEFAULT_SHORTFALL_FLOOR = 0.5  # on_shortfall: scale may shrink a set to half its size, no further
+
+
+def recipe_keys() -> str:
+    """Every key a curation recipe takes, with its type and default (`curate recipes --keys`): the
+    schema, then each step's options, read from the steps themselves so the list cannot go stale."""
+    rows = [row for row in schema_keys(CURATE_SCHEMA) if not row[0].startswith("steps.")]
+    rows.append(("steps.<step>", "mapping of the step's options, or null to switch it off", None))
+    rows.append(("steps.<step>.criteria", "list of string", None))
+    return render_keys(rows + [(key, type_label(hint), default) for key, hint, default in step_options()])
 
 
 def resolve_recipe(recipe: str, overrides: list[str] = (), sources: list[str] = (),

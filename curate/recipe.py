@@ -12,6 +12,8 @@ import copy
 import hashlib
 import json
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +246,49 @@ def validate(data: Any, schema: Any, where: str = "") -> None:
 
 def recipe_hash(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---- the key reference (`curate recipes --keys`, `train recipes --keys`, the README) ------------
+
+_PLACEHOLDERS = {"sources": "<criterion>", "quotas": "<criterion>", "categories": "<category>",
+                 "score_columns": "<score name>", "steps": "<step>", "config": "<T5Config field>"}
+
+
+def schema_keys(schema: Any, defaults: Any = None, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted key, type, default or None) for every leaf a schema allows, in schema order. Free keys
+    show as a placeholder (<criterion>, <step>, ...), list items as <i>."""
+    if isinstance(schema, dict):
+        rows = []
+        for key, sub in schema.items():
+            name = _PLACEHOLDERS.get(prefix.rsplit(".", 1)[-1], "<name>") if key == ANY_KEY else key
+            default = defaults.get(key) if isinstance(defaults, dict) and key != ANY_KEY else None
+            if isinstance(sub, dict) or (isinstance(sub, list) and isinstance(sub[0], dict)):
+                rows += schema_keys(sub, default, f"{prefix}.{name}" if prefix else name)
+            else:
+                rows.append((f"{prefix}.{name}" if prefix else name, type_label(sub), default))
+        return rows
+    return schema_keys(schema[0], None, f"{prefix}.<i>")  # a list of mappings: stages.<i>.name, ...
+
+
+def type_label(schema: Any) -> str:
+    """A schema leaf (or a step option's annotation) in words."""
+    if typing.get_origin(schema) in (typing.Union, types.UnionType):
+        schema = tuple(arm for arm in typing.get_args(schema) if arm is not type(None))
+        schema = schema[0] if len(schema) == 1 else schema
+    if isinstance(schema, list):
+        return f"list of {type_label(schema[0])}"
+    if typing.get_origin(schema) is list:
+        return f"list of {type_label((typing.get_args(schema) or (Any,))[0])}"
+    if isinstance(schema, tuple):
+        return "number" if set(schema) == {int, float} else " or ".join(type_label(t) for t in schema)
+    return {int: "integer", float: "number", str: "string", bool: "true/false"}.get(schema, "any")
+
+
+def render_keys(rows: list[tuple[str, str, Any]]) -> str:
+    """The rows as aligned text: key, type, and the default when there is one."""
+    width = max((len(key) for key, _, _ in rows), default=0)
+    lines = []
+    for key, kind, default in rows:
+        shown = "" if default is None else f"  (default: {json.dumps(default)})"
+        lines.append(f"{key:<{width}}  {kind}{shown}")
+    return "\n".join(lines)

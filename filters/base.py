@@ -166,6 +166,23 @@ def build_step(name: str, params: dict[str, Any] | None, where: str = "steps") -
         raise ConfigError(f"{where}.{name}: {exc}") from exc
 
 
+def step_options() -> list[tuple[str, Any, Any]]:
+    """(steps.<name>.<option>, its annotation, its default or None) for every registered step, by name."""
+    _import_builtin_steps()
+    rows = []
+    for name in sorted(STEPS):
+        init = STEPS[name].__init__
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:  # an annotation only imported for type checkers: shown as any
+            hints = {}
+        for param in list(inspect.signature(init).parameters.values())[1:]:
+            if param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+                default = None if param.default is param.empty else param.default
+                rows.append((f"steps.{name}.{param.name}", hints.get(param.name, Any), default))
+    return rows
+
+
 _SIMPLE = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 
 

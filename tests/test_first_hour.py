@@ -140,3 +140,12 @@ def test_debug_is_taken_anywhere_on_the_command_line(tmp_path):
         assert isinstance(result.exception, ConfigError)  # raised, not turned into one line
     result = CliRunner().invoke(main, ["build", "--recipe", "nope", "--output", str(tmp_path / "out")])
     assert result.exit_code == 2 and result.output.startswith("error: no curate recipe named 'nope'")
+
+
+def test_the_readme_lists_every_recipe_key_as_the_code_has_them():
+    from curate.pipeline import recipe_keys
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- curate-keys -->\n```\n", 1)[1].split("\n```\n<!-- /curate-keys -->", 1)[0]
+    assert block == recipe_keys(), "README's key list is stale: paste `curate recipes --keys` into it"
+    assert "sources.<criterion>.<i>.category_from_filename" in block and "steps.length.min_words" in block
