@@ -125,9 +125,10 @@ def build(recipe: str, output: Path, size: int | None, seed: int | None, overrid
 
         click.echo(f"# {name}, resolved\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), nl=False)
         return
+    from curate.report import reason_counts_line
+
     result = run_build(name, data, output, progress=not quiet)
-    top = ", ".join(f"{kind} {n:,}" for kind, n in result.reasons.most_common(6))
-    click.echo(f"kept {result.kept:,}, rejected {result.rejected:,} ({top or 'none'}) "
+    click.echo(f"kept {result.kept:,}, rejected {result.rejected:,} ({reason_counts_line(result.reasons) or 'none'}) "
                f"in {result.seconds:.1f}s -> {result.out_dir}")
 
 
@@ -197,7 +198,8 @@ def _infer_criterion(category: str) -> str:
 
 @main.command()
 @click.argument("set_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write a self-contained HTML report.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path),
+              help="Write a self-contained HTML report to this file (a folder is refused: give e.g. DIR/report.html).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def inspect(set_dir: Path, html_path: Path | None, as_json: bool) -> None:
     """Show what a curated set contains: criteria, categories, sources, rejections, scores.
@@ -210,6 +212,10 @@ def inspect(set_dir: Path, html_path: Path | None, as_json: bool) -> None:
     """
     from curate import report
 
+    if html_path:  # before any work: a bad path fails at once, not after the tables and the map
+        from curate.report_html import check_html_path
+
+        check_html_path(html_path)
     summary = report.summarize(set_dir)
     if as_json:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -218,8 +224,7 @@ def inspect(set_dir: Path, html_path: Path | None, as_json: bool) -> None:
     if html_path:
         from curate.report_html import write_html
 
-        write_html(set_dir, summary, html_path)
-        click.echo(f"wrote {html_path}", err=True)
+        click.echo(f"wrote {write_html(set_dir, summary, html_path)}", err=True)
 
 
 @main.command()

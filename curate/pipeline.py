@@ -364,6 +364,7 @@ def build(recipe_name: str, data: dict[str, Any], out_dir: Path, progress: bool 
         manifest = {
             "recipe_name": recipe_name, "recipe": data, "recipe_hash": recipe_hash(data),
             "seed": seed, "size": data["size"], "sources": source_stats, "steps": step_stats,
+            "on_shortfall": data.get("on_shortfall", "scale"), "planned_size": report["planned_size"],
             "quotas": report["quotas"], "shortfalls": report["shortfalls"],
             "counts": {"rows_read": rows_read, "kept": len(kept), "rejected": rejections.count},
             "versions": _versions(), "seconds": round(time.perf_counter() - started, 3),

@@ -24,6 +24,7 @@ from curate.records import CRITERIA
 CRITERION_COLORS = {"quality": "#4C72B0", "semantic": "#DD8452", "text": "#55A868"}
 _EXTRA_COLORS = ("#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD")
 DPI = 110
+LENGTH_SCORE_KEYS = ("tokens",)  # scores that measure length: drawn by length_histogram, not as scores
 
 
 def criterion_color(name: str, known: Sequence[str] = ()) -> str:
@@ -98,6 +99,72 @@ def category_bars(summary: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
+def _target_rows(summary: dict[str, Any]) -> list[tuple[str, str, int, int]]:
+    """(label, criterion, count, target) per quota: a criterion's categories when it has category
+    targets, else the criterion as a whole ("quality (all)"). Nothing without a target."""
+    rows = []
+    for crit, entry in summary["criteria"].items():
+        cats = {c: e for c, e in summary["categories"].get(crit, {}).items() if isinstance(e.get("target"), int)}
+        if cats:
+            rows += [(f"{crit} / {cat}", crit, e["count"], e["target"]) for cat, e in cats.items()]
+        elif isinstance(entry.get("target"), int):
+            rows.append((f"{crit} (all)", crit, entry["count"], entry["target"]))
+    return rows
+
+
+def _share_bars(ax, summary: dict[str, Any], crits: list[str]) -> None:
+    """Two 100% bars, the recipe's target fractions over the kept shares, one segment per criterion."""
+    bars = [("kept", [summary["criteria"][c]["share"] or 0.0 for c in crits]),
+            ("target", [summary["criteria"][c]["target_fraction"] or 0.0 for c in crits])]
+    for y, (_, shares) in enumerate(bars):
+        left = 0.0
+        for crit, share in zip(crits, shares):
+            width = 100 * float(share)
+            ax.barh(y, width, left=left, height=0.62, color=criterion_color(crit, crits), edgecolor="white")
+            if width >= 6:  # a label that fits inside its segment; smaller ones would overlap
+                ax.text(left + width / 2, y, f"{width:.0f}%", ha="center", va="center", fontsize=7, color="white")
+            left += width
+    ax.set_yticks(range(len(bars)), [name for name, _ in bars])
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("share of the set (%)", fontsize=8)
+    ax.set_title("Criterion split: kept vs recipe target", fontsize=9, pad=16)
+    _legend(ax, crits, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(crits))
+    _style(ax)
+
+
+def _quota_bars(ax, rows: list[tuple[str, str, int, int]], crits: list[str]) -> None:
+    """One bar per quota: kept as a percentage of its target (100% = on target), labelled kept / target.
+    Percentages, not counts, so a 1,410-prompt criterion and a 113-prompt category read on one axis."""
+    y = np.arange(len(rows))[::-1]
+    ratios = np.array([100.0 * n / t if t else 0.0 for _, _, n, t in rows])
+    ax.barh(y, ratios, height=0.68, color=[criterion_color(c, crits) for _, c, _, _ in rows])
+    for yi, ratio, (_, _, n, t) in zip(y, ratios, rows):
+        ax.text(ratio, yi, f" {n:,} / {t:,}", va="center", fontsize=7, color="#333" if n == t else "#b00020")
+    ax.axvline(100, color="#333", linestyle="--", linewidth=0.8)
+    ax.set_yticks(y, [label for label, _, _, _ in rows])
+    ax.set_xlim(0, max(125.0, float(ratios.max(initial=0)) * 1.25))
+    ax.set_xlabel("kept, % of target (dashed: on target; labels: kept / target)", fontsize=8)
+    ax.set_title("Quotas: kept vs target per criterion and category", fontsize=9)
+    _style(ax)
+
+
+def targets_plot(summary: dict[str, Any]) -> bytes | None:
+    """The mixture against the recipe: criterion shares vs target fractions (e.g. 47/30/23), and
+    every quota's kept count vs its target. None when the set records no targets (no manifest)."""
+    crits = [c for c, e in summary["criteria"].items() if e.get("target_fraction") is not None]
+    rows = _target_rows(summary)
+    if not crits and not rows:
+        return None
+    fig = _new_figure(6.4, 1.9 + 0.27 * max(len(rows), 2) + (0.6 if rows else 0))
+    grid = fig.add_gridspec(2 if crits and rows else 1, 1, height_ratios=[1.3, 0.27 * max(len(rows), 2)]
+                            if crits and rows else None, hspace=0.55)
+    if crits:
+        _share_bars(fig.add_subplot(grid[0]), summary, crits)
+    if rows:
+        _quota_bars(fig.add_subplot(grid[-1]), rows, list(summary["criteria"]))
+    return _png(fig)
+
+
 def _stacked_hist(ax, hist: dict[str, Any], crits: list[str]) -> None:
     edges = np.asarray(hist["edges"], dtype=float)
     widths = np.diff(edges)
@@ -117,8 +184,11 @@ def _stacked_hist(ax, hist: dict[str, Any], crits: list[str]) -> None:
 
 
 def score_histograms(summary: dict[str, Any]) -> bytes | None:
-    """Small multiples, one stacked histogram per score key; None when there are no scores."""
-    scores = summary["scores"]
+    """Small multiples, one stacked histogram per score key; None when there are none to draw.
+
+    Length keys (scores.tokens) are left out: the length histogram draws them, with its own
+    labels, and a second unlabelled copy here read as a different measure."""
+    scores = {k: v for k, v in summary["scores"].items() if k not in LENGTH_SCORE_KEYS}
     if not scores:
         return None
     crits = list(summary["criteria"])
@@ -130,6 +200,8 @@ def score_histograms(summary: dict[str, Any]) -> bytes | None:
         ax = fig.add_subplot(nrows, ncols, i + 1)
         _stacked_hist(ax, scores[key]["histogram"], crits)
         ax.set_title(f"{key}  (median {scores[key]['median']:.3g}, n={scores[key]['count']})", fontsize=8)
+        ax.set_xlabel(f"{key} score", fontsize=8)
+        ax.set_ylabel("prompts", fontsize=8)
         _style(ax)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     _legend(fig, crits, loc="upper center", ncol=len(crits))
@@ -144,10 +216,12 @@ def length_histogram(summary: dict[str, Any]) -> bytes:
     if length["count"]:
         _stacked_hist(ax, length["histogram"], crits)
         ax.axvline(length["median"], color="#333", linestyle="--", linewidth=0.8)
-        _legend(ax, crits, loc="upper left")
-    ax.set_xlabel(length["unit"], fontsize=8)
+        # Above the axes, like the category bars: inside, it covered the first bins.
+        _legend(ax, crits, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=max(len(crits), 1))
+    ax.set_xlabel(f"prompt length ({length['unit']})", fontsize=8)
     ax.set_ylabel("prompts", fontsize=8)
-    ax.set_title(f"Prompt length in {length['unit']} (dashed: median {length.get('median', 0):g})", fontsize=9)
+    ax.set_title(f"Prompt length in {length['unit']} (dashed: median {length.get('median', 0):g})", fontsize=9,
+                 pad=18 if length["count"] else 6)
     _style(ax)
     return _png(fig)
 

@@ -186,76 +186,117 @@ def _cluster_stats(clusters: list[Any]) -> dict[str, Any]:
     return out
 
 
+def _planned(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The size the quotas were planned for, which `on_shortfall: scale` may have shrunk below the
+    recipe's `size`: {"planned_size", "on_shortfall", "scaled"}.
+
+    Read from the manifest's "planned_size" when the build recorded it, else the sum of the
+    criterion targets (balance apportions the planned size over them exactly), else `size`."""
+    size = manifest.get("size")
+    planned = manifest.get("planned_size")
+    if not isinstance(planned, int) or isinstance(planned, bool):
+        targets = [(q or {}).get("target") for q in (manifest.get("quotas") or {}).values()]
+        planned = sum(targets) if targets and all(isinstance(t, int) for t in targets) else size
+    recipe = manifest.get("recipe") if isinstance(manifest.get("recipe"), dict) else {}
+    policy = manifest.get("on_shortfall") or recipe.get("on_shortfall")
+    if policy is None and recipe.get("quotas"):
+        policy = "scale"  # the documented default, when a resolved recipe leaves it out
+    return {"planned_size": planned, "on_shortfall": policy,
+            "scaled": isinstance(size, int) and isinstance(planned, int) and planned < size}
+
+
+def _step_criteria(step: dict[str, Any], manifest: dict[str, Any]) -> list[str] | None | str:
+    """The criteria a step ran on: a list, None for every criterion, or "?" when nothing says.
+
+    The step's own "criteria" key wins (null = all); older manifests only have the recipe's
+    `steps.NAME.criteria`, which is what the build ran with. Balance always sees every criterion."""
+    if "criteria" in step:
+        crits = step["criteria"]
+        return [str(c) for c in crits] if isinstance(crits, list) else None
+    if step.get("name") == "balance":
+        return None
+    recipe_steps = (manifest.get("recipe") or {}).get("steps") if isinstance(manifest.get("recipe"), dict) else None
+    if not isinstance(recipe_steps, dict) or not isinstance(recipe_steps.get(step.get("name")), dict):
+        return "?"
+    crits = recipe_steps[step.get("name")].get("criteria")
+    return [str(c) for c in crits] if isinstance(crits, list) else None
+
+
+def reason_counts_line(kinds: Counter, limit: int = 6) -> str:
+    """The `limit` most common rejection kinds on one line, and never a silent cut: what does not
+    fit is counted, as in `over_quota 482, malformed_json 3, ... and 2 more kinds (3 rows)`."""
+    ranked = sorted(kinds.items(), key=lambda kv: (-kv[1], str(kv[0])))
+    shown = ranked if len(ranked) <= limit + 1 else ranked[:limit]  # "1 more kind" saves nothing
+    text = ", ".join(f"{kind} {n:,}" for kind, n in shown) or "none"
+    rest = ranked[len(shown):]
+    if rest:
+        more = sum(n for _, n in rest)
+        text += f" and {len(rest)} more kind{'s' if len(rest) > 1 else ''} ({more:,} row{'s' if more != 1 else ''})"
+    return text
+
+
 # ---------------------------------------------------------------------------------------
 # summarize
 
 
-def summarize(dir: Path, examples: int = 3) -> dict[str, Any]:
-    """Machine-readable summary of a curated set (JSON-serialisable, deterministic).
+def _mixture(kept: dict[str, list], quotas: dict[str, Any]) -> tuple[list[str], list[str], dict, dict]:
+    """(criteria order, category order, criteria block, categories block) with counts and targets.
 
-    Keys: format, dir, manifest (recipe name/seed/size/hash/shortfalls/versions), total,
-    criteria, categories (criterion -> category), sources, quotas, steps (from the
-    manifest), rejected (by step and reason kind, with examples), scores, length,
-    clusters, examples (criterion -> category -> first `examples` records by id).
-    Shares are fractions of all kept records unless named otherwise.
-    """
-    folder = Path(dir)
-    manifest, kept, drop = _load(folder)
+    A criterion or category whose target asked for prompts but got none is listed too (count 0):
+    leaving it out would make the targets shown stop adding up to the planned size. One with a
+    target of 0 and nothing kept (scaling can round a small share down to 0) adds nothing and is left out."""
     total = len(kept["id"])
     crit_count = Counter(kept["criterion"])
-    crits = _ordered(crit_count, CRITERIA, crit_count)
-    quotas = manifest.get("quotas") or {}
-
-    criteria = {}
-    for crit in crits:
-        q = quotas.get(crit) or {}
-        criteria[crit] = {
-            "count": crit_count[crit],
-            "share": _share(crit_count[crit], total),
-            "target_fraction": q.get("fraction"),
-            "target": q.get("target"),
-        }
-
+    crits = _ordered(set(crit_count) | {c for c, q in quotas.items() if _wanted(q)}, CRITERIA, crit_count)
+    criteria = {crit: {"count": crit_count[crit], "share": _share(crit_count[crit], total),
+                       "target_fraction": (quotas.get(crit) or {}).get("fraction"),
+                       "target": (quotas.get(crit) or {}).get("target")} for crit in crits}
     pair_count = Counter(zip(kept["criterion"], kept["category"]))
     cat_count = Counter(kept["category"])
-    category_order = _ordered(cat_count, CATEGORIES, cat_count)
+    quota_cats = {cat for q in quotas.values() for cat, e in ((q or {}).get("categories") or {}).items() if _wanted(e)}
+    category_order = _ordered(set(cat_count) | quota_cats, CATEGORIES, cat_count)
     categories: dict[str, dict[str, Any]] = {}
     for crit in crits:
         qcats = (quotas.get(crit) or {}).get("categories") or {}
         categories[crit] = {}
         for cat in category_order:
             n = pair_count.get((crit, cat), 0)
-            if n == 0 and cat not in qcats:
+            if n == 0 and not _wanted(qcats.get(cat)):
                 continue
             q = qcats.get(cat) or {}
-            categories[crit][cat] = {
-                "count": n,
-                "share": _share(n, total),
-                "share_in_criterion": _share(n, crit_count[crit]),
-                "target": q.get("target"),
-                "available": q.get("available"),
-            }
+            categories[crit][cat] = {"count": n, "share": _share(n, total),
+                                     "share_in_criterion": _share(n, crit_count[crit]),
+                                     "target": q.get("target"), "available": q.get("available")}
+    return crits, category_order, criteria, categories
 
-    src_count = Counter(kept["source"])
-    sources = {s: {"count": src_count[s], "share": _share(src_count[s], total)}
-               for s in _ordered(src_count, (), src_count)}
 
-    # Scores: every key any record carries, each over the records that have it.
+def _wanted(quota: Any) -> bool:
+    """Whether a manifest quota entry asked for at least one prompt."""
+    target = quota.get("target") if isinstance(quota, dict) else None
+    return isinstance(target, (int, float)) and not isinstance(target, bool) and target > 0
+
+
+def _scores_block(kept: dict[str, list], crits: list[str]) -> dict[str, Any]:
+    """Every score key any record carries, each over the records that have it."""
     crit_arr = np.asarray(kept["criterion"], dtype=object)
-    score_keys = sorted({k for s in kept["scores"] for k in s})
     scores = {}
-    for key in score_keys:
+    for key in sorted({k for s in kept["scores"] for k in s}):
         idx = [i for i, s in enumerate(kept["scores"]) if key in s]
         values = np.array([kept["scores"][i][key] for i in idx], dtype=float)
         groups = crit_arr[idx] if idx else np.array([], dtype=object)
         entry = _stats(values)
-        entry["missing"] = total - len(idx)
+        entry["missing"] = len(kept["id"]) - len(idx)
         entry["by_criterion"] = {c: _stats(values[groups == c]) for c in crits if (groups == c).any()}
         entry["histogram"] = _histogram(values, groups, crits, _score_edges(values))
         scores[key] = entry
+    return scores
 
-    # Length: the tokenizer's count when the build recorded it for every record (mixing
-    # tokens and words would make one histogram of two units), else whitespace words.
+
+def _length_block(kept: dict[str, list], crits: list[str]) -> dict[str, Any]:
+    """Prompt length: the tokenizer's count when the build recorded it for every record (mixing
+    tokens and words would make one histogram of two units), else whitespace words."""
+    total = len(kept["id"])
+    crit_arr = np.asarray(kept["criterion"], dtype=object)
     has_tokens = total > 0 and all("tokens" in s for s in kept["scores"])
     if has_tokens:
         lengths = np.array([s["tokens"] for s in kept["scores"]], dtype=float)
@@ -263,58 +304,80 @@ def summarize(dir: Path, examples: int = 3) -> dict[str, Any]:
         lengths = np.array([len(t.split()) for t in kept["text"]], dtype=float)
     length: dict[str, Any] = {"unit": "tokens" if has_tokens else "words", **_stats(lengths)}
     if total:
-        length["by_criterion"] = {c: _stats(lengths[crit_arr == c]) for c in crits}
+        length["by_criterion"] = {c: _stats(lengths[crit_arr == c]) for c in crits if (crit_arr == c).any()}
         length["histogram"] = _histogram(lengths, crit_arr, crits, _length_edges(lengths))
+    return length
 
-    by_crit_clusters: dict[str, list[Any]] = defaultdict(list)
+
+def _clusters_block(kept: dict[str, list], crits: list[str]) -> dict[str, Any]:
+    by_crit: dict[str, list[Any]] = defaultdict(list)
     for crit, cl in zip(kept["criterion"], kept["cluster"]):
-        by_crit_clusters[crit].append(cl)
-    clusters = {
-        "overall": _cluster_stats(kept["cluster"]),
-        "by_criterion": {c: _cluster_stats(by_crit_clusters[c]) for c in crits},
-    }
+        by_crit[crit].append(cl)
+    return {"overall": _cluster_stats(kept["cluster"]),
+            "by_criterion": {c: _cluster_stats(by_crit[c]) for c in crits if by_crit[c]}}
 
-    # Examples: first `examples` by id per criterion x category (ids are hashes, so
-    # this is an unbiased, reproducible pick).
-    order = sorted(range(total), key=lambda i: kept["id"][i] or "")
+
+def _examples_block(kept: dict[str, list], crits: list[str], category_order: list[str], examples: int) -> dict:
+    """First `examples` by id per criterion x category (ids are hashes, so this is an unbiased,
+    reproducible pick)."""
     picked: dict[str, dict[str, list]] = {c: {} for c in crits}
-    for i in order:
+    for i in sorted(range(len(kept["id"])), key=lambda i: kept["id"][i] or ""):
         bucket = picked[kept["criterion"][i]].setdefault(kept["category"][i], [])
         if len(bucket) < examples:
             bucket.append({"id": kept["id"][i], "text": kept["text"][i], "source": kept["source"][i]})
-    examples_out = {c: {cat: picked[c][cat] for cat in category_order if cat in picked[c]} for c in crits}
+    return {c: {cat: picked[c][cat] for cat in category_order if cat in picked[c]} for c in crits}
 
+
+def _manifest_block(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **{k: manifest.get(k) for k in ("format", "recipe_name", "recipe_hash", "seed", "size")},
+        **_planned(manifest),
+        "shortfalls": list(manifest.get("shortfalls") or []),
+        "versions": dict(manifest.get("versions") or {}),
+        "seconds": manifest.get("seconds"),
+    }
+
+
+def summarize(dir: Path, examples: int = 3) -> dict[str, Any]:
+    """Machine-readable summary of a curated set (JSON-serialisable, deterministic).
+
+    Keys: format, dir, manifest (recipe name/seed/size/planned_size/hash/shortfalls/versions),
+    total, criteria, categories (criterion -> category), sources, inputs, steps (from the
+    manifest, with the criteria each ran on), rejected (by step and reason kind, with examples),
+    scores, length, clusters, examples (criterion -> category -> first `examples` records by id).
+    Shares are fractions of all kept records unless named otherwise; targets are for the planned
+    size (manifest.planned_size), which `on_shortfall: scale` may have shrunk below `size`.
+    """
+    folder = Path(dir)
+    manifest, kept, drop = _load(folder)
+    total = len(kept["id"])
+    crits, category_order, criteria, categories = _mixture(kept, manifest.get("quotas") or {})
+    src_count = Counter(kept["source"])
     return {
         "format": SUMMARY_FORMAT,
         "dir": str(folder),
-        "manifest": {
-            "format": manifest.get("format"),
-            "recipe_name": manifest.get("recipe_name"),
-            "recipe_hash": manifest.get("recipe_hash"),
-            "seed": manifest.get("seed"),
-            "size": manifest.get("size"),
-            "shortfalls": list(manifest.get("shortfalls") or []),
-            "versions": dict(manifest.get("versions") or {}),
-            "seconds": manifest.get("seconds"),
-        },
+        "manifest": _manifest_block(manifest),
         "total": total,
         "category_order": category_order,
         "criteria": criteria,
         "categories": categories,
-        "sources": sources,
+        "sources": {s: {"count": src_count[s], "share": _share(src_count[s], total)}
+                    for s in _ordered(src_count, (), src_count)},
         "inputs": [
             {**{k: s.get(k) for k in ("criterion", "uri", "rows_read", "records", "rejected")},
              "skipped_files": len(s.get("skipped_files") or [])}
             for s in manifest.get("sources") or []
         ],
         "steps": [
-            {k: s.get(k) for k in ("name", "in", "kept", "dropped", "seconds")} for s in manifest.get("steps") or []
+            {**{k: s.get(k) for k in ("name", "in", "kept", "dropped", "seconds")},
+             "criteria": _step_criteria(s, manifest)}
+            for s in manifest.get("steps") or []
         ],
         "rejected": _rejected_summary(drop, manifest, examples),
-        "scores": scores,
-        "length": length,
-        "clusters": clusters,
-        "examples": examples_out,
+        "scores": _scores_block(kept, crits),
+        "length": _length_block(kept, crits),
+        "clusters": _clusters_block(kept, crits),
+        "examples": _examples_block(kept, crits, category_order, examples),
     }
 
 
@@ -324,8 +387,10 @@ def _rejected_summary(drop: dict[str, list], manifest: dict[str, Any], examples:
     kind_count: dict[str, Counter] = defaultdict(Counter)
     for step, kind in parsed:
         kind_count[step][kind] += 1
-    # Steps in pipeline order (as the manifest lists them), then any others.
-    step_order = _ordered(step_count, [s.get("name") for s in manifest.get("steps") or []], step_count)
+    # Steps in pipeline order: ingest (rows that could not be read) first, then the steps as the
+    # manifest lists them, then any others.
+    step_order = _ordered(step_count, ["ingest", *(s.get("name") for s in manifest.get("steps") or [])],
+                          step_count)
     by_step = {
         step: {
             "count": step_count[step],
@@ -339,8 +404,12 @@ def _rejected_summary(drop: dict[str, list], manifest: dict[str, Any], examples:
         if len(picked[key]) < examples:
             picked[key].append({"id": drop["id"][i], "text": drop["text"][i] or "", "reason": drop["reason"][i] or ""})
     crit_count = Counter(c or "unknown" for c in drop["criterion"])
+    # What the build counted, so a rejected/ that lost rows (a part deleted or cut off) shows up
+    # as a difference instead of a smaller, plausible-looking table.
+    counted = (manifest.get("counts") or {}).get("rejected")
     return {
         "total": len(parsed),
+        "manifest_total": counted if isinstance(counted, int) and not isinstance(counted, bool) else None,
         "by_criterion": {c: crit_count[c] for c in _ordered(crit_count, CRITERIA, crit_count)},
         "by_step": by_step,
         "examples": {k: picked[k] for k in sorted(picked)},
@@ -381,80 +450,129 @@ def _signed(x: int | float, pct: bool = False) -> str:
 
 
 def _tables(summary: dict[str, Any]) -> dict[str, Table]:
-    total = summary["total"]
-    tables: dict[str, Table] = {}
-
-    rows = []
-    for crit, e in summary["criteria"].items():
-        rows.append([crit, _num(e["count"]), _pct(e["share"]), _pct(e["target_fraction"]), _num(e["target"])])
-    rows.append(["total", _num(total), _pct(1.0 if total else 0.0), "", _num(summary["manifest"]["size"])])
-    tables["criteria"] = Table("Mixture by criterion", ["criterion", "count", "share", "target share", "target"],
-                               rows, "lrrrr")
-
-    rows = []
-    for crit, cats in summary["categories"].items():
-        for cat, e in cats.items():
-            rows.append([crit, cat, _num(e["count"]), _pct(e["share_in_criterion"]), _pct(e["share"]),
-                         _num(e["target"]), _num(e["available"])])
-    tables["categories"] = Table("Mixture by criterion x category",
-                                 ["criterion", "category", "count", "of criterion", "of total", "target", "available"],
-                                 rows, "llrrrrr")
-
+    """Every table of the report by key, in page order; tables with nothing to show are left out
+    (scores, inputs, steps, clusters), the others always present."""
+    tables = {"criteria": _criteria_table(summary), "categories": _categories_table(summary)}
     rows = [[s, _num(e["count"]), _pct(e["share"])] for s, e in summary["sources"].items()]
     tables["sources"] = Table("Kept prompts by source", ["source", "count", "share"], rows, "lrr")
-
     if summary["inputs"]:
         rows = [[str(s["criterion"] or ""), str(s["uri"] or ""), _num(s["rows_read"]), _num(s["records"]),
                  _num(s["rejected"]), _num(s.get("skipped_files", 0))] for s in summary["inputs"]]
         tables["inputs"] = Table("Inputs (manifest)", ["criterion", "uri", "rows read", "records", "rejected",
                                                        "files skipped"], rows, "llrrrr")
-
     if summary["steps"]:
-        rows = []
-        for s in summary["steps"]:
-            kept_share = s["kept"] / s["in"] if s.get("in") and s.get("kept") is not None else None
-            rows.append([str(s["name"]), _num(s["in"]), _num(s["kept"]), _num(s["dropped"]), _pct(kept_share),
-                         "" if s["seconds"] is None else f"{s['seconds']:.2f}"])
-        tables["steps"] = Table("Pipeline steps (manifest)", ["step", "in", "kept", "dropped", "kept %", "seconds"],
-                                rows, "lrrrrr")
+        tables["steps"] = _steps_table(summary["steps"])
+    tables["rejected"] = _rejected_table(summary["rejected"])
+    stat_keys = ("min", "p25", "median", "p75", "max", "mean")
+    if summary["scores"]:
+        rows = [[key, _num(e["count"]), _num(e["missing"])] + [_num(e.get(k)) for k in stat_keys]
+                for key, e in summary["scores"].items()]
+        tables["scores"] = Table("Score distributions", ["score", "n", "missing", *stat_keys], rows, "lrrrrrrrr")
+    length = summary["length"]
+    rows = [[name, _num(e["count"])] + [_num(e.get(k)) for k in stat_keys]
+            for name, e in [("all", length), *length.get("by_criterion", {}).items()]]
+    tables["length"] = Table(f"Prompt length ({length['unit']})", ["criterion", "n", *stat_keys], rows, "lrrrrrrr")
+    if summary["clusters"]["overall"]["clustered"]:
+        tables["clusters"] = _clusters_table(summary["clusters"])
+    return tables
 
-    rej = summary["rejected"]
+
+def _categories_table(summary: dict[str, Any]) -> Table:
+    rows = []
+    for crit, cats in summary["categories"].items():
+        for cat, e in cats.items():
+            rows.append([crit, cat, _num(e["count"]), _pct(e["share_in_criterion"]), _pct(e["share"]),
+                         _num(e["target"]), _vs(e["count"], e["target"]), _num(e["available"])])
+    return Table("Mixture by criterion x category",
+                 ["criterion", "category", "count", "of criterion", "of total", "target", "vs target", "available"],
+                 rows, "llrrrrrr")
+
+
+def _steps_table(steps: list[dict[str, Any]]) -> Table:
+    rows = []
+    for s in steps:
+        kept_share = s["kept"] / s["in"] if s.get("in") and s.get("kept") is not None else None
+        rows.append([str(s["name"]), _criteria_cell(s.get("criteria")), _num(s["in"]), _num(s["kept"]),
+                     _num(s["dropped"]), _pct(kept_share), "" if s["seconds"] is None else f"{s['seconds']:.2f}"])
+    return Table("Pipeline steps (manifest)", ["step", "criteria", "in", "kept", "dropped", "kept %", "seconds"],
+                 rows, "llrrrrr", "criteria: the prompts a step ran on; the others passed it untouched "
+                                  "(in/kept count every prompt that reached the step)")
+
+
+def _rejected_table(rej: dict[str, Any]) -> Table:
+    """Every (step, kind) with its count: no top-N cut, so no kind of rejection goes unseen."""
     rows = []
     for step, e in rej["by_step"].items():
         for kind, n in e["reasons"].items():
             rows.append([step, kind, _num(n), _pct(n / rej["total"] if rej["total"] else 0)])
     rows.append(["total", "", _num(rej["total"]), _pct(1.0 if rej["total"] else 0.0)])
-    tables["rejected"] = Table("Rejected by step and reason", ["step", "reason", "count", "share"], rows, "llrr")
+    counted = rej.get("manifest_total")
+    note = (f"the manifest counts {counted:,} rejected rows but rejected/ holds {rej['total']:,}: "
+            "a part file is missing or damaged" if counted is not None and counted != rej["total"] else "")
+    return Table("Rejected by step and reason", ["step", "reason", "count", "share"], rows, "llrr", note)
 
-    if summary["scores"]:
-        rows = []
-        for key, e in summary["scores"].items():
-            rows.append([key, _num(e["count"]), _num(e["missing"])]
-                        + [_num(e.get(k)) for k in ("min", "p25", "median", "p75", "max", "mean")])
-        tables["scores"] = Table("Score distributions",
-                                 ["score", "n", "missing", "min", "p25", "median", "p75", "max", "mean"],
-                                 rows, "lrrrrrrrr")
 
-    length = summary["length"]
+def _clusters_table(cl: dict[str, Any]) -> Table:
     rows = []
-    for name, e in [("all", length), *length.get("by_criterion", {}).items()]:
-        rows.append([name, _num(e["count"])] + [_num(e.get(k)) for k in ("min", "p25", "median", "p75", "max", "mean")])
-    tables["length"] = Table(f"Prompt length ({length['unit']})",
-                             ["criterion", "n", "min", "p25", "median", "p75", "max", "mean"], rows, "lrrrrrrr")
+    for name, e in [("all", cl["overall"]), *cl["by_criterion"].items()]:
+        pc, lg = e.get("per_cluster", {}), e.get("largest", {})
+        rows.append([name, _num(e["records"]), _num(e["clustered"]), _num(e["clusters"]), _num(pc.get("min")),
+                     _num(pc.get("median")), _num(pc.get("max")), _pct(lg.get("share"))])
+    return Table("Cluster coverage", ["criterion", "records", "clustered", "clusters", "min", "median", "max",
+                                      "largest"], rows, "lrrrrrrr",
+                 "min/median/max: records per cluster; largest: share of the clustered records "
+                 "that sit in the biggest cluster")
 
-    cl = summary["clusters"]
-    if cl["overall"]["clustered"]:
-        rows = []
-        for name, e in [("all", cl["overall"]), *cl["by_criterion"].items()]:
-            pc, lg = e.get("per_cluster", {}), e.get("largest", {})
-            rows.append([name, _num(e["records"]), _num(e["clustered"]), _num(e["clusters"]), _num(pc.get("min")),
-                         _num(pc.get("median")), _num(pc.get("max")), _pct(lg.get("share"))])
-        tables["clusters"] = Table("Cluster coverage",
-                                   ["criterion", "records", "clustered", "clusters", "min", "median", "max",
-                                    "largest"], rows, "lrrrrrrr",
-                                   "min/median/max: records per cluster; largest: share of the clustered records "
-                                   "that sit in the biggest cluster")
-    return tables
+
+def _vs(count: int, target: Any) -> str:
+    """count - target, signed ("0" when on target), or "" without a target."""
+    return _signed(count - target) if isinstance(target, int) and not isinstance(target, bool) else ""
+
+
+def _criteria_cell(criteria: list[str] | None | str) -> str:
+    if criteria is None:
+        return "all"
+    if isinstance(criteria, str):
+        return criteria  # "?": the manifest does not say
+    return ", ".join(criteria) or "none"
+
+
+def _criteria_table(summary: dict[str, Any]) -> Table:
+    """Counts against targets per criterion. The total row's target is the planned size, which
+    the criterion targets add up to; the recipe's size (when scaling shrank the set) is in the header."""
+    total = summary["total"]
+    rows = []
+    for crit, e in summary["criteria"].items():
+        rows.append([crit, _num(e["count"]), _pct(e["share"]), _pct(e["target_fraction"]), _num(e["target"]),
+                     _vs(e["count"], e["target"])])
+    fractions = [e["target_fraction"] for e in summary["criteria"].values()]
+    fraction_sum = sum(fractions) if fractions and all(isinstance(f, (int, float)) for f in fractions) else None
+    planned = summary["manifest"].get("planned_size", summary["manifest"]["size"])
+    rows.append(["total", _num(total), _pct(1.0 if total else 0.0), _pct(fraction_sum), _num(planned),
+                 _vs(total, planned)])
+    return Table("Mixture by criterion", ["criterion", "count", "share", "target share", "target", "vs target"],
+                 rows, "lrrrrr")
+
+
+def size_line(manifest: dict[str, Any]) -> str:
+    """The set's size, labelled: "size 3000", or when `on_shortfall: scale` shrank it, both the
+    recipe's size and the planned size the targets were computed for, so neither reads as the other."""
+    size, planned = manifest.get("size"), manifest.get("planned_size", manifest.get("size"))
+    if size is None:
+        return ""
+    if manifest.get("scaled"):
+        return f"recipe size {size}  planned size {planned}"
+    return f"size {size}"  # plain digits, like the seed beside it
+
+
+def scaling_note(manifest: dict[str, Any]) -> str:
+    """Why the targets add up to less than the recipe's size ("" when they do not)."""
+    if not manifest.get("scaled"):
+        return ""
+    size, planned = manifest["size"], manifest["planned_size"]
+    return (f"on_shortfall: {manifest.get('on_shortfall') or 'scale'} shrank the set from the recipe's size "
+            f"{size:,} to a planned {planned:,} to keep its fractions: the targets below are for {planned:,}, "
+            f"the shortfall quotas above for {size:,}")
 
 
 def _format_table(t: Table) -> str:
@@ -482,9 +600,10 @@ def _header_lines(summary: dict[str, Any]) -> list[str]:
     bits = []
     if m["recipe_name"]:
         bits.append(f"recipe {m['recipe_name']}")
-    for key in ("seed", "size"):
-        if m[key] is not None:
-            bits.append(f"{key} {m[key]}")
+    if m["seed"] is not None:
+        bits.append(f"seed {m['seed']}")
+    if m["size"] is not None:
+        bits.append(size_line(m))
     if m["recipe_hash"]:
         bits.append(f"hash {m['recipe_hash']}")
     if bits:
@@ -497,8 +616,9 @@ def render_tables(summary: dict[str, Any]) -> str:
     """The summary as aligned plain-text tables for a terminal (no colour, no deps)."""
     parts = ["\n".join(_header_lines(summary))]
     shortfalls = summary["manifest"]["shortfalls"]
-    if shortfalls:
-        parts.append("Shortfalls\n" + "\n".join(f"  ! {s}" for s in shortfalls))
+    note = scaling_note(summary["manifest"])
+    if shortfalls or note:
+        parts.append("\n".join(["Shortfalls", *(f"  ! {s}" for s in shortfalls), *([f"  {note}"] if note else [])]))
     parts += [_format_table(t) for t in _tables(summary).values()]
     ex_lines = ["Examples (first by id)"]
     for crit, cats in summary["examples"].items():

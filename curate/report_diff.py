@@ -31,6 +31,16 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def skipped_files(manifest: dict[str, Any]) -> list[str]:
+    """Paths of the source files a build skipped as unreadable (manifest sources[].skipped_files,
+    entries {"path", "reason"}; a bare string is taken as the path), sorted."""
+    paths = []
+    for source in manifest.get("sources") or []:
+        for entry in (source.get("skipped_files") or []) if isinstance(source, dict) else []:
+            paths.append(str(entry.get("path", "?")) if isinstance(entry, dict) else str(entry))
+    return sorted(paths)
+
+
 def _delta_block(ca: Counter, cb: Counter, ta: int, tb: int, keys: list) -> dict[str, dict[str, Any]]:
     out = {}
     for key in keys:
@@ -41,6 +51,53 @@ def _delta_block(ca: Counter, cb: Counter, ta: int, tb: int, keys: list) -> dict
     return out
 
 
+def _prompts_block(ka: dict[str, list], kb: dict[str, list], sample: int) -> dict[str, Any]:
+    """Prompts in both, only in A, only in B (count and the first `sample` by id), and those in
+    both whose criterion or category changed."""
+    ia = {pid: i for i, pid in enumerate(ka["id"])}
+    ib = {pid: i for i, pid in enumerate(kb["id"])}
+
+    def only(ids: set[str], k: dict[str, list], idx: dict[str, int]) -> dict[str, Any]:
+        return {"count": len(ids), "sample": [
+            {"id": pid, "criterion": k["criterion"][idx[pid]], "category": k["category"][idx[pid]],
+             "text": k["text"][idx[pid]]} for pid in sorted(ids)[:sample]]}
+
+    common = set(ia) & set(ib)
+    moved = sorted(pid for pid in common if (ka["criterion"][ia[pid]], ka["category"][ia[pid]])
+                   != (kb["criterion"][ib[pid]], kb["category"][ib[pid]]))
+    return {
+        "common": len(common),
+        "only_a": only(set(ia) - set(ib), ka, ia),
+        "only_b": only(set(ib) - set(ia), kb, ib),
+        "reassigned": {"count": len(moved), "sample": [
+            {"id": pid, "a": f"{ka['criterion'][ia[pid]]}/{ka['category'][ia[pid]]}",
+             "b": f"{kb['criterion'][ib[pid]]}/{kb['category'][ib[pid]]}"} for pid in moved[:sample]]},
+    }
+
+
+def _recipe_changes(ra: dict[str, Any], rb: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Flattened recipe keys that differ: {"a": old, "b": new, "status": changed|added|removed}."""
+    fa, fb = flatten(ra or {}), flatten(rb or {})
+    recipe = {}
+    for key in sorted(set(fa) | set(fb)):
+        if key in fa and key in fb and fa[key] == fb[key]:
+            continue
+        status = "changed" if key in fa and key in fb else ("removed" if key in fa else "added")
+        recipe[key] = {"a": fa.get(key), "b": fb.get(key), "status": status}
+    return recipe
+
+
+def _rejected_block(ma: dict[str, Any], ra: dict[str, list], mb: dict[str, Any], rb: dict[str, list]) -> dict:
+    """Rejections per step, ingest first, then the steps in pipeline order. Rows come from every
+    rejected/ part file, whatever each part's scores struct holds (see report._read_parts)."""
+    step_a = Counter(parse_reason(r, s)[0] for r, s in zip(ra["reason"], ra["step"]))
+    step_b = Counter(parse_reason(r, s)[0] for r, s in zip(rb["reason"], rb["step"]))
+    step_names = ["ingest", *(s.get("name") for s in (mb.get("steps") or ma.get("steps") or []))]
+    steps = _ordered(set(step_a) | set(step_b), step_names, step_a + step_b)
+    return {s: {"a": step_a.get(s, 0), "b": step_b.get(s, 0), "delta": step_b.get(s, 0) - step_a.get(s, 0)}
+            for s in steps}
+
+
 def diff(dir_a: Path, dir_b: Path, sample: int = 10) -> dict[str, Any]:
     """What changed from curated set A to B (JSON-serialisable, deterministic).
 
@@ -48,11 +105,10 @@ def diff(dir_a: Path, dir_b: Path, sample: int = 10) -> dict[str, Any]:
     rejections per step, prompts only in A / only in B by id (count and the first
     `sample` by id), prompts in both whose criterion or category changed, and recipe
     keys that differ (flattened dotted keys, {"a": old, "b": new, "status": ...}),
-    plus seed and size."""
+    plus seed, size and the source files each build skipped."""
     ma, ka, ra = _load(dir_a)
     mb, kb, rb = _load(dir_b)
     ta, tb = len(ka["id"]), len(kb["id"])
-
     crit_a, crit_b = Counter(ka["criterion"]), Counter(kb["criterion"])
     crits = _ordered(set(crit_a) | set(crit_b), CRITERIA, crit_a + crit_b)
     pair_a = Counter(zip(ka["criterion"], ka["category"]))
@@ -60,34 +116,6 @@ def diff(dir_a: Path, dir_b: Path, sample: int = 10) -> dict[str, Any]:
     pairs = sorted(set(pair_a) | set(pair_b), key=lambda p: (
         crits.index(p[0]), CATEGORIES.index(p[1]) if p[1] in CATEGORIES else len(CATEGORIES), p[1]))
     src_a, src_b = Counter(ka["source"]), Counter(kb["source"])
-    srcs = _ordered(set(src_a) | set(src_b), (), src_a + src_b)
-    step_a = Counter(parse_reason(r, s)[0] for r, s in zip(ra["reason"], ra["step"]))
-    step_b = Counter(parse_reason(r, s)[0] for r, s in zip(rb["reason"], rb["step"]))
-    step_names = [s.get("name") for s in (mb.get("steps") or ma.get("steps") or [])]
-    steps = _ordered(set(step_a) | set(step_b), step_names, step_a + step_b)
-
-    def index(k: dict[str, list]) -> dict[str, int]:
-        return {pid: i for i, pid in enumerate(k["id"])}
-
-    ia, ib = index(ka), index(kb)
-
-    def only(ids: set[str], k: dict[str, list], idx: dict[str, int]) -> dict[str, Any]:
-        picked = sorted(ids)[:sample]
-        return {"count": len(ids), "sample": [
-            {"id": pid, "criterion": k["criterion"][idx[pid]], "category": k["category"][idx[pid]],
-             "text": k["text"][idx[pid]]} for pid in picked]}
-
-    common = set(ia) & set(ib)
-    moved = sorted(pid for pid in common if (ka["criterion"][ia[pid]], ka["category"][ia[pid]])
-                   != (kb["criterion"][ib[pid]], kb["category"][ib[pid]]))
-
-    fa, fb = flatten(ma.get("recipe") or {}), flatten(mb.get("recipe") or {})
-    recipe = {}
-    for key in sorted(set(fa) | set(fb)):
-        if key in fa and key in fb and fa[key] == fb[key]:
-            continue
-        status = "changed" if key in fa and key in fb else ("removed" if key in fa else "added")
-        recipe[key] = {"a": fa.get(key), "b": fb.get(key), "status": status}
 
     def side(folder: Path, m: dict[str, Any], total: int) -> dict[str, Any]:
         return {"dir": str(folder), "total": total, "recipe_name": m.get("recipe_name"),
@@ -104,21 +132,21 @@ def diff(dir_a: Path, dir_b: Path, sample: int = 10) -> dict[str, Any]:
         "seed": change("seed"),
         "size": change("size"),
         "recipe_hash": change("recipe_hash"),
+        "skipped_files": _skipped_change(ma, mb),
         "criteria": _delta_block(crit_a, crit_b, ta, tb, crits),
         "categories": _delta_block(pair_a, pair_b, ta, tb, pairs),
-        "sources": _delta_block(src_a, src_b, ta, tb, srcs),
-        "rejected": {s: {"a": step_a.get(s, 0), "b": step_b.get(s, 0), "delta": step_b.get(s, 0) - step_a.get(s, 0)}
-                     for s in steps},
-        "prompts": {
-            "common": len(common),
-            "only_a": only(set(ia) - set(ib), ka, ia),
-            "only_b": only(set(ib) - set(ia), kb, ib),
-            "reassigned": {"count": len(moved), "sample": [
-                {"id": pid, "a": f"{ka['criterion'][ia[pid]]}/{ka['category'][ia[pid]]}",
-                 "b": f"{kb['criterion'][ib[pid]]}/{kb['category'][ib[pid]]}"} for pid in moved[:sample]]},
-        },
-        "recipe": recipe,
+        "sources": _delta_block(src_a, src_b, ta, tb, _ordered(set(src_a) | set(src_b), (), src_a + src_b)),
+        "rejected": _rejected_block(ma, ra, mb, rb),
+        "prompts": _prompts_block(ka, kb, sample),
+        "recipe": _recipe_changes(ma.get("recipe"), mb.get("recipe")),
     }
+
+
+def _skipped_change(ma: dict[str, Any], mb: dict[str, Any]) -> dict[str, Any]:
+    """Unreadable source files each build skipped: a set built from fewer files is not comparable
+    row for row, so the diff says so next to the counts."""
+    a, b = skipped_files(ma), skipped_files(mb)
+    return {"a": len(a), "b": len(b), "only_a": sorted(set(a) - set(b)), "only_b": sorted(set(b) - set(a))}
 
 
 def _short(value: Any, width: int = 60) -> str:
@@ -136,7 +164,13 @@ def render_diff(d: dict[str, Any]) -> str:
     for key in ("seed", "size", "recipe_hash"):
         c = d[key]
         settings.append([key, _short(c["a"]), _short(c["b"]), "changed" if c["changed"] else "same"])
+    sk = d.get("skipped_files") or {"a": 0, "b": 0, "only_a": [], "only_b": []}
+    if sk["a"] or sk["b"]:
+        settings.append(["files skipped", _num(sk["a"]), _num(sk["b"]),
+                         "changed" if sk["only_a"] or sk["only_b"] else "same"])
     parts.append(_format_table(Table("Set", ["", "A", "B", "change"], settings, "lrrr")))
+    for key, label in (("only_a", "skipped only in A"), ("only_b", "skipped only in B")):
+        parts[-1] += "".join(f"\n  {label}: {_clip(path, 100)}" for path in sk[key][:10])
 
     def block(title: str, first: str, entries: dict[str, dict[str, Any]]) -> Table:
         rows = [[k, _num(e["a"]), _num(e["b"]), _signed(e["delta"]), _pct(e["share_a"]), _pct(e["share_b"]),

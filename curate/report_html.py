@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from curate.report import MAX_MAP_POINTS, Embedder, Table, _header_lines, _pct, _read_parts, _tables
+from curate.report import (MAX_MAP_POINTS, Embedder, ReportError, Table, _header_lines, _pct, _read_parts, _tables,
+                           scaling_note)
 from curate.writer import atomic_write_text
 
 _CSS = """
@@ -36,7 +38,8 @@ figure img { max-width:100%; height:auto; display:block; border:1px solid var(--
 figcaption { color:var(--muted); font-size:12px; margin-top:4px; }
 table { border-collapse:collapse; font-size:13px; margin:4px 0 8px; }
 th, td { padding:3px 10px; border-bottom:1px solid var(--line); white-space:nowrap; }
-th { text-align:left; background:var(--soft); font-weight:600; }
+/* headers may wrap: the widest tables then still fit their grid cell without a scroll bar */
+th { text-align:left; background:var(--soft); font-weight:600; white-space:normal; vertical-align:bottom; }
 td.r, th.r { text-align:right; font-variant-numeric:tabular-nums; }
 tr.total td { font-weight:600; border-top:2px solid var(--line); }
 .note { color:var(--muted); font-size:12px; }
@@ -115,18 +118,45 @@ def embedding_points(dir: Path, embedder: Embedder | None = None,
     return coords, labels, explained, str(label)
 
 
-def write_html(dir: Path, summary: dict[str, Any], path: Path, embedder: Embedder | None = None,
-               max_points: int = MAX_MAP_POINTS) -> Path:
-    """Write one self-contained HTML report (inline CSS, plots as PNG data URIs, no
-    scripts, no external references; all prompt text escaped). Returns `path`."""
-    from curate import plots
+def check_html_path(path: Path) -> Path:
+    """`path` if an HTML report can be written there, else ReportError in one line that names it and
+    says what to do. Called before any plotting, so a bad `--html` fails at once, not after the map.
 
+    A folder is refused rather than written into: `--html out` next to `curate inspect out` would put
+    report.html inside the curated set, and `curate build --output out` then refuses to replace it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ReportError(f"--html {path}: is a folder; give the report's file name, e.g. --html {path / 'report.html'}"
+                          if not (path / "manifest.json").exists() else
+                          f"--html {path}: is a curated set's folder; give a file name outside it, "
+                          f"e.g. --html {path.parent / (path.name + '.html')}")
+    for parent in path.parents:  # the nearest existing ancestor must be a folder we can write into
+        if parent.exists():
+            if not parent.is_dir():
+                raise ReportError(f"--html {path}: {parent} is a file, not a folder; choose another path")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ReportError(f"--html {path}: cannot write into {parent} (permission denied); "
+                                  "choose a writable location")
+            break
+    return path
+
+
+def _write_report(path: Path, text: str) -> None:
+    """Write atomically; an OSError becomes one line naming `path` (its strerror only, never the
+    temporary file's name that the bare exception carries)."""
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:
+        why = (exc.strerror or type(exc).__name__).lower()
+        raise ReportError(f"--html {path}: cannot write the report ({why}); choose a writable file path") from exc
+
+
+def _head(summary: dict[str, Any]) -> list[str]:
+    """Document head, title, header line, key figures and the shortfall box."""
     e = html.escape
-    tables = _tables(summary)
     m = summary["manifest"]
     title = f"Curated set: {m['recipe_name'] or Path(summary['dir']).name}"
-
-    out: list[str] = [
+    out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         # The policy makes the no-network promise hold even for a browser that follows
@@ -138,23 +168,45 @@ def write_html(dir: Path, summary: dict[str, Any], path: Path, embedder: Embedde
         f"<h1>{e(title)}</h1>",
         f'<p class="meta">{" &middot; ".join(e(x) for x in _header_lines(summary)[:2])}</p>',
     ]
-    kpis = [(f"{summary['total']:,}", "kept prompts"), (f"{summary['rejected']['total']:,}", "rejected")]
+    kpis = [(f"{summary['total']:,}", "kept prompts")]
+    if m.get("scaled"):  # both sizes, labelled, so the kept count is not read against the recipe's
+        kpis += [(f"{m['planned_size']:,}", "planned size (scaled)"), (f"{m['size']:,}", "recipe size")]
+    kpis.append((f"{summary['rejected']['total']:,}", "rejected"))
     kpis += [(_pct(c["share"]), f"{name} ({c['count']:,})") for name, c in summary["criteria"].items()]
     out.append('<div class="kpis">' + "".join(f"<div class=\"kpi\"><b>{e(a)}</b><span>{e(b)}</span></div>"
                                                 for a, b in kpis) + "</div>")
-    if m["shortfalls"]:
-        out.append('<div class="warn"><b>Shortfalls</b><ul>' + "".join(f"<li>{e(s)}</li>" for s in m["shortfalls"])
-                   + "</ul></div>")
+    note = scaling_note(m)
+    if m["shortfalls"] or note:
+        items = "".join(f"<li>{e(s)}</li>" for s in m["shortfalls"])
+        out.append(f'<div class="warn"><b>Shortfalls</b><ul>{items}</ul>'
+                   + (f"<p>{e(note)}</p>" if note else "") + "</div>")
+    return out
 
-    out.append('<h2 id="mixture">Mixture</h2><div class="grid">')
-    out.append(f"<div>{_html_table(tables['criteria'])}{_html_table(tables['sources'])}</div>")
-    out.append(_img(plots.category_bars(summary), "prompts per category by criterion"))
+
+def _mixture_section(summary: dict[str, Any], tables: dict[str, Table]) -> list[str]:
+    """Criteria and categories: counts, their targets (table and plot), and the sources."""
+    from curate import plots
+
+    out = ['<h2 id="mixture">Mixture and targets</h2><div class="grid">',
+           f"<div>{_html_table(tables['criteria'])}{_html_table(tables['sources'])}</div>"]
+    target_png = plots.targets_plot(summary)
+    if target_png:
+        out.append(_img(target_png, "kept against targets: criterion split and every quota",
+                        "top: kept shares over the recipe's fractions; bottom: each quota's kept count "
+                        "as a share of its target"))
+    else:
+        out.append('<p class="note">No targets recorded in this set (no quotas in its manifest).</p>')
     out.append("</div>")
-    out.append(_html_table(tables["categories"]))
+    out.append('<div class="grid">' + f"<div>{_html_table(tables['categories'])}</div>")
+    out.append(_img(plots.category_bars(summary), "prompts per category by criterion") + "</div>")
+    return out
 
-    out.append('<h2 id="pipeline">Pipeline and rejections</h2><div class="grid">')
-    out.append("<div>" + "".join(_html_table(tables[k]) for k in ("inputs", "steps") if k in tables) + "</div>")
-    out.append(f"<div>{_html_table(tables['rejected'])}</div></div>")
+
+def _pipeline_section(summary: dict[str, Any], tables: dict[str, Table]) -> list[str]:
+    e = html.escape
+    out = ['<h2 id="pipeline">Pipeline and rejections</h2><div class="grid">',
+           "<div>" + "".join(_html_table(tables[k]) for k in ("inputs", "steps") if k in tables) + "</div>",
+           f"<div>{_html_table(tables['rejected'])}</div></div>"]
     rej_ex = summary["rejected"]["examples"]
     if rej_ex:
         items = []
@@ -163,19 +215,31 @@ def write_html(dir: Path, summary: dict[str, Any], path: Path, embedder: Embedde
             items.append(f"<div><h3>{e(key)}</h3><ul class=\"ex\">{lis}</ul></div>")
         out.append(f'<details><summary>Rejected examples (first by id)</summary><div class="cols">{"".join(items)}'
                    "</div></details>")
+    return out
 
-    out.append('<h2 id="scores">Scores and length</h2>')
+
+def _scores_section(summary: dict[str, Any], tables: dict[str, Table]) -> list[str]:
+    """Score histograms (without length, drawn once below) and the one length histogram."""
+    from curate import plots
+
+    out = ['<h2 id="scores">Scores and length</h2>']
     score_png = plots.score_histograms(summary)
     if score_png:
         out.append(_img(score_png, "score histograms", "stacked by criterion"))
-        out.append(_html_table(tables["scores"]))
-    else:
+    elif not summary["scores"]:
         out.append('<p class="note">No scores recorded in this set.</p>')
+    if "scores" in tables:
+        out.append(_html_table(tables["scores"]))
     out.append('<div class="grid">')
     out.append(_img(plots.length_histogram(summary), "prompt length histogram"))
     out.append(f"<div>{_html_table(tables['length'])}</div></div>")
+    return out
 
-    out.append('<h2 id="map">Embedding map and clusters</h2><div class="grid">')
+
+def _map_section(dir: Path, tables: dict[str, Table], embedder: Embedder | None, max_points: int) -> list[str]:
+    from curate import plots
+
+    out = ['<h2 id="map">Embedding map and clusters</h2><div class="grid">']
     coords, labels, explained, label = embedding_points(Path(dir), embedder, max_points)
     caption = f"PCA of {len(labels):,} prompts (first by id), embedder: {label}"
     out.append(_img(plots.embedding_map(coords, labels, explained, "Text embeddings, PCA"), "embedding map", caption))
@@ -184,19 +248,34 @@ def write_html(dir: Path, summary: dict[str, Any], path: Path, embedder: Embedde
     else:
         out.append('<p class="note">No cluster ids recorded in this set.</p>')
     out.append("</div>")
+    return out
 
-    out.append('<h2 id="examples">Examples (first by id)</h2><div class="cols">')
+
+def _examples_section(summary: dict[str, Any]) -> list[str]:
+    e = html.escape
+    out = ['<h2 id="examples">Examples (first by id)</h2><div class="cols">']
     for crit, cats in summary["examples"].items():
         for cat, items in cats.items():
             lis = "".join(f'<li>{e(it["text"])} <span class="id">{e(str(it["id"]))}</span></li>' for it in items)
             out.append(f"<div><h3>{e(crit)} / {e(cat)}</h3><ul class=\"ex\">{lis}</ul></div>")
     out.append("</div>")
-
-    versions = ", ".join(f"{k} {v}" for k, v in sorted(m["versions"].items()))
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(summary["manifest"]["versions"].items()))
     if versions:
         out.append(f'<p class="note" style="margin-top:28px">Built with {e(versions)}.</p>')
-    out.append("</main></body></html>\n")
+    return out
 
-    path = Path(path)
-    atomic_write_text(path, "\n".join(out))
+
+def write_html(dir: Path, summary: dict[str, Any], path: Path, embedder: Embedder | None = None,
+               max_points: int = MAX_MAP_POINTS) -> Path:
+    """Write one self-contained HTML report (inline CSS, plots as PNG data URIs, no
+    scripts, no external references; all prompt text escaped). Returns `path`.
+
+    `path` must be a file path: a folder or an unwritable place is a ReportError naming it
+    (see `check_html_path`), raised before anything is computed."""
+    path = check_html_path(path)
+    tables = _tables(summary)
+    out = [*_head(summary), *_mixture_section(summary, tables), *_pipeline_section(summary, tables),
+           *_scores_section(summary, tables), *_map_section(dir, tables, embedder, max_points),
+           *_examples_section(summary), "</main></body></html>\n"]
+    _write_report(path, "\n".join(out))
     return path

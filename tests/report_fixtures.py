@@ -205,3 +205,34 @@ def make_set(folder: Path, size: int = 600, seed: int = 0, fractions: dict[str, 
         "outputs": {}, "versions": {"t5shrink": "0.1.0"}, "seconds": 1.6,
     }
     return write_set(folder, kept, rejected, manifest)
+
+
+def split_rejected(folder: Path, parts: int = 3) -> Path:
+    """Rewrite DIR/rejected/ as `parts` part files, each with its own `scores` struct (as the
+    writer makes them when the scores seen change between parts): tokens only, aesthetic + visual,
+    and no scores column at all."""
+    folder = Path(folder)
+    files = sorted((folder / "rejected").glob("*.parquet"))
+    rows = pa.concat_tables([pq.read_table(f) for f in files]).to_pylist()
+    for f in files:
+        f.unlink()
+    layouts = [lambda r: {**r, "scores": {"tokens": 7.0}},
+               lambda r: {**r, "scores": {"aesthetic": 5.5, "visual": 0.25}},
+               lambda r: {k: v for k, v in r.items() if k != "scores"}]
+    step = max(1, -(-len(rows) // parts))
+    for i in range(parts):
+        chunk = [layouts[i % len(layouts)](r) for r in rows[i * step:(i + 1) * step]]
+        if chunk:
+            pq.write_table(pa.Table.from_pylist(chunk), folder / "rejected" / f"part-{i:05d}.parquet")
+    return folder
+
+
+def scale_manifest(folder: Path, recipe_size: int) -> dict[str, Any]:
+    """Make DIR's manifest read like an `on_shortfall: scale` build: the recipe asked for
+    `recipe_size`, the quotas (left as they are) were planned for the smaller size kept."""
+    path = Path(folder) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["size"] = recipe_size
+    manifest["recipe"]["on_shortfall"] = "scale"
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import shutil
@@ -19,11 +20,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from report_fixtures import make_set, pool, write_set  # noqa: E402
+from report_fixtures import make_set, pool, scale_manifest, split_rejected, write_set  # noqa: E402
 
 from curate.plots import HashingEmbedder, pca_2d  # noqa: E402
 from curate.records import parse_reason  # noqa: E402
-from curate.report import ReportError, render_tables, summarize  # noqa: E402
+from curate.report import ReportError, reason_counts_line, render_tables, summarize  # noqa: E402
 from curate.report_diff import diff, flatten, render_diff  # noqa: E402
 from curate.report_html import embedding_points, write_html  # noqa: E402
 
@@ -205,6 +206,11 @@ class _Refs(HTMLParser):
             self.styles.append(data)
 
 
+def _figure_alts(doc: str) -> list[str]:
+    """The alt text of every embedded plot, in page order."""
+    return [html.unescape(a) for a in re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,', doc)]
+
+
 def test_html_is_self_contained(html_a):
     doc = html_a.read_text(encoding="utf-8")
     parser = _Refs()
@@ -240,10 +246,13 @@ def test_html_shows_every_prompt_category_and_escapes_examples(tmp_path):
         assert f"/ {cat}</h3>" in doc
 
 
-def test_html_without_scores_still_has_three_plots(tmp_path):
+def test_html_without_scores_still_has_its_other_plots(tmp_path):
     folder = make_set(tmp_path / "s", size=60, scores=False)
     out = write_html(folder, summarize(folder), tmp_path / "r.html", embedder=HashingEmbedder())
-    assert out.read_text().count('src="data:image/png;base64,') == 3
+    # targets, categories, length, embedding map; no score histograms
+    assert _figure_alts(out.read_text()) == ["kept against targets: criterion split and every quota",
+                                             "prompts per category by criterion", "prompt length histogram",
+                                             "embedding map"]
 
 
 def test_html_is_deterministic(set_a, summary_a, html_a, tmp_path):
@@ -422,3 +431,323 @@ def test_minimal_columns_and_no_manifest(tmp_path):
     assert summary["clusters"]["overall"] == {"records": 2, "clustered": 0, "clusters": 0}
     assert summary["manifest"]["recipe_name"] is None
     assert "Cluster coverage" not in render_tables(summary)
+
+
+# --- targets after on_shortfall: scale (issue 16) -------------------------------------------
+
+_WORDS_ON_SIGNS = ["open", "bar", "sale", "exit", "hello", "coffee", "stop", "fresh", "welcome", "peace"]
+_PLACES = ["a bakery door", "a dark street", "a shop window", "a train station"]
+# 40 readable text-rendering prompts (too few for the tiny recipe's text quota of 69, enough to stay
+# above any floor at half the size) and rows that cannot be read, one of each kind.
+BAD_JSONL_ROWS = [
+    json.dumps({"text": f'a wooden sign that says "{w}" on {p}'}) for w in _WORDS_ON_SIGNS for p in _PLACES
+] + [
+    '{broken json',
+    '[1, 2, 3]',
+    '"a bare string"',
+    '{"text": 42}',
+    '{"prompt": "the text is under another key"}',
+    '{"text": ""}',
+    '{"text": null}',
+    '{"text": "' + "x" * 100_001 + '"}',
+]
+
+
+@pytest.fixture(scope="module")
+def scaled_build(tmp_path_factory) -> Path:
+    """A real `curate build` (tiny recipe) whose text pool is a small, partly unreadable JSONL file:
+    the text quota falls short, so `on_shortfall: scale` shrinks the set, and ingest rejects rows."""
+    from curate.pipeline import build, resolve_recipe
+
+    tmp = tmp_path_factory.mktemp("scaled")
+    source = tmp / "bad.jsonl"
+    source.write_bytes(("\n".join(BAD_JSONL_ROWS) + "\n").encode() + b"\xff\xfe not utf-8\n")
+    name, data = resolve_recipe("tiny", [], [f"text={source}"])
+    build(name, data, tmp / "out", progress=False, log=lambda message: None)
+    return tmp / "out"
+
+
+def _table_block(text: str, title: str) -> list[list[str]]:
+    """The rows of one plain-text table (split on 2+ spaces), header first, rule dropped."""
+    block = text.split(title + "\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    return [re.split(r"\s{2,}", line.strip()) for i, line in enumerate(block) if i != 1]
+
+
+def test_scaled_set_targets_add_up_to_the_planned_size(scaled_build):
+    manifest = json.loads((scaled_build / "manifest.json").read_text())
+    summary = summarize(scaled_build)
+    m = summary["manifest"]
+    assert manifest["shortfalls"] and m["size"] == manifest["size"]
+    assert m["scaled"] and m["planned_size"] < m["size"]
+    targets = {c: e["target"] for c, e in summary["criteria"].items()}
+    assert sum(targets.values()) == m["planned_size"]
+    assert summary["total"] <= m["planned_size"]
+    for crit, cats in summary["categories"].items():
+        cat_targets = [e["target"] for e in cats.values() if e["target"] is not None]
+        if cat_targets:  # category targets split their criterion's target exactly
+            assert sum(cat_targets) == targets[crit], crit
+    text = render_tables(summary)
+    header, *rows = _table_block(text, "Mixture by criterion")
+    total = next(r for r in rows if r[0] == "total")
+    # the total row's target is the sum of the rows above it, not the recipe's size
+    assert int(total[header.index("target")].replace(",", "")) == m["planned_size"]
+    assert sum(int(r[header.index("target")]) for r in rows if r[0] != "total") == m["planned_size"]
+    # both sizes are shown, each with its label
+    assert f"recipe size {m['size']}" in text and f"planned size {m['planned_size']}" in text
+
+
+def test_planned_size_from_the_manifest_key_and_unscaled_sets(tmp_path):
+    folder = make_set(tmp_path / "s", size=200)
+    plain = summarize(folder)
+    assert plain["manifest"]["planned_size"] == 200 and not plain["manifest"]["scaled"]
+    assert "planned size" not in render_tables(plain) and "size 200" in render_tables(plain)
+    scale_manifest(folder, recipe_size=1000)
+    scaled = summarize(folder)
+    assert scaled["manifest"]["scaled"] and scaled["manifest"]["planned_size"] == 200
+    assert "recipe size 1000" in render_tables(scaled)
+    # a manifest that records planned_size is taken at its word
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "planned_size": 150}))
+    assert summarize(folder)["manifest"]["planned_size"] == 150
+
+
+def test_a_quota_with_nothing_kept_is_listed(tmp_path):
+    folder = make_set(tmp_path / "s", size=200)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["quotas"]["semantic"]["categories"]["shape"]["target"] += 5  # a target nothing filled
+    (folder / "data" / "part-00000.parquet").unlink()
+    (folder / "data" / "part-00001.parquet").unlink()
+    write_set(folder, pool("quality", "general", 10), [], manifest)  # semantic: none kept at all
+    summary = summarize(folder)
+    assert summary["criteria"]["semantic"]["count"] == 0 and summary["criteria"]["semantic"]["target"] > 0
+    assert summary["categories"]["semantic"]["shape"]["count"] == 0
+    assert sum(e["target"] for e in summary["criteria"].values()) == summary["manifest"]["planned_size"]
+    rows = _table_block(render_tables(summary), "Mixture by criterion x category")
+    assert ["semantic", "shape"] == rows[[r[:2] for r in rows].index(["semantic", "shape"])][:2]
+
+
+# --- rejection summary (issue 16) ----------------------------------------------------------
+
+
+def test_every_unreadable_row_is_counted_under_its_kind(scaled_build):
+    manifest = json.loads((scaled_build / "manifest.json").read_text())
+    rejected = _read(scaled_build / "rejected").select(["reason", "step"]).to_pylist()
+    want = Counter(parse_reason(r["reason"], r["step"]) for r in rejected)
+    summary = summarize(scaled_build)
+    rej = summary["rejected"]
+    got = Counter({(step, kind): n for step, e in rej["by_step"].items() for kind, n in e["reasons"].items()})
+    assert got == want and sum(got.values()) == rej["total"] == manifest["counts"]["rejected"]
+    ingest = rej["by_step"]["ingest"]
+    source = next(s for s in manifest["sources"] if s["uri"].endswith("bad.jsonl"))
+    assert ingest["count"] == source["rejected"] >= 8
+    assert list(rej["by_step"])[0] == "ingest"  # rows that were never read come first
+    # the text table lists every (step, kind) and its count, and they add up to the total
+    header, *rows = _table_block(render_tables(summary), "Rejected by step and reason")
+    listed = {(r[0], r[1]): int(r[2].replace(",", "")) for r in rows if r[0] != "total"}
+    assert listed == dict(want)
+    assert sum(listed.values()) == int(next(r for r in rows if r[0] == "total")[-2].replace(",", ""))
+
+
+def test_reason_counts_line_never_drops_a_kind_silently():
+    kinds = Counter({"over_quota": 482, "malformed_json": 3, "missing_text": 2, "not_object": 1, "wrong_type": 1,
+                     "empty": 1, "too_long": 1, "encoding": 1, "no_rendered_text": 1})
+    for limit in range(1, len(kinds) + 2):
+        line = reason_counts_line(kinds, limit=limit)
+        shown = dict((k, int(n.replace(",", ""))) for k, n in re.findall(r"(\w+) ([\d,]+)(?=,| and|$)", line))
+        more = re.search(r"and (\d+) more kinds? \(([\d,]+) rows?\)", line)
+        hidden_kinds, hidden_rows = (int(more[1]), int(more[2].replace(",", ""))) if more else (0, 0)
+        assert all(kinds[k] == n for k, n in shown.items()), line
+        assert len(shown) + hidden_kinds == len(kinds), line
+        assert sum(shown.values()) + hidden_rows == sum(kinds.values()), line
+    assert reason_counts_line(Counter()) == "none"
+
+
+def test_missing_rejected_part_is_pointed_out(tmp_path):
+    folder = make_set(tmp_path / "s", size=100)
+    split_rejected(folder, parts=3)
+    sorted((folder / "rejected").glob("*.parquet"))[-1].unlink()
+    summary = summarize(folder)
+    assert summary["rejected"]["manifest_total"] > summary["rejected"]["total"]
+    note = render_tables(summary).split("Rejected by step and reason\n", 1)[1].split("\n\n", 1)[0]
+    assert "manifest counts" in note and str(summary["rejected"]["manifest_total"]) in note
+
+
+# --- --html destination (issue 16) ---------------------------------------------------------
+
+
+def test_html_to_a_folder_is_one_line_naming_it(set_a, summary_a, tmp_path):
+    target = tmp_path / "reports"
+    target.mkdir()
+    with pytest.raises(ReportError) as err:
+        write_html(set_a, summary_a, target, embedder=HashingEmbedder())
+    message = str(err.value)
+    assert "\n" not in message and str(target) in message and "report.html" in message  # what to give instead
+    assert list(target.iterdir()) == []
+    # the curated set's own folder: a report inside it would block rebuilding the set
+    with pytest.raises(ReportError, match="curated set"):
+        write_html(set_a, summary_a, set_a, embedder=HashingEmbedder())
+
+
+def test_html_to_an_unwritable_place_names_the_path_not_a_temp_file(set_a, summary_a, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ReportError, match=re.escape(str(blocker))):
+        write_html(set_a, summary_a, blocker / "r.html", embedder=HashingEmbedder())
+
+    def refuse(src, dst):  # a read-only or full disk fails at the rename of the temporary file
+        raise PermissionError(13, "Permission denied", str(src))
+
+    monkeypatch.setattr("curate.writer.os.replace", refuse)
+    target = tmp_path / "r.html"
+    with pytest.raises(ReportError) as err:
+        write_html(set_a, summary_a, target, embedder=HashingEmbedder())
+    message = str(err.value)
+    assert str(target) in message and "permission denied" in message and ".tmp" not in message
+    assert "\n" not in message and not list(tmp_path.glob(".*tmp"))
+
+
+def test_inspect_html_folder_is_a_one_line_error_on_the_command_line(set_a, tmp_path):
+    from click.testing import CliRunner
+
+    from curate.cli import main
+
+    result = CliRunner().invoke(main, ["inspect", str(set_a), "--html", str(tmp_path)])
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(tmp_path) in errors[0] and ".tmp" not in errors[0]
+    assert "Traceback" not in result.output
+
+
+# --- HTML views (issue 16) -----------------------------------------------------------------
+
+
+def _html_rows(doc: str, title: str) -> list[list[str]]:
+    """Cell texts of the HTML table under <h3>title</h3>, header row first."""
+    section = doc.split(f"<h3>{html.escape(title)}</h3>", 1)[1].split("</table>", 1)[0]
+    return [[html.unescape(c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", section)]
+
+
+def test_html_shows_criteria_and_categories_against_targets(tmp_path):
+    folder = make_set(tmp_path / "s", size=300)
+    scale_manifest(folder, recipe_size=900)
+    summary = summarize(folder)
+    doc = write_html(folder, summary, tmp_path / "r.html", embedder=HashingEmbedder()).read_text()
+    assert "kept against targets: criterion split and every quota" in _figure_alts(doc)
+    header, *rows = _html_rows(doc, "Mixture by criterion")
+    for row in rows:
+        name = row[0]
+        if name == "total":
+            assert row[header.index("target")] == f"{summary['manifest']['planned_size']:,}"
+            continue
+        e = summary["criteria"][name]
+        assert row[header.index("target share")] == f"{100 * e['target_fraction']:.1f}%"
+        assert row[header.index("target")] == f"{e['target']:,}"
+        assert row[header.index("vs target")] in ("0", f"{e['count'] - e['target']:+,}")
+    header, *rows = _html_rows(doc, "Mixture by criterion x category")
+    for row in rows:
+        e = summary["categories"][row[0]][row[1]]
+        assert row[header.index("target")] == ("" if e["target"] is None else f"{e['target']:,}")
+    assert "planned size (scaled)" in doc and "recipe size" in doc
+
+
+def test_targets_plot_covers_every_quota(summary_a):
+    from curate.plots import _target_rows
+
+    rows = _target_rows(summary_a)
+    # every category target of a criterion with category quotas, else the criterion's own target
+    want = sum(len(cats) if any(e["target"] is not None for e in cats.values()) else 1
+               for cats in summary_a["categories"].values())
+    assert len(rows) == want
+    by_crit = Counter()
+    for _, crit, _, target in rows:
+        by_crit[crit] += target
+    assert dict(by_crit) == {c: e["target"] for c, e in summary_a["criteria"].items()}
+
+
+def _captured_figures(monkeypatch) -> list:
+    from curate import plots
+
+    figures = []
+    real_png = plots._png
+    monkeypatch.setattr(plots, "_png", lambda fig: figures.append(fig) or real_png(fig))
+    return figures
+
+
+def test_one_length_histogram_with_labelled_axes(summary_a, monkeypatch):
+    from curate import plots
+
+    assert summary_a["length"]["unit"] == "tokens" and "tokens" in summary_a["scores"]
+    figures = _captured_figures(monkeypatch)
+    plots.score_histograms(summary_a)
+    plots.length_histogram(summary_a)
+    score_fig, length_fig = figures
+    titles = [ax.get_title() for ax in score_fig.axes]
+    assert titles and not any(t.startswith("tokens") for t in titles)  # length is drawn once, below
+    for ax in [*score_fig.axes, *length_fig.axes]:
+        assert ax.get_xlabel() and ax.get_ylabel(), ax.get_title()
+    # a set whose only score is its length has no score plot at all
+    only_tokens = {**summary_a, "scores": {"tokens": summary_a["scores"]["tokens"]}}
+    assert plots.score_histograms(only_tokens) is None
+
+
+def test_html_has_a_single_length_histogram(html_a):
+    alts = _figure_alts(html_a.read_text(encoding="utf-8"))
+    assert alts.count("prompt length histogram") == 1
+    assert len(alts) == len(set(alts))
+
+
+def test_steps_say_which_criteria_they_ran_on(tmp_path):
+    folder = make_set(tmp_path / "s", size=100)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["steps"][0]["criteria"] = None  # length: every criterion
+    manifest["steps"][1]["criteria"] = ["quality", "text"]  # dedup_exact
+    # dedup_semantic: no key (an older manifest), so the recipe's steps.*.criteria says
+    manifest["recipe"]["steps"]["dedup_semantic"]["criteria"] = ["quality"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    summary = summarize(folder)
+    assert [s["criteria"] for s in summary["steps"]] == [None, ["quality", "text"], ["quality"], None]
+    doc = write_html(folder, summary, tmp_path / "r.html", embedder=HashingEmbedder()).read_text()
+    header, *rows = _html_rows(doc, "Pipeline steps (manifest)")
+    col = header.index("criteria")
+    assert {r[0]: r[col] for r in rows} == {"length": "all", "dedup_exact": "quality, text",
+                                            "dedup_semantic": "quality", "balance": "all"}
+
+
+def test_steps_criteria_of_a_real_build(scaled_build):
+    manifest = json.loads((scaled_build / "manifest.json").read_text())
+    steps = {s["name"]: s["criteria"] for s in summarize(scaled_build)["steps"]}
+    for name, params in manifest["recipe"]["steps"].items():
+        if params is not None:
+            assert steps[name] == params.get("criteria"), name  # e.g. require_rendered_text: [text]
+    assert steps["balance"] is None
+
+
+# --- diff across part files and skipped sources (issue 16) -------------------------------
+
+
+def test_diff_reads_rejected_parts_with_different_score_structs(two_sets, tmp_path):
+    a, b = two_sets
+    b2 = tmp_path / "b2"
+    shutil.copytree(b, b2)
+    split_rejected(b2, parts=3)
+    schemas = {str(pq.read_schema(p).field("scores").type) if "scores" in pq.read_schema(p).names else None
+               for p in (b2 / "rejected").glob("*.parquet")}
+    assert len(list((b2 / "rejected").glob("*.parquet"))) == 3 and len(schemas) == 3
+    assert diff(a, b2) == {**diff(a, b), "b": {**diff(a, b)["b"], "dir": str(b2)}}
+    assert summarize(b2)["rejected"]["by_step"] == summarize(b)["rejected"]["by_step"]
+
+
+def test_diff_with_skipped_source_files(two_sets, tmp_path):
+    a, b = two_sets
+    b2 = tmp_path / "b2"
+    shutil.copytree(b, b2)
+    manifest = json.loads((b2 / "manifest.json").read_text())
+    manifest["sources"][0]["skipped_files"] = [{"path": "pool/broken.parquet", "reason": "truncated parquet"}]
+    (b2 / "manifest.json").write_text(json.dumps(manifest))
+    d = diff(a, b2)
+    assert d["skipped_files"] == {"a": 0, "b": 1, "only_a": [], "only_b": ["pool/broken.parquet"]}
+    assert d["criteria"] == diff(a, b)["criteria"]
+    text = render_diff(d)
+    assert "files skipped" in text and "pool/broken.parquet" in text
+    assert summarize(b2)["inputs"][0]["skipped_files"] == 1
