@@ -267,7 +267,8 @@ def schema_keys(schema: Any, defaults: Any = None, prefix: str = "") -> list[tup
             else:
                 rows.append((f"{prefix}.{name}" if prefix else name, type_label(sub), default))
         return rows
-    return schema_keys(schema[0], None, f"{prefix}.<i>")  # a list of mappings: stages.<i>.name, ...
+    # a list of mappings (stages.<i>.name, ...); `defaults` may hold the defaults of each item
+    return schema_keys(schema[0], defaults if isinstance(defaults, dict) else None, f"{prefix}.<i>")
 
 
 def type_label(schema: Any) -> str:

@@ -143,9 +143,23 @@ def test_debug_is_taken_anywhere_on_the_command_line(tmp_path):
 
 
 def test_the_readme_lists_every_recipe_key_as_the_code_has_them():
-    from curate.pipeline import recipe_keys
+    from curate.pipeline import recipe_keys as curate_keys
+    from train.config import recipe_keys as train_keys
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme.split("<!-- curate-keys -->\n```\n", 1)[1].split("\n```\n<!-- /curate-keys -->", 1)[0]
-    assert block == recipe_keys(), "README's key list is stale: paste `curate recipes --keys` into it"
-    assert "sources.<criterion>.<i>.category_from_filename" in block and "steps.length.min_words" in block
+    for name, keys in (("curate", curate_keys()), ("train", train_keys())):
+        block = readme.split(f"<!-- {name}-keys -->\n```\n", 1)[1].split(f"\n```\n<!-- /{name}-keys -->", 1)[0]
+        assert block == keys, f"README's {name} key list is stale: paste `{name} recipes --keys` into it"
+    assert "sources.<criterion>.<i>.category_from_filename" in curate_keys() and "optim.lr" in train_keys()
+
+
+def test_owner_slash_name_beside_a_local_folder_of_that_owner_is_a_missing_path(tmp_path, monkeypatch):
+    from curate.sources.files import SourceError, local_path_or_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "curated").mkdir()
+    with pytest.raises(SourceError, match="curated/balanced: no such file or folder"):
+        read_source(SourceSpec(uri="curated/balanced"), "quality")
+    with pytest.raises(FileNotFoundError, match="data curated/balanced: no such file or folder"):
+        local_path_or_hub_id("curated/balanced", "data")
+    assert local_path_or_hub_id("someone/some-dataset", "data") is None  # no local someone/: a hub id

@@ -331,7 +331,8 @@ def test_sd3_trains_through_the_folder_loader_and_drops_into_its_pipeline(tiny, 
     assert summary["gap_final"] < 0.5 * summary["gap_initial"], summary
     grids = sorted((tmp_path / "run" / "val").glob("*.png"))
     assert [g.name for g in grids] == ["step-00000000.png", "step-00000012.png"]
-    assert Image.open(grids[-1]).size == (64, 4 * 32)  # teacher | student, 2 prompts x 2 seeds
+    # teacher | student, 2 prompts x 2 seeds: 32 px images scaled to 128, a header row and a prompt line each
+    assert Image.open(grids[-1]).size == (256, 18 + 4 * (128 + 18))
     with pytest.warns(UserWarning, match="distilled from a sd3 teacher; scoring it against flux"):
         evaluate_student(tmp_path / "run", str(tiny["flux"]), "builtin:tiny", max_prompts=4, max_len=12, resolution=32,
                          steps=2)
@@ -697,5 +698,5 @@ def test_cli_help_and_one_line_errors(tmp_path):
         "error: Invalid value for '--format': 'onnx' is not one of 'diffusers', 'distillt5', 'comfyui'. "
         "(see `main export --help`)"]
     res = runner.invoke(main, ["run", "--recipe", "tiny", "--teacher", str(tmp_path / "nope"), "--output", str(tmp_path / "r")])
-    assert res.exit_code == 2 and res.stderr.strip() == f"error: {tmp_path / 'nope'}: no such folder (a hub id is 'owner/name')"
+    assert res.exit_code == 2 and res.stderr.strip() == f"error: teacher {tmp_path / 'nope'}: no such file or folder"
     assert not (tmp_path / "r").exists()  # nothing written for a run that could not start

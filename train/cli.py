@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -20,6 +22,8 @@ def _quiet_libraries() -> None:
         return
     # transformers imports torchao when installed, and torch warns about torchao's enums on that import
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    # diffusers passes huggingface_hub an argument it deprecated: a warning the user can do nothing about
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -51,32 +55,108 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--data", default=None, help="Curated-set folder or .txt/.jsonl/.parquet file for ALL stages.")
 @click.option("--teacher", default=None, help="Teacher pipeline folder, hub id, or tiny:flux / tiny:sd3.")
 @click.option("--output", default=None, type=click.Path(file_okay=False), help="Run folder [runs/<recipe>].")
-@click.option("--max-steps", default=None, type=int, help="Stop after N steps, i.e. batches of K updates (extends the last stage if longer).")
+@click.option("--max-steps", default=None, type=click.IntRange(min=1),
+              help="Stop after N steps, i.e. batches of K updates (extends the last stage if longer).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. optim.lr=3e-4.")
-@click.option("--resume", is_flag=True, help="Continue from the last complete checkpoint in --output.")
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its last complete checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def run(recipe: str, data: str | None, teacher: str | None, output: str | None, max_steps: int | None,
-        sets: tuple[str, ...], resume: bool, quiet: bool) -> None:
+@click.option("--print-config", is_flag=True, help="Print the resolved recipe (every key, as YAML) and exit.")
+@click.pass_context
+def run(ctx: click.Context, recipe: str, data: str | None, teacher: str | None, output: str | None,
+        max_steps: int | None, sets: tuple[str, ...], resume: bool, quiet: bool, print_config: bool) -> None:
     """Train a student with a recipe.
+
+    --output must be absent, empty, or a run folder (one holding the recipe.json a run writes first);
+    a run folder is continued only with --resume. Ctrl-C stops after the current step, writes a
+    checkpoint and prints the command that continues the run (exit status 130). On a CPU the thread
+    count comes from the cores free now, said in one line; --set cpu_threads=N or OMP_NUM_THREADS
+    overrides it. --print-config checks the recipe, not its paths.
 
     \b
     Examples:
       train run --recipe tiny
       train run --recipe tiny --teacher ./my-tiny-flux --data prompts.txt --max-steps 400 --output runs/mine
       train run --recipe sd3-t5-base --set optim.batch_size=16 --set cache.dir=/scratch/emb
+      train run --recipe flux-t5-base --set optim.lr=3e-4 --print-config > my-recipe.yaml
     """
-    _quiet_libraries()
-    from train.config import resolve
-    from train.distill import train
+    # Everything checkable without torch is checked first: a typo is reported in about a second, not
+    # after the seconds diffusers and transformers take to import.
+    from train.config import check_output, check_sources, resolve
 
     name, cfg = resolve(recipe, overrides=list(sets), data=data, teacher=teacher)
+    if print_config:
+        click.echo(config_yaml(cfg), nl=False)
+        return
     out = Path(output or f"runs/{name}")
-    summary = train(cfg, out, resume=resume, max_steps=max_steps, progress=not quiet, recipe_name=name)
+    check_sources(cfg)
+    check_output(out, resume)
+    threads = _cpu_threads_before_torch(cfg)
+    _quiet_libraries()
+    from train.distill import Interrupted, train
+
+    try:
+        summary = train(cfg, out, resume=resume, max_steps=max_steps, progress=not quiet, recipe_name=name,
+                        cpu_threads=threads)
+    except Interrupted as stop:
+        again = resume_command(ctx.find_root().info_name, recipe, data, teacher, out, max_steps, sets, quiet)
+        _exit_interrupted(f"interrupted at step {stop.step}; checkpoint written to {stop.checkpoint}", again)
+    except KeyboardInterrupt:  # while loading or in the final validation: nothing new to save
+        _exit_interrupted("interrupted; the run's last checkpoint (if any) is where --resume continues", None)
     if os.environ.get("RANK", "0") != "0":  # under torchrun / accelerate launch, rank 0 reports
         return
     init = summary["gap_initial"]
     click.echo(f"student: {summary['student']}  steps: {summary['steps']}  held-out gap: "
                + (f"{init:.4f} -> " if init is not None else "") + f"{summary['gap_final']:.4f}")
+
+
+def _cpu_threads_before_torch(cfg: dict) -> tuple[int, str] | None:
+    """On a CPU run, the thread count (and why), put in the environment before torch loads: the OpenMP,
+    MKL and OpenBLAS pools are sized when they start. None when a GPU may do the work, or when the
+    command runs inside a process that already runs torch (a test, a notebook) and nothing explicit
+    (cpu_threads, OMP_NUM_THREADS) was asked for: that process's thread count is its own business."""
+    from train.config import choose_cpu_threads, cpu_thread_env, gpu_visible, local_processes
+
+    if gpu_visible():
+        return None
+    if "torch" in sys.modules:
+        explicit = cfg["cpu_threads"] or os.environ.get("OMP_NUM_THREADS", "").strip().isdigit()
+        return choose_cpu_threads(cfg["cpu_threads"], local_processes()) if explicit else None
+    threads = choose_cpu_threads(cfg["cpu_threads"], local_processes())
+    cpu_thread_env(threads[0])
+    return threads
+
+
+def _exit_interrupted(message: str, again: str | None) -> None:
+    """Exit 130 (as a shell reports Ctrl-C) after one line on stderr, and the command that continues."""
+    if os.environ.get("RANK", "0") == "0":
+        if again:
+            launched = " (launched as this run was)" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+            message += f". To continue{launched}:\n  {again}"
+        click.echo(message, err=True)
+    sys.exit(130)
+
+
+def config_yaml(cfg: dict) -> str:
+    """The resolved recipe as YAML in the schema's order: itself a recipe (`train run --recipe FILE`)."""
+    import yaml
+
+    from train.config import SCHEMA
+
+    ordered = {key: cfg[key] for key in SCHEMA if key in cfg}
+    return yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True, default_flow_style=False, width=100)
+
+
+def resume_command(prog: str | None, recipe: str, data: str | None, teacher: str | None, output: Path,
+                   max_steps: int | None, sets: tuple[str, ...], quiet: bool) -> str:
+    """The command line that continues an interrupted run: its own options, --output made explicit, --resume."""
+    args = ["run", "--recipe", recipe, "--output", str(output)]
+    for flag, value in (("--data", data), ("--teacher", teacher), ("--max-steps", max_steps)):
+        if value is not None:
+            args += [flag, str(value)]
+    for item in sets:
+        args += ["--set", item]
+    args += ["--resume"] + (["--quiet"] if quiet else [])
+    return f"{prog or 'train'} {shlex.join(args)}"
 
 
 @main.command("eval")
@@ -108,6 +188,14 @@ def eval_cmd(student: str, teacher: str, data: str, as_json: bool, max_prompts: 
       train eval --student export/ --teacher black-forest-labs/FLUX.1-dev --data curated/balanced \\
                  --clip ViT-L-14 --clip-pretrained openai --images 32 --save-grid eval.png
     """
+    from curate.sources.files import local_path_or_hub_id
+    from train.config import check_teacher_path
+
+    # the paths first, before the imports that take seconds
+    local_path_or_hub_id(student, "student")
+    check_teacher_path(teacher)
+    if data != "builtin:tiny":
+        local_path_or_hub_id(data, "data")
     _quiet_libraries()
     from train.evaluate import evaluate_student
 
@@ -155,6 +243,9 @@ def export(checkpoint: str, output: str, fmt: str, dtype: str) -> None:
       train export --checkpoint runs/flux-base --output export/flux-base --format diffusers
       train export --checkpoint runs/flux-base/checkpoints/step-00050000 --output t5base.safetensors --format comfyui --dtype bf16
     """
+    from curate.sources.files import local_path_or_hub_id
+
+    local_path_or_hub_id(checkpoint, "checkpoint")  # before the imports that take seconds
     _quiet_libraries()
     from train.export import export_student
 
@@ -163,11 +254,23 @@ def export(checkpoint: str, output: str, fmt: str, dtype: str) -> None:
 
 
 @main.command()
-def recipes() -> None:
-    """List shipped training recipes."""
-    from curate.recipe import recipe_table
+@click.option("--keys", is_flag=True, help="List every key a recipe takes (type, default) instead.")
+def recipes(keys: bool) -> None:
+    """List shipped training recipes, or every key a recipe takes.
 
-    click.echo(recipe_table("train"))
+    \b
+    Examples:
+      train recipes
+      train recipes --keys
+    """
+    if keys:
+        from train.config import recipe_keys
+
+        click.echo(recipe_keys())
+    else:
+        from curate.recipe import recipe_table
+
+        click.echo(recipe_table("train"))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from curate.recipe import apply_overrides, load_recipe, recipe_hash, validate
@@ -18,6 +21,7 @@ NUM = (int, float)
 SCHEMA: dict[str, Any] = {
     "description": str,
     "seed": int,
+    "cpu_threads": int,  # torch intra-op threads on a CPU run; null: chosen from the free cores (choose_cpu_threads)
     "teacher": {
         "path": str,  # folder, hub id, or tiny:flux / tiny:sd3
         "dtype": str,  # auto | bf16 | fp16 | fp32 (auto: bf16 on CUDA, fp32 on CPU)
@@ -89,6 +93,7 @@ SCHEMA: dict[str, Any] = {
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
+    "cpu_threads": None,
     "teacher": {"dtype": "auto", "trust_remote_code": False, "guidance": [2.0, 5.0], "empty_prompt_prob": 0.0,
                 "gradient_checkpointing": False, "fp8": False, "compile": False},
     "student": {"init": "google/flan-t5-base", "config": {}, "projection_dropout": 0.1, "gradient_checkpointing": False,
@@ -106,6 +111,13 @@ DEFAULTS: dict[str, Any] = {
 }
 
 STAGE_DEFAULTS = {"resolution": 512, "max_sequence_length": 77, "micro_batch_size": None}
+
+
+def recipe_keys() -> str:
+    """Every key a training recipe takes, with its type and default (`train recipes --keys`)."""
+    from curate.recipe import render_keys, schema_keys
+
+    return render_keys(schema_keys(SCHEMA, {**DEFAULTS, "stages": STAGE_DEFAULTS}))
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -193,6 +205,7 @@ def _count(v: Any) -> bool:
 # key -> (accepts, what it must be, null allowed); types are the schema's business, these are ranges
 RANGES: dict[str, tuple[Any, str, bool]] = {
     "seed": (_count, "an integer >= 0", False),
+    "cpu_threads": (_positive_int, "a positive integer (null: chosen from the free cores)", True),
     "optim.lr": (lambda v: v > 0, "a number > 0", False),
     "optim.batch_size": (_positive_int, "a positive integer", False),
     "optim.micro_batch_size": (_positive_int, "a positive integer", True),
@@ -234,14 +247,42 @@ def _check_student_config(fields: dict[str, Any]) -> None:
     """student.config holds T5Config fields; a name T5Config does not know is a typo, not a new field."""
     if not fields:
         return
-    from transformers import T5Config
-
-    known = {**T5Config().to_dict(), **T5Config.attribute_map}  # hidden_size etc. are aliases T5Config takes
+    known = t5_config_fields()
     for key in fields:
         if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=2)
+            close = difflib.get_close_matches(key, sorted(known), n=2)
             raise ConfigError(f"unknown key student.config.{key} (not a T5Config field"
                               + (f"; did you mean {' or '.join(close)}?)" if close else ")"))
+
+
+def t5_config_fields() -> set[str]:
+    """The names T5Config takes (its fields, the common config fields and aliases such as hidden_size).
+    Importing transformers costs seconds (it loads torch), so the list is kept in the cache folder per
+    transformers version: a typo in student.config is then reported as fast as any other recipe key."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from filters.base import cache_dir
+
+    try:
+        stamp = version("transformers")
+    except PackageNotFoundError:
+        stamp = "unknown"
+    cached = cache_dir() / "t5-config-fields" / f"transformers-{stamp}.json"
+    try:
+        return set(json.loads(cached.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):  # not there yet, or damaged: ask transformers
+        pass
+    from transformers import T5Config
+
+    known = {*T5Config().to_dict(), *T5Config.attribute_map}  # hidden_size etc. are aliases T5Config takes
+    try:
+        from curate.writer import atomic_write_text
+
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cached, json.dumps(sorted(known)))
+    except OSError:  # a read-only cache only costs the next run the import
+        pass
+    return known
 
 
 def total_steps(cfg: dict[str, Any]) -> int:
@@ -250,3 +291,140 @@ def total_steps(cfg: dict[str, Any]) -> int:
 
 def config_hash(cfg: dict[str, Any]) -> str:
     return recipe_hash(cfg)
+
+
+# ---- paths and the run folder: checked before torch loads, so a typo is reported in a second ----------
+
+# What `train run` writes into its --output folder. recipe.json (the resolved recipe, a JSON object
+# with these top-level keys) is written first, atomically, before anything else, so every folder a
+# run has written into holds it: it is the mark of a run folder.
+RUN_MARKER = "recipe.json"
+RUN_MARKER_KEYS = ("teacher", "student", "optim", "stages")
+RUN_ENTRIES = ("recipe.json", "log.jsonl", "summary.json", "student", "checkpoints", "val", "tb")
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """Whether `folder` holds a t5shrink training run: its recipe.json is a resolved train recipe."""
+    try:
+        recipe = json.loads((Path(folder) / RUN_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(recipe, dict) and all(key in recipe for key in RUN_MARKER_KEYS)
+
+
+def check_output(output: str | Path, resume: bool) -> None:
+    """The rule for `train run --output` (curate's rule for its output, for a folder written into
+    rather than replaced): absent or empty starts a run; a run folder is continued only with --resume
+    (one that holds nothing but its recipe.json never trained, and may start over); anything else is
+    refused, since the run's student/, checkpoints/ and log.jsonl would replace files of the same
+    names. Files a user added to a run folder (an export, a grid) are left alone."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is a file; choose a folder")
+    entries = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
+    if not entries:
+        if resume:
+            where = "is an empty folder" if output.exists() else "does not exist"
+            raise ConfigError(f"--resume: there is no run to continue in {output} (it {where}); check the "
+                              "--output path, or drop --resume to start a new run")
+        return
+    if not is_run_folder(output):
+        raise ConfigError(f"--output {output} is not empty and is not a t5shrink run folder (no {RUN_MARKER} "
+                          "written by `train run`); " + ("--resume continues only a run" if resume else
+                                                         "choose a new or empty folder"))
+    held = [name for name in RUN_ENTRIES if name in entries and name != RUN_MARKER]
+    if held and not resume:  # its checkpoints would outrank the new run's in export, eval and --resume
+        raise ConfigError(f"{output} already holds a run ({', '.join(held)}); pass --resume to continue it, "
+                          "or choose a new --output")
+
+
+def check_teacher_path(source: str) -> None:
+    """A teacher that names a local path which does not exist is an error here, never a hub lookup."""
+    from curate.sources.files import local_path_or_hub_id
+
+    if not source.startswith("tiny:"):
+        local_path_or_hub_id(source, "teacher")
+
+
+def stage_sources(cfg: dict[str, Any]) -> list[str]:
+    """Every data source the recipe reads: each stage's (a path, or a list of paths / {path, repeat})."""
+    out = []
+    for stage in cfg["stages"]:
+        for item in stage["data"] if isinstance(stage["data"], list) else [stage["data"]]:
+            out.append(str(item.get("path")) if isinstance(item, dict) else str(item))
+    return out
+
+
+def check_sources(cfg: dict[str, Any]) -> None:
+    """The one "not found" rule (curate.sources.files.local_path_or_hub_id) for every path-or-hub-id of a
+    resolved recipe, before anything loads: a path that does not exist is an error naming it; a hub id
+    is left to be fetched (and then reported by hub_error when it cannot be)."""
+    from curate.sources.files import local_path_or_hub_id
+
+    check_teacher_path(cfg["teacher"]["path"])
+    for source in stage_sources(cfg):
+        if source != "builtin:tiny":
+            local_path_or_hub_id(source, "data")
+    if cfg["validation"]["data"] and cfg["validation"]["data"] != "builtin:tiny":
+        local_path_or_hub_id(cfg["validation"]["data"], "validation.data")
+    if cfg["student"]["init"] != "config":
+        local_path_or_hub_id(cfg["student"]["init"], "student.init")
+
+
+# ---- CPU threads ------------------------------------------------------------------------------------
+
+
+def free_cores() -> tuple[int, float, float]:
+    """(cores this process may use, the 1-minute load average on them, cores free = cores - load).
+
+    The load average counts runnable processes machine-wide; when this process may use only some of
+    the machine's CPUs (a cpuset, a container), their share of it is taken."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0] * cores / max(cores, os.cpu_count() or cores)
+    except (AttributeError, OSError):
+        load = 0.0
+    return cores, load, cores - load
+
+
+def choose_cpu_threads(setting: int | None, processes: int = 1,
+                       measured: tuple[int, float, float] | None = None) -> tuple[int, str]:
+    """(torch intra-op threads for a CPU run, why, in words). The recipe's cpu_threads wins, then
+    OMP_NUM_THREADS; otherwise the cores free now (`measured`, by default free_cores(): cores - the
+    1-minute load, rounded, at least 1), shared by the processes of this machine. More threads than
+    free cores is the costly mistake: a thread waiting for a core stalls every parallel op it is part
+    of (the tiny recipe on a busy 2-core machine: bench/train_threads.py)."""
+    if setting:
+        return setting, "the recipe's cpu_threads"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), "OMP_NUM_THREADS"
+    cores, load, free = measured or free_cores()
+    threads = max(1, int(free / max(1, processes) + 0.5))
+    share = f", shared by {processes} processes" if processes > 1 else ""
+    return threads, (f"{cores} cores, 1-minute load {load:.2f}, so {max(free, 0.0):.1f} free{share}; "
+                     "set cpu_threads or OMP_NUM_THREADS to override")
+
+
+def local_processes() -> int:
+    """Processes of this run on this machine (torchrun and accelerate launch set LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def gpu_visible() -> bool:
+    """Whether this process may see a CUDA (or ROCm) device, told without importing torch: the thread
+    settings below must be in the environment before torch loads."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):  # devices hidden on purpose
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/kfd").exists()
+
+
+def cpu_thread_env(threads: int) -> None:
+    """Put the thread count where the OpenMP, MKL and OpenBLAS pools and the tokenizers' read it: once,
+    when each starts, so this is done before torch loads (torch.set_num_threads afterwards leaves OpenMP
+    set up for more threads, which measurably slows the tiny run). A variable the user set is kept."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_RS_NUM_CPUS"):
+        os.environ.setdefault(var, str(threads))

@@ -21,19 +21,22 @@ Prompt = dict[str, str]  # {"text": ..., "category": ...}
 NO_CATEGORY = "all"
 
 
-def load_prompts(source: str | Path) -> list[Prompt]:
+def load_prompts(source: str | Path, what: str = "data") -> list[Prompt]:
     """Read one source into [{"text", "category"}] (category "all" when the source has none).
 
     Files and HF datasets are read by curate's own reader (so the same hostile-row handling
     applies); a curated-set folder (one with manifest.json) is read as curate writes it
-    (curate.writer.read_records): its kept prompts (data/), never rejected/."""
+    (curate.writer.read_records): its kept prompts (data/), never rejected/. The one "not found"
+    rule applies (`what` names the argument): a path that does not exist is an error naming it, and a
+    hub id that cannot be fetched says that it needs the network or a local folder."""
     if str(source) == "builtin:tiny":
         from train.tiny import builtin_prompts
 
         return builtin_prompts()
-    from curate.sources.files import SourceError, SourceSpec, read_source
+    from curate.sources.files import SourceError, SourceSpec, hub_error, local_path_or_hub_id, read_source
     from curate.writer import OutputError, read_records
 
+    hub_id = local_path_or_hub_id(str(source), what) is None
     path = Path(source)
     if path.is_dir() and (path / "manifest.json").is_file():
         try:
@@ -44,9 +47,11 @@ def load_prompts(source: str | Path) -> list[Prompt]:
     try:
         result = read_source(SourceSpec(uri=str(path), category_column="category"), criterion="semantic")
     except SourceError as exc:
-        raise ConfigError(f"data {exc}") from exc
+        if hub_id and exc.__cause__ is not None:  # the dataset could not be loaded, not a bad row or column
+            raise hub_error(str(source), what, exc.__cause__) from exc
+        raise ConfigError(f"{what} {exc}") from exc
     if result.rejected:
-        warnings.warn(f"data {source}: {len(result.rejected)} rows skipped (first: {result.rejected[0][1]})")
+        warnings.warn(f"{what} {source}: {len(result.rejected)} rows skipped (first: {result.rejected[0][1]})")
     # tags are set exactly when the source had a category for the row
     return [{"text": r.text, "category": r.category if r.tags else NO_CATEGORY} for r in result.records]
 
@@ -109,7 +114,7 @@ def heldout_split(stage_rows: list[list[Prompt]], val_data: str | None, num_prom
     """(held-out prompts, each stage's training prompts without them). Held-out prompts come from
     `val_data` when given, else from the stages' data (at most a tenth of the distinct prompts)."""
     if val_data:
-        heldout = split_heldout(load_prompts(val_data), num_prompts)
+        heldout = split_heldout(load_prompts(val_data, "validation.data"), num_prompts)
     else:
         pool = [r for rows in stage_rows for r in rows]
         heldout = split_heldout(pool, min(num_prompts, max(1, len({r["text"] for r in pool}) // 10)))

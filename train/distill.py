@@ -22,8 +22,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import shutil
+import signal
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -35,7 +39,7 @@ import torch.nn.functional as F
 from curate.writer import atomic_write_text, staging_path, swap_into_place
 from filters.base import ConfigError
 from train.cache import EmbeddingCache, teacher_cache_id
-from train.config import config_hash, total_steps
+from train.config import check_output, choose_cpu_threads, config_hash, t5_config_fields, total_steps
 from train.data import PromptStream, heldout_split, load_stage_data
 from train.evaluate import GapEvaluator, preview_grid
 from train.student import DTYPES, DistillT5EncoderModel, build_student, load_student_state_dict
@@ -47,6 +51,49 @@ STATE_FORMAT = 2  # 2: a step is one trajectory (batch); 1 counted optimizer upd
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (too many non-finite losses, nothing to resume, ...)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT stopped the run between two steps, after a checkpoint at `step` was written to `checkpoint`."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"interrupted at step {step}; checkpoint {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class StopRequest:
+    """While armed (the training loop), the first SIGINT (Ctrl-C) only asks the run to stop after the step
+    in progress, so the checkpoint it then writes is consistent (optimizer, data position and RNG all
+    between two steps); a second one, or one while disarmed (loading, the final validation), interrupts
+    at once as usual. Outside the main thread (where no signal handler can be installed) it never asks."""
+
+    def __init__(self, announce: bool):
+        self.armed, self.asked, self.announce, self._previous = False, False, announce, None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.asked or not self.armed:
+            raise KeyboardInterrupt
+        self.asked = True
+        if self.announce:
+            print("\nCtrl-C: stopping after this step and writing a checkpoint (Ctrl-C again: stop at once, "
+                  "without one)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def agreed(self, accelerator: Any) -> bool:
+        """Whether to stop now; with several processes, when any of them was asked (all stop together,
+        since writing a checkpoint is a collective step)."""
+        if accelerator.num_processes == 1:
+            return self.asked
+        flag = torch.tensor([1.0 if self.asked else 0.0], device=accelerator.device)
+        return accelerator.reduce(flag, reduction="sum").item() > 0
 
 
 def lr_at(update: int, cfg: dict[str, Any], total: int, per_step: int = 1) -> float:
@@ -323,20 +370,47 @@ class Logger:
 
 
 def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_steps: int | None = None,
-          progress: bool = True, recipe_name: str = "custom") -> dict[str, Any]:
+          progress: bool = True, recipe_name: str = "custom", cpu_threads: tuple[int, str] | None = None
+          ) -> dict[str, Any]:
     """Run a resolved recipe (train.config.resolve) into `output`; returns a summary dict.
 
     output/student/ is the final student (DistillT5 layout), output/checkpoints/step-N/ the
-    checkpoints, output/log.jsonl + output/tb/ the logs, output/val/ the preview grids."""
+    checkpoints, output/log.jsonl + output/tb/ the logs, output/val/ the preview grids. `output` must
+    be absent, empty, or (with `resume`) a run folder (train.config.check_output). `cpu_threads`
+    (threads, why) sets torch's intra-op threads for the run (`train run` chooses them from the free
+    cores before torch loads: train.config.choose_cpu_threads), else the recipe's cpu_threads does, else
+    the caller's setting stands; the caller's is put back at the end. SIGINT stops the run between two
+    steps with a checkpoint and raises Interrupted."""
+    output = Path(output)
+    if max_steps is not None and (type(max_steps) is not int or max_steps < 1):
+        raise ConfigError(f"--max-steps must be a whole number >= 1, got {max_steps!r}")
+    check_output(output, resume)  # before any process of the run has written anything
+    threads_before = torch.get_num_threads()
+    try:
+        if cpu_threads is None and cfg.get("cpu_threads"):
+            cpu_threads = choose_cpu_threads(cfg["cpu_threads"])
+        if cpu_threads is not None:
+            _use_cpu_threads(*cpu_threads)
+        with StopRequest(announce=os.environ.get("RANK", "0") == "0") as stopper:
+            return _train(cfg, output, resume, max_steps, progress, recipe_name, stopper)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _use_cpu_threads(threads: int, why: str) -> None:
+    """Set torch's intra-op threads and say so in one line; the tokenizers' pool gets as many unless the
+    user set its own (RAYON_RS_NUM_CPUS, read when that pool first starts)."""
+    torch.set_num_threads(threads)
+    os.environ.setdefault("RAYON_RS_NUM_CPUS", str(threads))
+    if os.environ.get("RANK", "0") == "0":
+        print(f"cpu threads: {threads} ({why})", file=sys.stderr, flush=True)
+
+
+def _train(cfg: dict[str, Any], output: Path, resume: bool, max_steps: int | None, progress: bool,
+           recipe_name: str, stopper: StopRequest) -> dict[str, Any]:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    output = Path(output)
-    if not resume:
-        held = [name for name in ("checkpoints", "student", "log.jsonl") if (output / name).exists()]
-        if held:  # its checkpoints would outrank the new run's in export, eval and --resume
-            raise ConfigError(f"{output} already holds a run ({', '.join(held)}); pass --resume to continue it, "
-                              "or choose a new --output")
     accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
     device, main = accelerator.device, accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -368,10 +442,6 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     stage_rows = [load_stage_data(s["data"]) for s in stages]
     heldout, train_rows = heldout_split(stage_rows, val["data"], val["num_prompts"])
     streams = [PromptStream(rows, seed + 7 * i) for i, rows in enumerate(train_rows)]
-    if main:  # only now: a run that cannot load its teacher or data leaves no folder behind
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "recipe.json").write_text(json.dumps(cfg, indent=2) + "\n")
-
     # Teacher embeddings: once per batch, optionally from/to the disk cache.
     cache_id = teacher_cache_id(teacher.source, teacher.dtype) if cfg["cache"]["dir"] else None
     cache = EmbeddingCache(cfg["cache"]["dir"], cache_id) if cache_id else None
@@ -398,6 +468,7 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
                             projection_dropout=scfg["projection_dropout"],
                             trust_remote_code=cfg["teacher"]["trust_remote_code"],
                             teacher_tokenizer=teacher.tokenizer).to(device)
+    t5_config_fields()  # transformers is loaded now: cache the fields a later recipe check needs without it
     if scfg["gradient_checkpointing"]:
         # transformers 5 renamed it; fall back to the old name on older versions
         getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
@@ -413,6 +484,9 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     if world > 1 and opt["batch_size"] % world:
         raise TrainingError(f"optim.batch_size ({opt['batch_size']}) must be a multiple of the {world} processes")
 
+    if main:  # only now: a run that cannot load its teacher, data or student leaves no folder behind
+        # atomic and first: recipe.json marks the folder as a run folder (train.config.RUN_MARKER)
+        atomic_write_text(output / "recipe.json", json.dumps(cfg, indent=2) + "\n")
     planned = total_steps(cfg)
     state = {"format": STATE_FORMAT, "step": 0, "positions": [0] * len(stages), "bad_steps": 0,
              "recipe_hash": config_hash(cfg)}
@@ -431,11 +505,12 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
                 max_steps = state["total"]  # the run was extended with --max-steps: keep its length and schedule
             elif max_steps is not None and max(max_steps, planned) != state.get("total", planned):
                 warnings.warn(f"--resume: --max-steps {max_steps} changes the run's length "
-                              f"({state.get('total', planned)} steps), so its lr schedule and stage bounds")
+                              f"({state.get('total', planned)} steps), so its lr schedule and stage bounds "
+                              "change too; the resumed run will not match an uninterrupted one")
             if state.get("recipe_hash") != config_hash(cfg):
                 warnings.warn("--resume: the recipe differs from the checkpoint's; continuing with the new one")
             if main:
-                print(f"resuming from {ckpt} (step {state['step']})")
+                print(f"resuming from {ckpt} (step {state['step']})", file=sys.stderr, flush=True)
 
     # Step plan: stage boundaries; --max-steps truncates, or extends the last stage.
     total = max_steps if max_steps is not None and max_steps > planned else planned
@@ -487,9 +562,11 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
 
     logger = Logger(output, cfg["log"]["tensorboard"], main)
     results: dict[str, Any] = {"initial": None, "final": None}
+    shown = {"gap": None}  # the latest held-out gap, for the progress bar
 
     def validate(step: int) -> dict[str, Any]:
         report = evaluator(student)
+        shown["gap"] = report["gap"]
         logger.log({"step": step, "val_gap": report["gap"], "val_gap_per_category": report["per_category"]})
         if val["images"] and main:
             n = val["image_prompts"]
@@ -501,18 +578,22 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
     step = state["step"]
     if step == 0:
         results["initial"] = validate(0)
-    else:  # resumed: the summary keeps the run's first gap
+    else:  # resumed: the summary keeps the run's first gap, the bar the latest
         results["initial"] = next(({"gap": r["val_gap"]} for r in logged if r.get("step") == 0 and "val_gap" in r), None)
-    bar = tqdm(total=stop, initial=step, desc="distil", disable=not (progress and main), dynamic_ncols=True)
+        shown["gap"] = next((r["val_gap"] for r in reversed(logged) if "val_gap" in r), None)
+    bar = tqdm(total=stop, initial=step, desc="distil", disable=not (progress and main), dynamic_ncols=True,
+               file=sys.stderr)
     gmin, gmax = cfg["teacher"]["guidance"]
     n_steps = dist["sampling_steps"]
     k_steps = dist["train_steps"] or n_steps
     updates_per_step = k_steps if dist["update"] == "step" else 1
     lr = lr_at(step * updates_per_step, opt, total, updates_per_step)
     t0 = time.time()
+    stopper.armed = True  # from here Ctrl-C stops after the step in progress, with a checkpoint
     while step < stop:
         si = next(i for i, b in enumerate(bounds) if step < b)
         stage = stages[si]
+        bar.set_description(f"{stage['name']} {si + 1}/{len(stages)}" if len(stages) > 1 else stage["name"])
         max_len, res = stage["max_sequence_length"], stage["resolution"]
         micro = stage["micro_batch_size"] or opt["micro_batch_size"] or max(1, opt["batch_size"] // world)
         batch = streams[si].take(state["positions"][si], opt["batch_size"])
@@ -574,15 +655,25 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
         grad_norm = sum(d[1] for d in done) / len(done) if done else float("nan")
         step += 1
         state["step"], state["lr"] = step, lr
+        # a dict keeps this order (keyword arguments would be sorted); gap: the latest held-out one
+        bar.set_postfix({"loss": f"{loss_value:.4g}", "lr": f"{lr:.2e}",
+                         "gap": "-" if shown["gap"] is None else f"{shown['gap']:.4f}"}, refresh=False)
         bar.update(1)
         if step % cfg["log"]["every"] == 0 or step == stop:
-            bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}")
             logger.log({"step": step, "stage": stage["name"], "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                         "updates": len(done), "guidance": guidance, "elapsed_s": round(time.time() - t0, 2)})
         if val["every"] and step % val["every"] == 0 and step != stop:
             validate(step)
-        if cfg["checkpoint"]["every"] and (step % cfg["checkpoint"]["every"] == 0 or step == stop):
+        saved = cfg["checkpoint"]["every"] and (step % cfg["checkpoint"]["every"] == 0 or step == stop)
+        if saved:
             save_checkpoint(output, step, student, optimizer, state, teacher, meta, accelerator, cfg["checkpoint"]["keep"])
+        if step < stop and stopper.agreed(accelerator):  # between two steps: a consistent checkpoint
+            bar.close()
+            if not saved:  # even with checkpoint.every off: the newest, so `keep` never drops it
+                save_checkpoint(output, step, student, optimizer, state, teacher, meta, accelerator, cfg["checkpoint"]["keep"])
+            logger.close()
+            raise Interrupted(step, output / "checkpoints" / f"step-{step:08d}")
+    stopper.armed = False
     bar.close()
     results["final"] = validate(step)
     if main:

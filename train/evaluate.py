@@ -152,25 +152,58 @@ def image_pairs(teacher: Teacher, student: torch.nn.Module, texts: list[str], co
     return rows
 
 
-def save_grid(rows: list[tuple[Any, Any]], path: str | Path) -> Path:
-    """PNG grid: one row per pair, left the teacher's image, right the student's."""
-    from PIL import Image
+GRID_MIN_CELL = 128  # px: smaller images (the tiny teachers draw 32 px) are enlarged so the labels fit
+GRID_LINE = 14  # px per label line (PIL's default font is 11 px high)
+
+
+def save_grid(rows: list[tuple[Any, Any]], path: str | Path, labels: list[str] | None = None) -> Path:
+    """PNG grid, one row per pair: the teacher's image left, the student's right. With `labels` (the
+    validation previews) a header names the columns ("teacher", "student") and each pair has a caption
+    line above it (its prompt, cut to the grid's width), images enlarged to GRID_MIN_CELL px for the text
+    to fit. Without, the images alone at their own size (`train eval --save-grid`: pixels as sampled,
+    to crop and score again)."""
+    from PIL import Image, ImageDraw
 
     w, h = rows[0][0].size
-    grid = Image.new("RGB", (2 * w, h * len(rows)), "white")
+    scale = max(1, -(-GRID_MIN_CELL // w)) if labels else 1  # whole multiples keep small images sharp (nearest)
+    cw, ch = w * scale, h * scale
+    band = GRID_LINE + 4 if labels else 0
+    grid = Image.new("RGB", (2 * cw, band + (ch + band) * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for col, name in enumerate(("teacher", "student") if labels else ()):
+        draw.text((col * cw + cw // 2, 2), name, fill="black", anchor="ma")
     for r, (a, b) in enumerate(rows):
-        grid.paste(a, (0, r * h))
-        grid.paste(b, (w, r * h))
+        top = band + r * (ch + band)
+        if labels:
+            draw.text((3, top + 2), _fit(draw, labels[r], 2 * cw - 6), fill="black")
+        grid.paste(a.resize((cw, ch), Image.NEAREST) if scale > 1 else a, (0, top + band))
+        grid.paste(b.resize((cw, ch), Image.NEAREST) if scale > 1 else b, (cw, top + band))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return path
 
 
+def _fit(draw: Any, text: str, width: int) -> str:
+    """`text` on one line, cut with "..." to fit `width` pixels."""
+    text = " ".join(text.split())
+    if draw.textlength(text) <= width:
+        return text
+    while text and draw.textlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def pair_labels(texts: list[str], seeds: list[int]) -> list[str]:
+    """The caption of each image_pairs row (seed-major), the seed named when there are several."""
+    return [text if len(seeds) == 1 else f"{text} (seed {seed})" for seed in seeds for text in texts]
+
+
 def preview_grid(teacher: Teacher, student: torch.nn.Module, texts: list[str], cond: Cond, max_len: int, resolution: int,
                  steps: int, guidance: float, seeds: list[int], path: str | Path) -> Path:
-    """PNG grid: one row per (seed, prompt), left the teacher's image, right the student's."""
-    return save_grid(image_pairs(teacher, student, texts, cond, max_len, resolution, steps, guidance, seeds), path)
+    """Labelled PNG grid (save_grid): one row per (seed, prompt), left the teacher's image, right the student's."""
+    rows = image_pairs(teacher, student, texts, cond, max_len, resolution, steps, guidance, seeds)
+    return save_grid(rows, path, pair_labels(texts, seeds))
 
 
 def clip_report(clip: Any, prompts: list[dict[str, str]], pairs: list[tuple[Any, Any]]) -> dict[str, Any]:

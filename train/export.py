@@ -37,14 +37,16 @@ def _is_student(folder: Path) -> bool:
     return folder.is_dir() and is_student_folder(folder)
 
 
-def resolve_student_dir(path: str | Path) -> Path:
+def resolve_student_dir(path: str | Path, what: str = "student") -> Path:
     """A student folder from: a student folder, a diffusers export, a checkpoint, or a run folder
-    (its final student if training finished, else its newest complete checkpoint)."""
+    (its final student if training finished, else its newest complete checkpoint), or a hub id of a
+    student or diffusers export (fetched). `what` names the argument in errors (the one "not found"
+    rule: a path that does not exist is an error naming it, a hub id that cannot be fetched says so)."""
+    from curate.sources.files import local_path_or_hub_id
     from train.distill import find_checkpoint
 
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such folder")
+    local = local_path_or_hub_id(str(path), what)
+    path = local if local is not None else fetch_student(str(path), what)
     for c in (path, *(path / slot for slot in ENCODER_SLOTS)):
         if _is_student(c):
             return c
@@ -56,6 +58,17 @@ def resolve_student_dir(path: str | Path) -> Path:
     if final or ckpt:
         return final or ckpt / "student"
     raise ConfigError(f"{path}: not a student, checkpoint or run folder (no config.json with project_out_dim)")
+
+
+def fetch_student(repo_id: str, what: str) -> Path:
+    """The local snapshot of a hub repo holding a student (config, weights, tokenizer and notes only)."""
+    from curate.sources.files import hub_error
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model"]))
+    except Exception as exc:  # offline, no such repo, gated, a malformed id: all "cannot be fetched"
+        raise hub_error(repo_id, what, exc) from exc
 
 
 def _meta_step(folder: Path) -> int:
@@ -129,7 +142,7 @@ def _check_comfy_target(path: Path) -> None:
 
 def export_student(checkpoint: str | Path, output: str | Path, fmt: str = "distillt5", dtype: str = "fp32") -> Path:
     """Write the student found at `checkpoint` to `output` in `fmt`; returns the written path."""
-    student, tokenizer, meta = load_student_dir(checkpoint)
+    student, tokenizer, meta = load_student_dir(resolve_student_dir(checkpoint, "checkpoint"))
     student = student.to(DTYPES[dtype])
     out = Path(output)
     if fmt == "distillt5":

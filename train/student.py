@@ -326,7 +326,10 @@ def build_student(
     teacher_tokenizer: when given, a pretrained T5's own tokenizer must agree with it (the student
           reads the teacher's ids).
     """
+    from curate.sources.files import hub_error, local_path_or_hub_id
+
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    hub_id = init != "config" and local_path_or_hub_id(init, "student.init") is None
     if init != "config" and is_student_folder(init):
         student = DistillT5EncoderModel.from_pretrained(init)
         if student.config.project_out_dim != project_out_dim:
@@ -342,7 +345,12 @@ def build_student(
     else:
         if Path(init).is_dir():  # a local T5 folder: checked before transformers builds it (hub ids: not here)
             check_t5_folder(init, load_config(init), need_safetensors=False)
-        pretrained = T5EncoderModel.from_pretrained(init, trust_remote_code=trust_remote_code)
+        try:
+            pretrained = T5EncoderModel.from_pretrained(init, trust_remote_code=trust_remote_code)
+        except OSError as exc:  # what transformers raises for a repo it cannot fetch names neither key nor cure
+            if hub_id:
+                raise hub_error(init, "student.init", exc) from exc
+            raise
         config = T5Config.from_dict({**pretrained.config.to_dict(), **overrides})
         if config.vocab_size < vocab_size:
             raise ValueError(f"{init}: vocab of {config.vocab_size} tokens cannot read the teacher's {vocab_size}-token ids")

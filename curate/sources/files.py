@@ -145,6 +145,8 @@ def looks_like_path(uri: str) -> bool:
     # (a URL such as hf://datasets/owner/name is left to `datasets`).
     if "://" in uri:
         return False
+    if uri.count("/") == 1 and Path(uri.split("/")[0]).is_dir():
+        return True  # "curated/balanced" beside a local curated/ folder: a mistyped set, not a hub dataset
     return uri.startswith((".", "/", "~")) or Path(uri).suffix in SUFFIXES or uri.endswith("/") or uri.count("/") > 1
 
 

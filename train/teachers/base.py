@@ -182,20 +182,23 @@ def resolve_source(source: str) -> str:
 
 def teacher_kind(source: str) -> str:
     """'flux' or 'sd3', from the pipeline class named in model_index.json."""
-    from curate.sources.files import looks_like_path
+    from train.config import check_teacher_path
 
+    check_teacher_path(source)  # a path that does not exist: an error naming it, never a hub lookup
     path = Path(source).expanduser()
-    if not path.exists() and looks_like_path(source):  # never a hub lookup
-        raise FileNotFoundError(f"{source}: no such folder (a hub id is 'owner/name')")
     if path.is_dir():
         index = path / "model_index.json"
         if not index.exists():
             raise ValueError(f"{source}: no model_index.json (not a diffusers pipeline folder)")
         class_name = json.loads(index.read_text()).get("_class_name", "")
     else:
+        from curate.sources.files import hub_error
         from diffusers import DiffusionPipeline
 
-        class_name = DiffusionPipeline.load_config(source).get("_class_name", "")
+        try:
+            class_name = DiffusionPipeline.load_config(source).get("_class_name", "")
+        except OSError as exc:  # offline, no such repo, gated: diffusers' message names no cure
+            raise hub_error(source, "teacher", exc) from exc
     if class_name not in KINDS:
         raise ValueError(f"{source}: pipeline class {class_name!r} is not supported (supported: {', '.join(KINDS)})")
     return KINDS[class_name]
@@ -229,8 +232,11 @@ def load_teacher(
     try:
         pipe = pipeline_class.from_pretrained(source, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:  # what diffusers raises names no folder
+        from curate.sources.files import hub_error
         from filters.base import one_line
 
+        if isinstance(exc, OSError) and not Path(source).expanduser().exists():  # a hub id: its files could not come
+            raise hub_error(source, "teacher", exc) from exc
         raise ValueError(f"{source}: the {pipeline_class.__name__} cannot be loaded ({one_line(exc, 300)})") from exc
     pipe.set_progress_bar_config(disable=True)
     for name, module in pipe.components.items():
