@@ -73,22 +73,31 @@ def main(debug: bool) -> None:
     """
 
 
-@main.command()
-@click.option("--keys", is_flag=True, help="List every key a recipe takes (type, default) instead.")
-def recipes(keys: bool) -> None:
-    """List the shipped curation recipes, or every key a recipe takes.
+def recipes_command(kind: str, keys: str) -> click.Command:
+    """`curate recipes` / `train recipes`: the shipped recipes of a kind, or with --keys every key a recipe
+    takes (`keys`: "module:function" returning that list, imported only when asked)."""
+
+    @click.command(name="recipes", help=f"""List the shipped {kind} recipes, or every key a recipe takes.
 
     \b
     Examples:
-      curate recipes
-      curate recipes --keys
-    """
-    if keys:
-        from curate.pipeline import recipe_keys
+      {kind} recipes
+      {kind} recipes --keys
+    """)
+    @click.option("--keys", "list_keys", is_flag=True, help="List every key a recipe takes (type, default) instead.")
+    def recipes(list_keys: bool) -> None:
+        if list_keys:
+            import importlib
 
-        click.echo(recipe_keys())
-    else:
-        click.echo(recipe_table("curate"))
+            module, function = keys.split(":")
+            click.echo(getattr(importlib.import_module(module), function)())
+        else:
+            click.echo(recipe_table(kind))
+
+    return recipes
+
+
+main.add_command(recipes_command("curate", "curate.pipeline:recipe_keys"))
 
 
 @main.command()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from curate.cli import OneLineErrors
+from curate.cli import OneLineErrors, recipes_command
 
 
 def _quiet_libraries() -> None:
@@ -253,24 +253,7 @@ def export(checkpoint: str, output: str, fmt: str, dtype: str) -> None:
     click.echo(f"exported ({fmt}): {path}")
 
 
-@main.command()
-@click.option("--keys", is_flag=True, help="List every key a recipe takes (type, default) instead.")
-def recipes(keys: bool) -> None:
-    """List shipped training recipes, or every key a recipe takes.
-
-    \b
-    Examples:
-      train recipes
-      train recipes --keys
-    """
-    if keys:
-        from train.config import recipe_keys
-
-        click.echo(recipe_keys())
-    else:
-        from curate.recipe import recipe_table
-
-        click.echo(recipe_table("train"))
+main.add_command(recipes_command("train", "train.config:recipe_keys"))
 
 
 if __name__ == "__main__":
