@@ -92,7 +92,7 @@ def run_stage(stage: str, n: int, embed_sample: int, threads: int) -> dict:
     import faiss
     import numpy as np
 
-    from curate.records import Prompt
+    from core.records import Prompt
     from filters.base import Context, build_step
 
     faiss.omp_set_num_threads(threads)

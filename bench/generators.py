@@ -15,7 +15,7 @@ import argparse
 import random
 import time
 
-from curate.records import dedup_key
+from core.records import dedup_key
 from curate.sources.generators import GENERATORS, generate
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from curate.records import CATEGORIES  # noqa: E402
+from core.records import CATEGORIES  # noqa: E402
 from filters.tagging import tag_texts  # noqa: E402
 
 HELDOUT = ROOT / "tests" / "fixtures" / "tagging_heldout.jsonl"

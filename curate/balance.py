@@ -16,8 +16,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from curate.records import Prompt
-from filters.base import ConfigError
+from core.errors import ConfigError
+from core.records import Prompt
 
 SHORTFALL_POLICIES = ("scale", "warn", "error")
 

@@ -9,52 +9,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import click
 
-from curate.recipe import recipe_table
-from curate.records import CRITERIA
-from filters.base import one_line
-
-
-MAX_MESSAGE_CHARS = 1000  # an error or warning line, whatever a key or path it names holds
-
-
-def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    click.echo(f"warning: {one_line(message, MAX_MESSAGE_CHARS)}", err=True)
-
-
-class OneLineErrors(click.Group):
-    """Errors become one line on stderr and a non-zero exit (2 for bad input, 1 otherwise);
-    `--debug` shows the traceback instead, wherever it stands on the command line (`curate --debug build`
-    and `curate build ... --debug` alike); warnings become one `warning: ...` line too. Shared by `curate`
-    and `train`."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if "--debug" in args[: args.index("--") if "--" in args else len(args)]:
-            args = ["--debug", *(a for a in args if a != "--debug")]  # the group's option, wherever typed
-        return super().parse_args(ctx, args)
-
-    def invoke(self, ctx: click.Context):
-        if not ctx.params.get("debug"):
-            warnings.showwarning = _warning_line
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as exc:  # a missing or malformed option: one line too, with where to look
-            if ctx.params.get("debug"):
-                raise
-            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-            click.echo(f"error: {exc.format_message()}{where}", err=True)
-            sys.exit(2)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except Exception as exc:
-            if ctx.params.get("debug"):
-                raise
-            click.echo(f"error: {one_line(exc, MAX_MESSAGE_CHARS)}", err=True)
-            sys.exit(2 if isinstance(exc, (ValueError, FileNotFoundError, KeyError)) else 1)
+from core.cli import OneLineErrors, recipes_command
+from core.records import CRITERIA
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,30 +31,6 @@ def main(debug: bool) -> None:
       curate inspect out --html report.html
       curate diff out out_v2
     """
-
-
-def recipes_command(kind: str, keys: str) -> click.Command:
-    """`curate recipes` / `train recipes`: the shipped recipes of a kind, or with --keys every key a recipe
-    takes (`keys`: "module:function" returning that list, imported only when asked)."""
-
-    @click.command(name="recipes", help=f"""List the shipped {kind} recipes, or every key a recipe takes.
-
-    \b
-    Examples:
-      {kind} recipes
-      {kind} recipes --keys
-    """)
-    @click.option("--keys", "list_keys", is_flag=True, help="List every key a recipe takes (type, default) instead.")
-    def recipes(list_keys: bool) -> None:
-        if list_keys:
-            import importlib
-
-            module, function = keys.split(":")
-            click.echo(getattr(importlib.import_module(module), function)())
-        else:
-            click.echo(recipe_table(kind))
-
-    return recipes
 
 
 main.add_command(recipes_command("curate", "curate.pipeline:recipe_keys"))
@@ -165,7 +101,7 @@ def tag(input_path: Path, output: Path | None, rejected_path: Path | None, text_
       curate tag prompts.txt
       curate tag captions.parquet --text-column caption --output tags.jsonl
     """
-    from curate.records import parse_reason
+    from core.records import parse_reason
     from curate.sources.files import SourceSpec, read_source
     from filters.base import Context
     from filters.tagging import TagStep

@@ -21,14 +21,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from core.errors import ConfigError, describe_value
+from core.paths import cache_dir
+from core.recipe import (ANY_KEY, apply_overrides, load_recipe, recipe_hash, render_keys, schema_keys, type_label,
+                         validate)
+from core.records import CATEGORIES, CRITERIA, Prompt, canonical_key, parse_reason
 from curate.balance import SHORTFALL_POLICIES, ShortfallError, balance
-from curate.recipe import (ANY_KEY, apply_overrides, load_recipe, recipe_hash, render_keys, schema_keys, type_label,
-                           validate)
-from curate.records import CATEGORIES, CRITERIA, Prompt, canonical_key, parse_reason
 from curate.sources.files import SourceSpec, iter_source
 from curate.writer import CuratedSetWriter
-from filters.base import (ConfigError, Context, Step, StepResult, build_step, cache_dir, describe_value,
-                          step_options)
+from filters.base import Context, Step, StepResult, build_step, step_options
 
 SOURCE_SCHEMA = {
     "generator": str, "n": int, "categories": [str],

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.records import CRITERIA
+from core.records import CRITERIA
 
 # One fixed colour per criterion, so the same criterion looks the same in every plot
 # and in every report (Tableau-like, readable on white and for most colour-blind readers).

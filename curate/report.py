@@ -9,7 +9,7 @@ Plain functions over a curated-set folder (data/, rejected/, manifest.json):
     report_diff.render_diff(d)       -> str      the same as text (`curate diff`)
 
 Everything is deterministic: orders are fixed (criteria and categories in the order of
-`curate.records`, the rest by count then name), samples are "first by id", floats are
+`core.records`, the rest by count then name), samples are "first by id", floats are
 rounded to 6 decimals, and the HTML carries no timestamp.
 """
 
@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow.parquet as pq
 
-from curate.records import CATEGORIES, CRITERIA, parse_reason
+from core.records import CATEGORIES, CRITERIA, parse_reason
 
 SUMMARY_FORMAT = "t5shrink.summary/1"
 DIFF_FORMAT = "t5shrink.diff/1"

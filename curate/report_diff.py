@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from curate.records import CATEGORIES, CRITERIA, parse_reason
-from curate.report import (DIFF_FORMAT, Table, _clip, _format_table, _load, _num, _ordered, _pct, _r, _share, _signed)
+from core.records import CATEGORIES, CRITERIA, parse_reason
+from curate.report import DIFF_FORMAT, Table, _clip, _format_table, _load, _num, _ordered, _pct, _r, _share, _signed
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

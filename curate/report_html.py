@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from core.fileio import atomic_write_text
 from curate.report import (MAX_MAP_POINTS, Embedder, ReportError, Table, _header_lines, _pct, _read_parts, _tables,
                            scaling_note)
-from curate.writer import atomic_write_text
 
 _CSS = """
 :root { --ink:#1f2328; --muted:#59636e; --line:#d1d9e0; --soft:#f6f8fa; --accent:#4C72B0; --warn:#9a6700; }
@@ -77,7 +77,7 @@ def _img(png: bytes, alt: str, caption: str = "") -> str:
 
 def _default_embedder() -> tuple[Any, str]:
     try:
-        from filters.base import cache_dir
+        from core.paths import cache_dir
         from filters.embed import build_embedder
 
         emb = build_embedder(cache_dir=cache_dir(), progress=False)  # `curate build` has embedded these texts

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.paths import cache_dir as default_cache_dir  # the parameter is called cache_dir
 from filters.base import Context, Filter, register
-from filters.base import cache_dir as default_cache_dir  # the parameter is called cache_dir
 
 if TYPE_CHECKING:
-    from curate.records import Prompt
+    from core.records import Prompt
 
 DEFAULT_WEIGHTS = (
     "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth"

@@ -19,7 +19,7 @@ import numpy as np
 from filters.base import Context, Step, StepResult, register
 
 if TYPE_CHECKING:
-    from curate.records import Prompt
+    from core.records import Prompt
 
 
 def spherical_kmeans(x: np.ndarray, k: int, niter: int, seed: int, max_points_per_centroid: int):

@@ -15,8 +15,9 @@ import hashlib
 
 import numpy as np
 
-from curate.records import Prompt, canonical_key, dedup_key, normalize_text
-from filters.base import Context, Step, StepResult, describe_value, register
+from core.errors import describe_value
+from core.records import Prompt, canonical_key, dedup_key, normalize_text
+from filters.base import Context, Step, StepResult, register
 
 
 @register

@@ -23,8 +23,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from curate.records import Prompt, normalize_text
-from filters.base import Context, Step, StepResult, describe_value, register
+from core.errors import describe_value
+from core.records import Prompt, normalize_text
+from filters.base import Context, Step, StepResult, register
 from filters.dedup_semantic import keep_first
 
 _WORD = re.compile(r"\w+")  # word tokens without any downloaded nltk data; punctuation ignored

@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from curate.records import dedup_key
-from filters.base import Context, Step, StepResult, describe_value, register
+from core.errors import describe_value
+from core.records import dedup_key
+from filters.base import Context, Step, StepResult, register
 
 if TYPE_CHECKING:
-    from curate.records import Prompt
+    from core.records import Prompt
 
 _WORD = re.compile(r"\w+")
 

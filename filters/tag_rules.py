@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from curate.records import CATEGORIES
+from core.records import CATEGORIES
 from filters import tag_lexicon as lex
 from filters.visualness import visual_score
 

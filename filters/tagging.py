@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from filters.base import ConfigError, Context, Step, StepResult, register
+from core.errors import ConfigError
+from filters.base import Context, Step, StepResult, register
 from filters.rendered_text import extract_rendered_text, rendered_text_spans
 
 if TYPE_CHECKING:
     from spacy.language import Language
 
-    from curate.records import Prompt
+    from core.records import Prompt
     from filters.tag_rules import Analysis
 
 DEFAULT_MODEL = "en_core_web_sm"
@@ -121,7 +122,7 @@ class TagStep(Step):
 
 
 def _order() -> dict[str, int]:
-    from curate.records import CATEGORIES
+    from core.records import CATEGORIES
 
     return {c: i for i, c in enumerate(CATEGORIES)}
 

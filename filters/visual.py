@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from filters.base import Context, Filter, register
-from filters.tagging import DEFAULT_MODEL, check_pipe_args, analyse_texts
+from filters.tagging import DEFAULT_MODEL, analyse_texts, check_pipe_args
 
 if TYPE_CHECKING:
-    from curate.records import Prompt
+    from core.records import Prompt
 
 
 @register

@@ -4,14 +4,14 @@ open_clip's 'local-dir:' path as a user's checkpoint would be)."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-
-from curate.records import Prompt
-from filters.aesthetic import build_mlp, fetch_weights, load_mlp, predict
-from filters.base import ConfigError, Context, build_step
 from shared_helpers import count_calls, save_tiny_clip
+
+from core.errors import ConfigError
+from core.records import Prompt
+from filters.aesthetic import build_mlp, fetch_weights, load_mlp, predict
+from filters.base import Context, build_step
 
 LAYOUT_KEYS = {f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")}
 

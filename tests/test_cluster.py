@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curate.records import Prompt
-from filters.base import ConfigError, Context, build_step
+from core.errors import ConfigError
+from core.records import Prompt
+from filters.base import Context, build_step
 from filters.cluster import cluster_balanced_sample
 
 SIZES = [600, 200, 80, 40, 20]  # a skewed fixture: one cluster holds 64%

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curate.records import Prompt, canonical_key, dedup_key
-from filters.base import ConfigError, Context, build_step, describe_value
+from core.errors import ConfigError, describe_value
+from core.records import Prompt, canonical_key, dedup_key
+from filters.base import Context, build_step
 from filters.dedup_near import shingles
 from filters.dedup_semantic import keep_first, similar_pairs
 

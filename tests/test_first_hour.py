@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from core.errors import ConfigError
 from curate.balance import ShortfallError
 from curate.cli import main
 from curate.pipeline import build, resolve_recipe
 from curate.sources.files import SourceSpec, category_of_filename, read_source
 from curate.writer import read_manifest, read_records
-from filters.base import ConfigError
 
 
 def _build(tmp_path, recipe="tiny", name="out", **kw):
@@ -154,7 +154,8 @@ def test_the_readme_lists_every_recipe_key_as_the_code_has_them():
 
 
 def test_owner_slash_name_beside_a_local_folder_of_that_owner_is_a_missing_path(tmp_path, monkeypatch):
-    from curate.sources.files import SourceError, local_path_or_hub_id
+    from core.paths import local_path_or_hub_id
+    from curate.sources.files import SourceError
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "curated").mkdir()

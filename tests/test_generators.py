@@ -11,19 +11,9 @@ from collections import Counter
 
 import pytest
 
-from curate.records import CATEGORIES, CRITERIA, dedup_key
-from curate.sources.generators import (
-    COMPOSITIONAL_CATEGORIES,
-    CRITERION_OF,
-    GENERATORS,
-    Generator,
-    _Category,
-    _pick,
-    generate,
-    load_lexicon,
-    pluralize,
-    with_article,
-)
+from core.records import CATEGORIES, CRITERIA, dedup_key
+from curate.sources.generators import (COMPOSITIONAL_CATEGORIES, CRITERION_OF, GENERATORS, Generator, _Category, _pick,
+                                       generate, load_lexicon, pluralize, with_article)
 
 N = {"compositional": 8003, "text_rendering": 4000, "quality": 4000}
 

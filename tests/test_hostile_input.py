@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from core.errors import ConfigError
 from curate.cli import main
 from curate.pipeline import build, resolve_recipe
 from curate.sources.files import MAX_LINE_BYTES, SourceError, SourceSpec, read_source
 from curate.writer import read_manifest, read_records
-from filters.base import ConfigError
 
 
 def _read(path, **kw):
@@ -311,7 +311,7 @@ def test_json_lines_in_a_json_file_are_rows_and_a_json_document_is_bounded(tmp_p
 
 
 def test_a_curated_set_with_a_damaged_part_is_an_error_not_a_partial_set(tmp_path):
-    from curate.records import Prompt
+    from core.records import Prompt
     from curate.writer import write_curated
 
     out = write_curated(tmp_path / "set", [Prompt(text="a red car", criterion="quality", source="x")], [], {})

@@ -1,8 +1,8 @@
 import pytest
 
+from core.errors import ConfigError
+from core.recipe import apply_overrides, list_recipes, load_recipe, recipe_dir
 from curate.pipeline import CURATE_SCHEMA, resolve_recipe
-from curate.recipe import apply_overrides, list_recipes, load_recipe, recipe_dir
-from filters.base import ConfigError
 
 SHIPPED = sorted(list_recipes("curate"))
 
@@ -124,6 +124,6 @@ def test_a_recipe_file_with_a_repeated_key_or_that_is_missing_is_an_error(tmp_pa
     merged = tmp_path / "anchors.yaml"  # merge keys repeat nothing: `<<` is flattened, not a key
     merged.write_text("base: &q {fraction: 1.0}\nsize: 10\nsources: {quality: [{generator: quality}]}\n"
                       "quotas: {quality: {<<: *q}}\n")
-    from curate.recipe import load_recipe
+    from core.recipe import load_recipe
 
     assert load_recipe(str(merged), "curate")[1]["quotas"] == {"quality": {"fraction": 1.0}}

@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from curate.records import Prompt, clean_text, dedup_key, normalize_text, prompt_id
+from core.records import Prompt, clean_text, dedup_key, normalize_text, prompt_id
 
 
 def test_normalize_ignores_case_spacing_quotes_and_edge_punctuation():

@@ -138,7 +138,7 @@ def test_no_unsafe_loading_in_the_code():
                     or re.search(r"\bpickle\.loads?\(", code) or "trust_remote_code=True" in code:
                 offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
     assert offenders == []
-    from curate.recipe import _UniqueKeyLoader  # the one yaml.load allowed: safe_load's loader, stricter
+    from core.recipe import _UniqueKeyLoader  # the one yaml.load allowed: safe_load's loader, stricter
 
     assert issubclass(_UniqueKeyLoader, yaml.SafeLoader)
 
@@ -158,7 +158,7 @@ def test_a_new_write_clears_only_what_killed_writers_left_beside_the_output(tmp_
     import json
     import socket
 
-    from curate.writer import STAGING_MARKER, staging_path, swap_into_place
+    from core.fileio import STAGING_MARKER, staging_path, swap_into_place
 
     out = tmp_path / "export"
     killed = ("import os, sys; from pathlib import Path; from curate.writer import staging_path, _marked_folder; "
@@ -201,7 +201,7 @@ def test_output_that_is_a_file_or_the_current_folder_is_refused(tmp_path, monkey
 
 
 def test_a_writer_killed_between_the_two_renames_loses_nothing(tmp_path):
-    from curate.writer import staging_path, swap_into_place
+    from core.fileio import staging_path, swap_into_place
 
     out = tmp_path / "export"
     out.mkdir()

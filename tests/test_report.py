@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from report_fixtures import make_set, pool, scale_manifest, split_rejected, write_set  # noqa: E402
 
+from core.records import parse_reason  # noqa: E402
 from curate.plots import HashingEmbedder, pca_2d  # noqa: E402
-from curate.records import parse_reason  # noqa: E402
 from curate.report import ReportError, reason_counts_line, render_tables, summarize  # noqa: E402
 from curate.report_diff import diff, flatten, render_diff  # noqa: E402
 from curate.report_html import embedding_points, write_html  # noqa: E402
@@ -597,7 +597,7 @@ def test_html_to_an_unwritable_place_names_the_path_not_a_temp_file(set_a, summa
     def refuse(src, dst):  # a read-only or full disk fails at the rename of the temporary file
         raise PermissionError(13, "Permission denied", str(src))
 
-    monkeypatch.setattr("curate.writer.os.replace", refuse)
+    monkeypatch.setattr("core.fileio.os.replace", refuse)
     target = tmp_path / "r.html"
     with pytest.raises(ReportError) as err:
         write_html(set_a, summary_a, target, embedder=HashingEmbedder())

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from curate.records import CATEGORIES, Prompt
-from filters.base import ConfigError, Context, build_step
+from core.errors import ConfigError
+from core.records import CATEGORIES, Prompt
+from filters.base import Context, build_step
 from filters.rendered_text import extract_rendered_text, rendered_text_spans
 
 HELDOUT = Path(__file__).resolve().parent / "fixtures" / "tagging_heldout.jsonl"

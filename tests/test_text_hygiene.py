@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curate.records import (_LOOKALIKE, Prompt, canonical_key, clean_text, dedup_key, lookalike_reason,
-                            normalization_cost, normalize_text, prompt_id)
+from core.records import (_LOOKALIKE, Prompt, canonical_key, clean_text, dedup_key, lookalike_reason,
+                          normalization_cost, normalize_text, prompt_id)
 from curate.sources.files import SourceSpec, read_source
 from filters.base import Context, build_step
 from filters.rendered_text import extract_rendered_text

@@ -59,7 +59,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_shipped_recipes_validate_and_name_their_command():
-    from curate.recipe import list_recipes, recipe_dir
+    from core.recipe import list_recipes, recipe_dir
     from train.config import resolve
 
     names = list_recipes("train")
@@ -78,7 +78,7 @@ def test_shipped_recipes_validate_and_name_their_command():
 
 
 def test_unknown_keys_fail_naming_the_key(tmp_path):
-    from filters.base import ConfigError
+    from core.errors import ConfigError
     from train.config import resolve
 
     with pytest.raises(ConfigError, match="optim.lrr"):
@@ -101,7 +101,7 @@ def test_unknown_keys_fail_naming_the_key(tmp_path):
     ("cache.offload_text_encoders=true", "cache.offload_text_encoders needs cache.dir and cache.precompute"),
 ])
 def test_values_out_of_range_fail_naming_the_key(override, message):
-    from filters.base import ConfigError
+    from core.errors import ConfigError
     from train.config import resolve
 
     with pytest.raises(ConfigError, match=message):
@@ -317,7 +317,6 @@ def test_tiny_recipe_shrinks_the_gap_5x_and_exports_into_flux(tiny, tmp_path):
 
 def test_sd3_trains_through_the_folder_loader_and_drops_into_its_pipeline(tiny, tmp_path):
     from diffusers import StableDiffusion3Pipeline
-
     from PIL import Image
 
     from train.distill import train
@@ -373,7 +372,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny, tmp_path):
 
 
 def test_a_run_folder_is_reused_only_by_resume_which_keeps_an_extended_length(tiny, tmp_path):
-    from filters.base import ConfigError
+    from core.errors import ConfigError
     from train.distill import train
 
     cfg = small_cfg("tiny:flux", steps=2, ckpt_every=1)

@@ -58,7 +58,7 @@ def test_max_steps_below_one_is_a_one_line_error_and_writes_nothing(tmp_path, st
 
 
 def test_train_refuses_max_steps_below_one_from_python_too(tmp_path):
-    from filters.base import ConfigError
+    from core.errors import ConfigError
     from train.distill import train
 
     with pytest.raises(ConfigError, match="--max-steps must be a whole number >= 1, got 0"):

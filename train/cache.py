@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from filters.base import one_line
+from core.errors import one_line
 from train.teachers.base import Cond
 from train.weights import read_header
 

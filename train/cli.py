@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from curate.cli import OneLineErrors, recipes_command
+from core.cli import OneLineErrors, recipes_command
 
 
 def _quiet_libraries() -> None:
@@ -188,7 +188,7 @@ def eval_cmd(student: str, teacher: str, data: str, as_json: bool, max_prompts: 
       train eval --student export/ --teacher black-forest-labs/FLUX.1-dev --data curated/balanced \\
                  --clip ViT-L-14 --clip-pretrained openai --images 32 --save-grid eval.png
     """
-    from curate.sources.files import local_path_or_hub_id
+    from core.paths import local_path_or_hub_id
     from train.config import check_teacher_path
 
     # the paths first, before the imports that take seconds
@@ -243,7 +243,7 @@ def export(checkpoint: str, output: str, fmt: str, dtype: str) -> None:
       train export --checkpoint runs/flux-base --output export/flux-base --format diffusers
       train export --checkpoint runs/flux-base/checkpoints/step-00050000 --output t5base.safetensors --format comfyui --dtype bf16
     """
-    from curate.sources.files import local_path_or_hub_id
+    from core.paths import local_path_or_hub_id
 
     local_path_or_hub_id(checkpoint, "checkpoint")  # before the imports that take seconds
     _quiet_libraries()

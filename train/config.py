@@ -1,7 +1,7 @@
 """Training recipes: schema, defaults, and resolving a recipe plus command-line overrides.
 
 A recipe names the teacher, the student, the optimiser, validation, and a list of stages, each with
-its data, resolution, steps and max_sequence_length. Unknown keys fail naming the key (curate.recipe).
+its data, resolution, steps and max_sequence_length. Unknown keys fail naming the key (core.recipe).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from curate.recipe import apply_overrides, load_recipe, recipe_hash, validate
-from filters.base import ConfigError, describe_value
+from core.errors import ConfigError, describe_value
+from core.recipe import apply_overrides, load_recipe, recipe_hash, validate
 
 NUM = (int, float)
 
@@ -115,7 +115,7 @@ STAGE_DEFAULTS = {"resolution": 512, "max_sequence_length": 77, "micro_batch_siz
 
 def recipe_keys() -> str:
     """Every key a training recipe takes, with its type and default (`train recipes --keys`)."""
-    from curate.recipe import render_keys, schema_keys
+    from core.recipe import render_keys, schema_keys
 
     return render_keys(schema_keys(SCHEMA, {**DEFAULTS, "stages": STAGE_DEFAULTS}))
 
@@ -261,7 +261,7 @@ def t5_config_fields() -> set[str]:
     transformers version: a typo in student.config is then reported as fast as any other recipe key."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from filters.base import cache_dir
+    from core.paths import cache_dir
 
     try:
         stamp = version("transformers")
@@ -276,7 +276,7 @@ def t5_config_fields() -> set[str]:
 
     known = {*T5Config().to_dict(), *T5Config.attribute_map}  # hidden_size etc. are aliases T5Config takes
     try:
-        from curate.writer import atomic_write_text
+        from core.fileio import atomic_write_text
 
         cached.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cached, json.dumps(sorted(known)))
@@ -340,7 +340,7 @@ def check_output(output: str | Path, resume: bool) -> None:
 
 def check_teacher_path(source: str) -> None:
     """A teacher that names a local path which does not exist is an error here, never a hub lookup."""
-    from curate.sources.files import local_path_or_hub_id
+    from core.paths import local_path_or_hub_id
 
     if not source.startswith("tiny:"):
         local_path_or_hub_id(source, "teacher")
@@ -356,10 +356,10 @@ def stage_sources(cfg: dict[str, Any]) -> list[str]:
 
 
 def check_sources(cfg: dict[str, Any]) -> None:
-    """The one "not found" rule (curate.sources.files.local_path_or_hub_id) for every path-or-hub-id of a
+    """The one "not found" rule (core.paths.local_path_or_hub_id) for every path-or-hub-id of a
     resolved recipe, before anything loads: a path that does not exist is an error naming it; a hub id
     is left to be fetched (and then reported by hub_error when it cannot be)."""
-    from curate.sources.files import local_path_or_hub_id
+    from core.paths import local_path_or_hub_id
 
     check_teacher_path(cfg["teacher"]["path"])
     for source in stage_sources(cfg):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from filters.base import ConfigError
+from core.errors import ConfigError
 
 Prompt = dict[str, str]  # {"text": ..., "category": ...}
 NO_CATEGORY = "all"
@@ -33,7 +33,8 @@ def load_prompts(source: str | Path, what: str = "data") -> list[Prompt]:
         from train.tiny import builtin_prompts
 
         return builtin_prompts()
-    from curate.sources.files import SourceError, SourceSpec, hub_error, local_path_or_hub_id, read_source
+    from core.paths import hub_error, local_path_or_hub_id
+    from curate.sources.files import SourceError, SourceSpec, read_source
     from curate.writer import OutputError, read_records
 
     hub_id = local_path_or_hub_id(str(source), what) is None

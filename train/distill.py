@@ -36,8 +36,8 @@ from typing import Any, Callable, Iterator, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from curate.writer import atomic_write_text, staging_path, swap_into_place
-from filters.base import ConfigError
+from core.errors import ConfigError
+from core.fileio import atomic_write_text, staging_path, swap_into_place
 from train.cache import EmbeddingCache, teacher_cache_id
 from train.config import check_output, choose_cpu_threads, config_hash, t5_config_fields, total_steps
 from train.data import PromptStream, heldout_split, load_stage_data
@@ -204,7 +204,7 @@ def resume_checkpoint(output: Path, student: DistillT5EncoderModel, optimizer: A
     """Load the newest checkpoint that loads: a damaged one (truncated or corrupt files) is passed over
     with one warning naming it, for the one before. None when there is no complete checkpoint at all;
     an error when there are some but none loads (starting over would silently discard the run)."""
-    from filters.base import one_line
+    from core.errors import one_line
 
     damaged: list[str] = []
     for ckpt in complete_checkpoints(output):

@@ -240,7 +240,7 @@ def evaluate_student(student_path: str | Path, teacher_source: str, data: str, m
     seed, `steps` steps) and adds report["clip"]: CLIP scores of both and their image similarity, overall
     and per category (clip_report). `grid_path` gets those pairs as a teacher|student PNG.
     """
-    from filters.base import ConfigError
+    from core.errors import ConfigError
     from train.data import load_prompts, split_heldout
     from train.export import load_student_dir, resolve_student_dir
     from train.student import check_vocab

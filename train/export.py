@@ -1,7 +1,7 @@
 """Finding, loading and exporting a trained student (`train export`; `train eval` is in train/evaluate.py).
 
 Formats:
-  distillt5  the DESIGN layout: config.json + model.safetensors (published key set) + tokenizer files.
+  distillt5  the DistillT5 layout (README, "Evaluate and export"): config.json + model.safetensors (published key set) + tokenizer files.
   diffusers  OUT/text_encoder_2 + OUT/tokenizer_2 (FLUX) or OUT/text_encoder_3 + OUT/tokenizer_3 (SD3):
              the pipeline's component folders, loadable with DistillT5EncoderModel.from_pretrained(OUT,
              subfolder=...) and passed to the pipeline's from_pretrained under that name.
@@ -20,8 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from curate.writer import staging_path, swap_into_place
-from filters.base import ConfigError
+from core.errors import ConfigError
+from core.fileio import staging_path, swap_into_place
 from train.student import DTYPES, META_NAME, DistillT5EncoderModel, is_student_folder, published_state_dict
 from train.teachers.flux import FluxTeacher
 from train.teachers.sd3 import SD3Teacher
@@ -42,7 +42,7 @@ def resolve_student_dir(path: str | Path, what: str = "student") -> Path:
     (its final student if training finished, else its newest complete checkpoint), or a hub id of a
     student or diffusers export (fetched). `what` names the argument in errors (the one "not found"
     rule: a path that does not exist is an error naming it, a hub id that cannot be fetched says so)."""
-    from curate.sources.files import local_path_or_hub_id
+    from core.paths import local_path_or_hub_id
     from train.distill import find_checkpoint
 
     local = local_path_or_hub_id(str(path), what)
@@ -62,8 +62,9 @@ def resolve_student_dir(path: str | Path, what: str = "student") -> Path:
 
 def fetch_student(repo_id: str, what: str) -> Path:
     """The local snapshot of a hub repo holding a student (config, weights, tokenizer and notes only)."""
-    from curate.sources.files import hub_error
     from huggingface_hub import snapshot_download
+
+    from core.paths import hub_error
 
     try:
         return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model"]))
@@ -96,7 +97,7 @@ def load_student_dir(path: str | Path) -> tuple[DistillT5EncoderModel, Any, dict
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir else None
     except Exception as exc:  # a damaged tokenizer.json: the library's message names no file
-        from filters.base import one_line
+        from core.errors import one_line
 
         raise ValueError(f"{tok_dir}: the tokenizer files cannot be loaded ({one_line(exc, 200)}); "
                          "restore them from the teacher's tokenizer folder") from None

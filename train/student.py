@@ -326,7 +326,7 @@ def build_student(
     teacher_tokenizer: when given, a pretrained T5's own tokenizer must agree with it (the student
           reads the teacher's ids).
     """
-    from curate.sources.files import hub_error, local_path_or_hub_id
+    from core.paths import hub_error, local_path_or_hub_id
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     hub_id = init != "config" and local_path_or_hub_id(init, "student.init") is None

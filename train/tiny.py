@@ -215,7 +215,7 @@ def build_sd3(out_dir: str | Path, seed: int = 0) -> Path:
 
 
 def _save(pipe, out_dir: str | Path) -> Path:
-    from curate.writer import staging_path, swap_into_place
+    from core.fileio import staging_path, swap_into_place
 
     out = Path(out_dir)
     tmp = staging_path(out)
@@ -231,7 +231,7 @@ def tiny_teacher_path(kind: str) -> Path:
     """Folder of the tiny `kind` pipeline, built on first use (and rebuilt when TINY_VERSION changes)."""
     if kind not in BUILDERS:
         raise ValueError(f"unknown tiny teacher {kind!r} (known: {', '.join(BUILDERS)})")
-    from filters.base import cache_dir
+    from core.paths import cache_dir
 
     path = cache_dir() / f"tiny-{kind}-v{TINY_VERSION}"
     if not (path / "model_index.json").exists():

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from filters.base import one_line
+from core.errors import one_line
 
 MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from curate.records import CATEGORIES, CRITERIA, Prompt, clean_text, lookalike_reason
+from core.errors import one_line
+from core.paths import SUFFIXES, looks_like_path
+from core.records import CATEGORIES, CRITERIA, Prompt, clean_text, lookalike_reason
 from curate.sources.csv_rows import INVALID_UTF8, CsvHeaderError, read_csv
-from filters.base import one_line
 
-SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 TEXT_COLUMNS = ("text", "prompt", "caption", "TEXT", "Prompt", "Caption", "sentence")
 MAX_RAW_CHARS = 100_000  # longer rows are rejected at ingest (stored cut to this), before spaCy sees them
 # A line is read at most this far; the rest of a longer one is only counted, so a file that is one 10 GB
@@ -117,37 +117,6 @@ def iter_source(spec: SourceSpec, criterion: str, skipped: list[dict[str, str]] 
         return _to_records([(spec.uri, _read_hf(spec))], spec, criterion, False, skipped)
     parts = ((str(f), _guarded(f, in_folder, skipped)) for f in files)
     return _to_records(parts, spec, criterion, in_folder, skipped, keep_labels=curated)
-
-
-def local_path_or_hub_id(value: str, what: str) -> Path | None:
-    """The one "not found" rule of every path-or-hub-id argument: the local file or folder `value` names,
-    or None when it is a hub id (owner/name) to fetch. A value that can only be a path ("./x", "a/b/c",
-    "x.txt", "dir/") and does not exist is an error naming it and `what` it was meant to be."""
-    path = Path(value).expanduser()
-    if path.exists():
-        return path
-    if looks_like_path(value):
-        raise FileNotFoundError(f"{what} {value}: no such file or folder")
-    return None
-
-
-def hub_error(value: str, what: str, exc: BaseException) -> ValueError:
-    """The error for a hub id that could not be fetched: names the id, and says what would work offline."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    why = "HF_HUB_OFFLINE is set" if offline else one_line(exc, 200)
-    return ValueError(f"{what} {value}: not a local path, and it cannot be fetched from the Hugging Face Hub "
-                      f"({why}); it needs the network, or give a local folder")
-
-
-def looks_like_path(uri: str) -> bool:
-    """Whether `uri` can only be a local path (so a missing one is an error, not a hub lookup)."""
-    # A hub id is "name" or "owner/name"; a trailing slash or deeper nesting can only be a folder
-    # (a URL such as hf://datasets/owner/name is left to `datasets`).
-    if "://" in uri:
-        return False
-    if uri.count("/") == 1 and Path(uri.split("/")[0]).is_dir():
-        return True  # "curated/balanced" beside a local curated/ folder: a mistyped set, not a hub dataset
-    return uri.startswith((".", "/", "~")) or Path(uri).suffix in SUFFIXES or uri.endswith("/") or uri.count("/") > 1
 
 
 def _is_hf_saved_dataset(path: Path) -> bool:

@@ -28,7 +28,7 @@ from math import prod
 
 import yaml
 
-from curate.records import CATEGORIES, Prompt, dedup_key
+from core.records import CATEGORIES, Prompt, dedup_key
 
 COMPOSITIONAL_CATEGORIES = CATEGORIES[:8]  # all but text_rendering and general
 CRITERION_OF = {"compositional": "semantic", "text_rendering": "text", "quality": "quality"}

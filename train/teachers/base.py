@@ -192,8 +192,9 @@ def teacher_kind(source: str) -> str:
             raise ValueError(f"{source}: no model_index.json (not a diffusers pipeline folder)")
         class_name = json.loads(index.read_text()).get("_class_name", "")
     else:
-        from curate.sources.files import hub_error
         from diffusers import DiffusionPipeline
+
+        from core.paths import hub_error
 
         try:
             class_name = DiffusionPipeline.load_config(source).get("_class_name", "")
@@ -232,8 +233,8 @@ def load_teacher(
     try:
         pipe = pipeline_class.from_pretrained(source, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:  # what diffusers raises names no folder
-        from curate.sources.files import hub_error
-        from filters.base import one_line
+        from core.errors import one_line
+        from core.paths import hub_error
 
         if isinstance(exc, OSError) and not Path(source).expanduser().exists():  # a hub id: its files could not come
             raise hub_error(source, "teacher", exc) from exc

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from filters.base import ConfigError, describe_value, did_you_mean
+from core.errors import ConfigError, describe_value, did_you_mean
 
 ANY_KEY = "*"
 
