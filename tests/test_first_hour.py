@@ -3,8 +3,6 @@ an error, keys that suggest their fix, summaries on stdout, recipes that cannot 
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -130,7 +128,7 @@ def test_a_recipes_folder_in_the_working_directory_does_not_hide_the_shipped_one
     (tmp_path / "recipes" / "curate").mkdir(parents=True)
     (tmp_path / "recipes" / "curate" / "mine.yaml").write_text("description: not shipped\n")
     done = subprocess.run([sys.executable, "-m", "curate.cli", "recipes"], cwd=tmp_path, capture_output=True,
-                          text=True, check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                          text=True, check=True)
     assert "balanced" in done.stdout and "mine" not in done.stdout
 
 
