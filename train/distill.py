@@ -20,37 +20,31 @@ RNG and data position (`--resume` continues from the last complete one), and ski
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import re
-import shutil
 import signal
 import sys
 import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from core.errors import ConfigError
-from core.fileio import atomic_write_text, staging_path, swap_into_place
 from train.cache import EmbeddingCache, teacher_cache_id
-from train.config import check_output, choose_cpu_threads, config_hash, t5_config_fields, total_steps
+from train.config import choose_cpu_threads, config_hash, t5_config_fields, total_steps
 from train.data import PromptStream, heldout_split, load_stage_data
 from train.evaluate import GapEvaluator, preview_grid
-from train.student import DTYPES, DistillT5EncoderModel, build_student, load_student_state_dict
+from train.runs import (Logger, TrainingError, check_output, checkpoint_path, log_path, mark_run_folder, preview_path,
+                        resume_checkpoint, save_checkpoint, save_final_student, student_path, truncate_log,
+                        write_summary)
+from train.student import DTYPES, build_student
 from train.teachers import Cond, Teacher, load_teacher
 
-CKPT_RE = re.compile(r"^step-(\d{8})$")
 STATE_FORMAT = 2  # 2: a step is one trajectory (batch); 1 counted optimizer updates
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (too many non-finite losses, nothing to resume, ...)."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -115,139 +109,6 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     """Per-step CPU generator: the noise, guidance and sampled steps of step s depend only on
     (seed, s, stream), so resumed and uninterrupted runs draw the same numbers on any device."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + stream)
-
-
-# ---- checkpoints --------------------------------------------------------------------------------
-
-
-def complete_checkpoints(output: Path) -> Iterator[Path]:
-    """The complete checkpoints, newest first; a folder cut off mid-write is skipped with a warning.
-    Complete means all files present; whether they load is load_checkpoint's to find out."""
-    root = output / "checkpoints"
-    if not root.is_dir():
-        return
-    for leftover in sorted(root.glob(".step-*")):
-        warnings.warn(f"ignoring {leftover.name}: a checkpoint cut off mid-write")
-    for path in sorted((p for p in root.iterdir() if CKPT_RE.match(p.name)), reverse=True):
-        absent = [name for name in ("state.json", "student/model.safetensors", "optimizer.pt") if not (path / name).is_file()]
-        if absent:
-            warnings.warn(f"skipping checkpoint {path.name}: incomplete (no {absent[0]})")
-            continue
-        yield path
-
-
-def find_checkpoint(output: Path) -> Path | None:
-    """The newest complete checkpoint (see complete_checkpoints)."""
-    return next(complete_checkpoints(output), None)
-
-
-def save_checkpoint(output: Path, step: int, student: DistillT5EncoderModel, optimizer: Any, state: dict, teacher: Teacher,
-                    meta: dict, accelerator: Any, keep: int) -> Path:
-    """Write into a hidden temp folder, then rename: a folder named step-XXXXXXXX is always complete."""
-    from safetensors.torch import save_file
-
-    root = output / "checkpoints"
-    final = root / f"step-{step:08d}"
-    tmp = root / f".step-{step:08d}.tmp"
-    if accelerator.is_main_process:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and accelerator.device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(accelerator.device)
-    save_file(rng, str(tmp / f"rng-{accelerator.process_index}.safetensors"))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        student.save_pretrained(tmp / "student", tokenizer=teacher.tokenizer, meta={**meta, "step": step})
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")  # written last
-        swap_into_place(tmp, final)
-        done = sorted(p for p in root.iterdir() if CKPT_RE.match(p.name))
-        for old in done[: max(0, len(done) - keep)] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def load_checkpoint(path: Path, student: DistillT5EncoderModel, optimizer: Any, accelerator: Any) -> dict:
-    """Restore a checkpoint into student, optimizer and RNG; returns its state. Every file is read and
-    checked before anything is changed, and each error is one line naming the damaged file."""
-    from train.weights import load_safetensors, load_torch, read_json
-
-    weights = load_safetensors(path / "student" / "model.safetensors")
-    # map to the CPU: load_state_dict moves the state to the parameters' device ("cpu:0" under torchrun
-    # cannot be restored by torch.load)
-    opt_state = load_torch(path / "optimizer.pt", "optimizer state")
-    if not isinstance(opt_state, dict) or not {"state", "param_groups"} <= set(opt_state):
-        raise ValueError(f"{path / 'optimizer.pt'}: not an optimizer state (no state/param_groups)")
-    state = read_json(path / "state.json", "the checkpoint's state")
-    if not isinstance(state, dict) or type(state.get("step")) is not int or not isinstance(state.get("positions"), list):
-        raise ValueError(f"{path / 'state.json'}: not a checkpoint state (needs step and positions)")
-    rng_file = path / f"rng-{accelerator.process_index}.safetensors"
-    rng = load_safetensors(rng_file, finite=False) if rng_file.exists() else {}
-    if rng and ("cpu" not in rng or rng["cpu"].dtype != torch.uint8):
-        raise ValueError(f"{rng_file}: no CPU random state (a uint8 tensor 'cpu')")
-    missing, unexpected = load_student_state_dict(student, weights)
-    if missing or unexpected:
-        raise TrainingError(f"{path}: student weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    optimizer.load_state_dict(opt_state)
-    if rng:
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and accelerator.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], accelerator.device)
-    return state
-
-
-def resume_checkpoint(output: Path, student: DistillT5EncoderModel, optimizer: Any, accelerator: Any) -> tuple[Path, dict] | None:
-    """Load the newest checkpoint that loads: a damaged one (truncated or corrupt files) is passed over
-    with one warning naming it, for the one before. None when there is no complete checkpoint at all;
-    an error when there are some but none loads (starting over would silently discard the run)."""
-    from core.errors import one_line
-
-    damaged: list[str] = []
-    for ckpt in complete_checkpoints(output):
-        try:
-            return ckpt, load_checkpoint(ckpt, student, optimizer, accelerator)
-        except TrainingError:
-            raise  # a checkpoint of another run (other student shape): not damage, and older ones are no better
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:  # RuntimeError: torch refusing a state
-            damaged.append(f"{ckpt.name}: {one_line(exc)}")
-            warnings.warn(f"--resume: skipping damaged checkpoint {ckpt.name} ({one_line(exc)}); "
-                          "trying the one before it")
-    if damaged:
-        raise TrainingError(f"--resume: none of the {len(damaged)} checkpoint(s) in {output / 'checkpoints'} loads "
-                            f"(newest {damaged[0]}); restore them, or move the folder away to start over")
-    return None
-
-
-def _read_log(path: Path) -> list[dict]:
-    """The log's records, skipping (with a warning) lines a kill mid-write cut off."""
-    records, unreadable = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if isinstance(record, dict):
-            records.append(record)
-        else:
-            unreadable += 1
-    if unreadable:
-        warnings.warn(f"{path}: dropped {unreadable} unreadable line(s), as a kill mid-write leaves them")
-    return records
-
-
-def _truncate_log(path: Path, step: int, revalidate: bool = False) -> list[dict]:
-    """Drop the records written after the checkpoint being resumed (and a line cut off by a kill). With
-    `revalidate` the validation at the checkpoint's own step goes too: the final one, which runs again.
-    Returns the records kept."""
-    records = _read_log(path)
-    keep = [r for r in records if r.get("step", 0) < step
-            or (r.get("step", 0) == step and not (revalidate and "val_gap" in r))]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
-    return keep
 
 
 # ---- one trajectory -----------------------------------------------------------------------------
@@ -330,43 +191,8 @@ def average_gradients(model: torch.nn.Module) -> None:
         offset += p.numel()
 
 
+
 # ---- the run ------------------------------------------------------------------------------------
-
-
-class Logger:
-    """JSONL always; tensorboard when available and asked for."""
-
-    def __init__(self, output: Path, tensorboard: bool, enabled: bool):
-        self.enabled = enabled
-        self.file = open(output / "log.jsonl", "a", encoding="utf-8") if enabled else None
-        self.tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(output / "tb"))
-            except ImportError:
-                warnings.warn("tensorboard is not installed; logging to log.jsonl only")
-
-    def log(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.tb.add_scalar(key, value, record["step"])
-                elif isinstance(value, dict):
-                    for sub, v in value.items():
-                        if isinstance(v, (int, float)):
-                            self.tb.add_scalar(f"{key}/{sub}", v, record["step"])
-
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_steps: int | None = None,
@@ -374,9 +200,9 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
           ) -> dict[str, Any]:
     """Run a resolved recipe (train.config.resolve) into `output`; returns a summary dict.
 
-    output/student/ is the final student (DistillT5 layout), output/checkpoints/step-N/ the
-    checkpoints, output/log.jsonl + output/tb/ the logs, output/val/ the preview grids. `output` must
-    be absent, empty, or (with `resume`) a run folder (train.config.check_output). `cpu_threads`
+    `output` is a run folder (train/runs.py): student/ the final student (DistillT5 layout),
+    checkpoints/step-N/ the checkpoints, log.jsonl + tb/ the logs, val/ the preview grids. It must be
+    absent, empty, or (with `resume`) a run folder (train.runs.check_output). `cpu_threads`
     (threads, why) sets torch's intra-op threads for the run (`train run` chooses them from the free
     cores before torch loads: train.config.choose_cpu_threads), else the recipe's cpu_threads does, else
     the caller's setting stands; the caller's is put back at the end. SIGINT stops the run between two
@@ -485,8 +311,7 @@ def _train(cfg: dict[str, Any], output: Path, resume: bool, max_steps: int | Non
         raise TrainingError(f"optim.batch_size ({opt['batch_size']}) must be a multiple of the {world} processes")
 
     if main:  # only now: a run that cannot load its teacher, data or student leaves no folder behind
-        # atomic and first: recipe.json marks the folder as a run folder (train.config.RUN_MARKER)
-        atomic_write_text(output / "recipe.json", json.dumps(cfg, indent=2) + "\n")
+        mark_run_folder(output, cfg)
     planned = total_steps(cfg)
     state = {"format": STATE_FORMAT, "step": 0, "positions": [0] * len(stages), "bad_steps": 0,
              "recipe_hash": config_hash(cfg)}
@@ -494,8 +319,8 @@ def _train(cfg: dict[str, Any], output: Path, resume: bool, max_steps: int | Non
         loaded = resume_checkpoint(output, student, optimizer, accelerator)
         if loaded is None:
             warnings.warn(f"--resume: no complete checkpoint in {output / 'checkpoints'}; starting from step 0")
-            if main and (output / "log.jsonl").exists():
-                _truncate_log(output / "log.jsonl", -1)  # the run starts over: so does its log
+            if main and log_path(output).exists():
+                truncate_log(log_path(output), -1)  # the run starts over: so does its log
         else:
             ckpt, state = loaded
             if state.get("format") != STATE_FORMAT:
@@ -519,8 +344,8 @@ def _train(cfg: dict[str, Any], output: Path, resume: bool, max_steps: int | Non
     if resume and state["step"] >= stop:
         warnings.warn(f"--resume: the checkpoint is at step {state['step']}, the run stops at {stop}; nothing to train")
     logged: list[dict] = []  # a resumed run's log up to its checkpoint
-    if resume and state["step"] > 0 and main and (output / "log.jsonl").exists():
-        logged = _truncate_log(output / "log.jsonl", state["step"], revalidate=state["step"] >= stop)
+    if resume and state["step"] > 0 and main and log_path(output).exists():
+        logged = truncate_log(log_path(output), state["step"], revalidate=state["step"] >= stop)
     bounds, acc = [], 0
     for i, s in enumerate(stages):
         acc += s["steps"] if i < len(stages) - 1 else s["steps"] + (total - planned)
@@ -572,7 +397,7 @@ def _train(cfg: dict[str, Any], output: Path, resume: bool, max_steps: int | Non
             n = val["image_prompts"]
             texts = [p["text"] for p in heldout[:n]]
             preview_grid(teacher, student, texts, teacher_cond(texts, val_len).to(device), val_len, val_res,
-                         val["image_steps"], val["guidance"], val["image_seeds"], output / "val" / f"step-{step:08d}.png")
+                         val["image_steps"], val["guidance"], val["image_seeds"], preview_path(output, step))
         return report
 
     step = state["step"]
@@ -666,26 +491,23 @@ def _train(cfg: dict[str, Any], output: Path, resume: bool, max_steps: int | Non
             validate(step)
         saved = cfg["checkpoint"]["every"] and (step % cfg["checkpoint"]["every"] == 0 or step == stop)
         if saved:
-            save_checkpoint(output, step, student, optimizer, state, teacher, meta, accelerator, cfg["checkpoint"]["keep"])
+            save_checkpoint(output, step, student, optimizer, state, teacher.tokenizer, meta, accelerator, cfg["checkpoint"]["keep"])
         if step < stop and stopper.agreed(accelerator):  # between two steps: a consistent checkpoint
             bar.close()
             if not saved:  # even with checkpoint.every off: the newest, so `keep` never drops it
-                save_checkpoint(output, step, student, optimizer, state, teacher, meta, accelerator, cfg["checkpoint"]["keep"])
+                save_checkpoint(output, step, student, optimizer, state, teacher.tokenizer, meta, accelerator, cfg["checkpoint"]["keep"])
             logger.close()
-            raise Interrupted(step, output / "checkpoints" / f"step-{step:08d}")
+            raise Interrupted(step, checkpoint_path(output, step))
     stopper.armed = False
     bar.close()
     results["final"] = validate(step)
     if main:
-        final = output / "student"
-        tmp = staging_path(final)
-        student.save_pretrained(tmp, tokenizer=teacher.tokenizer, meta={**meta, "step": step})
-        swap_into_place(tmp, final)
+        save_final_student(output, student, teacher.tokenizer, {**meta, "step": step})
     logger.close()
     accelerator.wait_for_everyone()
-    summary = {"output": str(output), "steps": step, "student": str(output / "student"),
+    summary = {"output": str(output), "steps": step, "student": str(student_path(output)),
                "gap_initial": results["initial"]["gap"] if results["initial"] else None,
                "gap_final": results["final"]["gap"], "gap_final_per_category": results["final"]["per_category"]}
     if main:
-        (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_summary(output, summary)
     return summary
