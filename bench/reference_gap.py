@@ -38,7 +38,7 @@ import torch.nn.functional as F  # noqa: E402
 from train.config import resolve  # noqa: E402
 from train.data import PromptStream, heldout_split, load_stage_data  # noqa: E402
 from train.evaluate import GapEvaluator  # noqa: E402
-from train.export import load_student_dir  # noqa: E402
+from train.runs import load_student_dir  # noqa: E402
 from train.student import build_student  # noqa: E402
 from train.teachers import Cond, load_teacher  # noqa: E402
 

@@ -260,7 +260,8 @@ def test_resume_falls_back_past_a_damaged_checkpoint_to_the_same_result(runs, tm
 
 
 def test_resume_says_so_when_no_checkpoint_loads(runs, tmp_path):
-    from train.distill import TrainingError, train
+    from train.distill import train
+    from train.runs import TrainingError
 
     run = tmp_path / "b"
     shutil.copytree(runs["b"], run)

@@ -487,7 +487,8 @@ def test_trajectory_stops_after_its_last_regressed_step_and_after_a_skipped_upda
 
 
 def test_resume_refuses_a_checkpoint_whose_steps_counted_updates(tiny, tmp_path):
-    from train.distill import TrainingError, train
+    from train.distill import train
+    from train.runs import TrainingError
 
     cfg = small_cfg("tiny:flux", steps=2, ckpt_every=1)
     train(cfg, tmp_path / "r", progress=False, max_steps=1)

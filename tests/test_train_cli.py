@@ -98,7 +98,7 @@ def test_resume_with_no_run_there_is_an_error_not_a_fresh_start(tmp_path, exists
 def test_a_run_folder_is_continued_only_with_resume_and_keeps_a_users_files(finished_run, tmp_path):
     import shutil
 
-    from train.config import check_output, is_run_folder
+    from train.runs import check_output, is_run_folder
 
     run = tmp_path / "run"
     shutil.copytree(finished_run["run"], run)

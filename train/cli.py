@@ -81,7 +81,8 @@ def run(ctx: click.Context, recipe: str, data: str | None, teacher: str | None, 
     """
     # Everything checkable without torch is checked first: a typo is reported in about a second, not
     # after the seconds diffusers and transformers take to import.
-    from train.config import check_output, check_sources, resolve
+    from train.config import check_sources, resolve
+    from train.runs import check_output
 
     name, cfg = resolve(recipe, overrides=list(sets), data=data, teacher=teacher)
     if print_config:

@@ -293,49 +293,7 @@ def config_hash(cfg: dict[str, Any]) -> str:
     return recipe_hash(cfg)
 
 
-# ---- paths and the run folder: checked before torch loads, so a typo is reported in a second ----------
-
-# What `train run` writes into its --output folder. recipe.json (the resolved recipe, a JSON object
-# with these top-level keys) is written first, atomically, before anything else, so every folder a
-# run has written into holds it: it is the mark of a run folder.
-RUN_MARKER = "recipe.json"
-RUN_MARKER_KEYS = ("teacher", "student", "optim", "stages")
-RUN_ENTRIES = ("recipe.json", "log.jsonl", "summary.json", "student", "checkpoints", "val", "tb")
-
-
-def is_run_folder(folder: str | Path) -> bool:
-    """Whether `folder` holds a t5shrink training run: its recipe.json is a resolved train recipe."""
-    try:
-        recipe = json.loads((Path(folder) / RUN_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(recipe, dict) and all(key in recipe for key in RUN_MARKER_KEYS)
-
-
-def check_output(output: str | Path, resume: bool) -> None:
-    """The rule for `train run --output` (curate's rule for its output, for a folder written into
-    rather than replaced): absent or empty starts a run; a run folder is continued only with --resume
-    (one that holds nothing but its recipe.json never trained, and may start over); anything else is
-    refused, since the run's student/, checkpoints/ and log.jsonl would replace files of the same
-    names. Files a user added to a run folder (an export, a grid) are left alone."""
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"--output {output} is a file; choose a folder")
-    entries = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
-    if not entries:
-        if resume:
-            where = "is an empty folder" if output.exists() else "does not exist"
-            raise ConfigError(f"--resume: there is no run to continue in {output} (it {where}); check the "
-                              "--output path, or drop --resume to start a new run")
-        return
-    if not is_run_folder(output):
-        raise ConfigError(f"--output {output} is not empty and is not a t5shrink run folder (no {RUN_MARKER} "
-                          "written by `train run`); " + ("--resume continues only a run" if resume else
-                                                         "choose a new or empty folder"))
-    held = [name for name in RUN_ENTRIES if name in entries and name != RUN_MARKER]
-    if held and not resume:  # its checkpoints would outrank the new run's in export, eval and --resume
-        raise ConfigError(f"{output} already holds a run ({', '.join(held)}); pass --resume to continue it, "
-                          "or choose a new --output")
+# ---- paths: checked before torch loads, so a typo is reported in a second ----------------------------
 
 
 def check_teacher_path(source: str) -> None:

@@ -20,37 +20,34 @@ RNG and data position (`--resume` continues from the last complete one), and ski
 from __future__ import annotations
 
 import contextlib
-import json
+import itertools
 import math
 import os
-import re
-import shutil
 import signal
 import sys
 import threading
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from core.errors import ConfigError
-from core.fileio import atomic_write_text, staging_path, swap_into_place
 from train.cache import EmbeddingCache, teacher_cache_id
-from train.config import check_output, choose_cpu_threads, config_hash, t5_config_fields, total_steps
+from train.config import choose_cpu_threads, config_hash, t5_config_fields, total_steps
 from train.data import PromptStream, heldout_split, load_stage_data
 from train.evaluate import GapEvaluator, preview_grid
-from train.student import DTYPES, DistillT5EncoderModel, build_student, load_student_state_dict
+from train.runs import (Logger, TrainingError, check_output, checkpoint_path, log_path, mark_run_folder, preview_path,
+                        resume_checkpoint, save_checkpoint, save_final_student, student_path, truncate_log,
+                        write_summary)
+from train.student import DTYPES, build_student
 from train.teachers import Cond, Teacher, load_teacher
 
-CKPT_RE = re.compile(r"^step-(\d{8})$")
 STATE_FORMAT = 2  # 2: a step is one trajectory (batch); 1 counted optimizer updates
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (too many non-finite losses, nothing to resume, ...)."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -115,139 +112,6 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     """Per-step CPU generator: the noise, guidance and sampled steps of step s depend only on
     (seed, s, stream), so resumed and uninterrupted runs draw the same numbers on any device."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + stream)
-
-
-# ---- checkpoints --------------------------------------------------------------------------------
-
-
-def complete_checkpoints(output: Path) -> Iterator[Path]:
-    """The complete checkpoints, newest first; a folder cut off mid-write is skipped with a warning.
-    Complete means all files present; whether they load is load_checkpoint's to find out."""
-    root = output / "checkpoints"
-    if not root.is_dir():
-        return
-    for leftover in sorted(root.glob(".step-*")):
-        warnings.warn(f"ignoring {leftover.name}: a checkpoint cut off mid-write")
-    for path in sorted((p for p in root.iterdir() if CKPT_RE.match(p.name)), reverse=True):
-        absent = [name for name in ("state.json", "student/model.safetensors", "optimizer.pt") if not (path / name).is_file()]
-        if absent:
-            warnings.warn(f"skipping checkpoint {path.name}: incomplete (no {absent[0]})")
-            continue
-        yield path
-
-
-def find_checkpoint(output: Path) -> Path | None:
-    """The newest complete checkpoint (see complete_checkpoints)."""
-    return next(complete_checkpoints(output), None)
-
-
-def save_checkpoint(output: Path, step: int, student: DistillT5EncoderModel, optimizer: Any, state: dict, teacher: Teacher,
-                    meta: dict, accelerator: Any, keep: int) -> Path:
-    """Write into a hidden temp folder, then rename: a folder named step-XXXXXXXX is always complete."""
-    from safetensors.torch import save_file
-
-    root = output / "checkpoints"
-    final = root / f"step-{step:08d}"
-    tmp = root / f".step-{step:08d}.tmp"
-    if accelerator.is_main_process:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and accelerator.device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(accelerator.device)
-    save_file(rng, str(tmp / f"rng-{accelerator.process_index}.safetensors"))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        student.save_pretrained(tmp / "student", tokenizer=teacher.tokenizer, meta={**meta, "step": step})
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")  # written last
-        swap_into_place(tmp, final)
-        done = sorted(p for p in root.iterdir() if CKPT_RE.match(p.name))
-        for old in done[: max(0, len(done) - keep)] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def load_checkpoint(path: Path, student: DistillT5EncoderModel, optimizer: Any, accelerator: Any) -> dict:
-    """Restore a checkpoint into student, optimizer and RNG; returns its state. Every file is read and
-    checked before anything is changed, and each error is one line naming the damaged file."""
-    from train.weights import load_safetensors, load_torch, read_json
-
-    weights = load_safetensors(path / "student" / "model.safetensors")
-    # map to the CPU: load_state_dict moves the state to the parameters' device ("cpu:0" under torchrun
-    # cannot be restored by torch.load)
-    opt_state = load_torch(path / "optimizer.pt", "optimizer state")
-    if not isinstance(opt_state, dict) or not {"state", "param_groups"} <= set(opt_state):
-        raise ValueError(f"{path / 'optimizer.pt'}: not an optimizer state (no state/param_groups)")
-    state = read_json(path / "state.json", "the checkpoint's state")
-    if not isinstance(state, dict) or type(state.get("step")) is not int or not isinstance(state.get("positions"), list):
-        raise ValueError(f"{path / 'state.json'}: not a checkpoint state (needs step and positions)")
-    rng_file = path / f"rng-{accelerator.process_index}.safetensors"
-    rng = load_safetensors(rng_file, finite=False) if rng_file.exists() else {}
-    if rng and ("cpu" not in rng or rng["cpu"].dtype != torch.uint8):
-        raise ValueError(f"{rng_file}: no CPU random state (a uint8 tensor 'cpu')")
-    missing, unexpected = load_student_state_dict(student, weights)
-    if missing or unexpected:
-        raise TrainingError(f"{path}: student weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    optimizer.load_state_dict(opt_state)
-    if rng:
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and accelerator.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], accelerator.device)
-    return state
-
-
-def resume_checkpoint(output: Path, student: DistillT5EncoderModel, optimizer: Any, accelerator: Any) -> tuple[Path, dict] | None:
-    """Load the newest checkpoint that loads: a damaged one (truncated or corrupt files) is passed over
-    with one warning naming it, for the one before. None when there is no complete checkpoint at all;
-    an error when there are some but none loads (starting over would silently discard the run)."""
-    from core.errors import one_line
-
-    damaged: list[str] = []
-    for ckpt in complete_checkpoints(output):
-        try:
-            return ckpt, load_checkpoint(ckpt, student, optimizer, accelerator)
-        except TrainingError:
-            raise  # a checkpoint of another run (other student shape): not damage, and older ones are no better
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:  # RuntimeError: torch refusing a state
-            damaged.append(f"{ckpt.name}: {one_line(exc)}")
-            warnings.warn(f"--resume: skipping damaged checkpoint {ckpt.name} ({one_line(exc)}); "
-                          "trying the one before it")
-    if damaged:
-        raise TrainingError(f"--resume: none of the {len(damaged)} checkpoint(s) in {output / 'checkpoints'} loads "
-                            f"(newest {damaged[0]}); restore them, or move the folder away to start over")
-    return None
-
-
-def _read_log(path: Path) -> list[dict]:
-    """The log's records, skipping (with a warning) lines a kill mid-write cut off."""
-    records, unreadable = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if isinstance(record, dict):
-            records.append(record)
-        else:
-            unreadable += 1
-    if unreadable:
-        warnings.warn(f"{path}: dropped {unreadable} unreadable line(s), as a kill mid-write leaves them")
-    return records
-
-
-def _truncate_log(path: Path, step: int, revalidate: bool = False) -> list[dict]:
-    """Drop the records written after the checkpoint being resumed (and a line cut off by a kill). With
-    `revalidate` the validation at the checkpoint's own step goes too: the final one, which runs again.
-    Returns the records kept."""
-    records = _read_log(path)
-    keep = [r for r in records if r.get("step", 0) < step
-            or (r.get("step", 0) == step and not (revalidate and "val_gap" in r))]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
-    return keep
 
 
 # ---- one trajectory -----------------------------------------------------------------------------
@@ -330,43 +194,410 @@ def average_gradients(model: torch.nn.Module) -> None:
         offset += p.numel()
 
 
+
+
 # ---- the run ------------------------------------------------------------------------------------
 
 
-class Logger:
-    """JSONL always; tensorboard when available and asked for."""
+class Batch(NamedTuple):
+    """One step's work on this rank."""
 
-    def __init__(self, output: Path, tensorboard: bool, enabled: bool):
-        self.enabled = enabled
-        self.file = open(output / "log.jsonl", "a", encoding="utf-8") if enabled else None
-        self.tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+    stage: dict[str, Any]
+    parts: list[MicroBatch]  # this rank's share of the batch
+    train_idx: set[int]  # the trajectory's regressed steps
+    guidance: float
 
-                self.tb = SummaryWriter(str(output / "tb"))
-            except ImportError:
-                warnings.warn("tensorboard is not installed; logging to log.jsonl only")
 
-    def log(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
+@dataclass
+class BatchUpdates:
+    """The optimizer updates of one batch so far: the lr of the latest, how many were tried (skipped ones
+    too: they keep the lr on schedule) and (loss, grad norm) of each one applied."""
+
+    first: int  # the run's index of the batch's first update
+    lr: float = math.nan
+    attempts: int = 0
+    applied: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def mean_loss(self) -> float:
+        return _mean([loss for loss, _ in self.applied])
+
+    @property
+    def mean_grad_norm(self) -> float:
+        return _mean([norm for _, norm in self.applied])
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+class Trainer:
+    """One `train run`, phase by phase: run() lists them in order. That order is part of the run's random
+    numbers (building a tiny teacher draws some; the student is seeded after it), and so is each
+    step's: a resumed run matches an uninterrupted one bit for bit only while both stay as they are."""
+
+    def __init__(self, cfg: dict[str, Any], output: Path, resume: bool, max_steps: int | None, progress: bool,
+                 recipe_name: str, stopper: StopRequest):
+        from accelerate import Accelerator
+
+        self.cfg, self.output, self.resume, self.max_steps = cfg, output, resume, max_steps
+        self.progress, self.recipe_name, self.stopper = progress, recipe_name, stopper
+        self.accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
+        self.device, self.main = self.accelerator.device, self.accelerator.is_main_process
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.seed, self.opt, self.dist, self.val = cfg["seed"], cfg["optim"], cfg["distill"], cfg["validation"]
+        self.stages = cfg["stages"]
+        self.n_steps = self.dist["sampling_steps"]
+        self.k_steps = self.dist["train_steps"] or self.n_steps
+        self.updates_per_step = self.k_steps if self.dist["update"] == "step" else 1
+        self.offloaded = False  # the text encoders left the device: the cache is then the only source
+        self.latest_gap: float | None = None  # the latest held-out gap, for the progress bar
+
+    def run(self) -> dict[str, Any]:
+        """The whole run; returns its summary."""
+        self.setup_teacher()
+        self.setup_data()
+        self.setup_cache()
+        self.setup_student()
+        if self.main:  # only now: a run that cannot load its teacher, data or student leaves no folder behind
+            mark_run_folder(self.output, self.cfg)
+        self.restore()
+        self.plan()
+        self.describe_student()
+        self.fill_cache()
+        self.setup_validation()
+        self.offload_text_encoders()
+        self.logger = Logger(self.output, self.cfg["log"]["tensorboard"], self.main)
+        self.gap_initial = self.first_gap()
+        self.loop()
+        return self.finish()
+
+    # -- setup, in this order --
+
+    def setup_teacher(self) -> None:
+        """The frozen pipeline (bf16 weights on CUDA; the student's master weights stay float32) and autocast."""
+        tcfg = self.cfg["teacher"]
+        dtype = DTYPES.get(tcfg["dtype"]) if tcfg["dtype"] != "auto" else None
+        self.teacher = teacher = load_teacher(tcfg["path"], device=self.device, dtype=dtype,
+                                              trust_remote_code=tcfg["trust_remote_code"])
+        if tcfg["gradient_checkpointing"]:
+            teacher.transformer.enable_gradient_checkpointing()
+        if tcfg["fp8"]:  # targets, predictions and the validation gap all go through the fp8 transformer
+            teacher.transformer_to_fp8()
+        if tcfg["compile"]:
+            teacher.compile_transformer()
+        elif tcfg["fp8"]:
+            warnings.warn("teacher.fp8 without teacher.compile is slower than bf16 on a GPU: the float8 casts run as "
+                          "separate kernels (H100, FLUX.1-dev, bench/train_step.py: 988 ms an iteration vs 596 ms in "
+                          "bf16, 318 ms with both); set teacher.compile: true")
+        precision = self.opt["mixed_precision"]
+        amp_on = self.device.type == "cuda" and precision in ("auto", "bf16") and torch.cuda.is_bf16_supported()
+        if precision == "bf16" and not amp_on:
+            warnings.warn("bf16 autocast needs a CUDA device with bf16; training in float32")
+        self.amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp_on else contextlib.nullcontext
+
+    def setup_data(self) -> None:
+        """Each stage's prompts, the held-out prompts removed from every stage."""
+        for s in self.stages:
+            self.teacher.check_resolution(s["resolution"])
+        self.stage_rows = [load_stage_data(s["data"]) for s in self.stages]
+        self.heldout, train_rows = heldout_split(self.stage_rows, self.val["data"], self.val["num_prompts"])
+        self.streams = [PromptStream(rows, self.seed + 7 * i) for i, rows in enumerate(train_rows)]
+
+    def setup_cache(self) -> None:
+        """The teacher embeddings' disk cache, when cache.dir is set (teacher_cond reads through it)."""
+        folder = self.cfg["cache"]["dir"]
+        self.cache_id = teacher_cache_id(self.teacher.source, self.teacher.dtype) if folder else None
+        self.cache = EmbeddingCache(folder, self.cache_id) if self.cache_id else None
+
+    def setup_student(self) -> None:
+        """The student (from a pretrained T5, a student folder, or a config shaped like the teacher's T5)
+        and its optimizer."""
+        scfg, opt = self.cfg["student"], self.opt
+        torch.manual_seed(self.seed)  # here, not earlier (building a tiny teacher draws numbers); the same on every rank
+        self.student = student = build_student(
+            scfg["init"], project_out_dim=self.teacher.width, vocab_size=self.teacher.vocab_size,
+            base_config=self.teacher.t5_config, overrides=scfg["config"], projection_dropout=scfg["projection_dropout"],
+            trust_remote_code=self.cfg["teacher"]["trust_remote_code"], teacher_tokenizer=self.teacher.tokenizer,
+        ).to(self.device)
+        t5_config_fields()  # transformers is loaded now: cache the fields a later recipe check needs without it
+        if scfg["gradient_checkpointing"]:
+            # transformers 5 renamed it; fall back to the old name on older versions
+            getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
+        student.train()
+        if scfg["compile"]:  # in place: parameter names, save_pretrained and resume are unchanged
+            student.compile()
+        torch.manual_seed(self.seed + 1 + self.rank)  # each rank its own dropout
+        # fused: one kernel for all parameters on CUDA; with an update per regressed step it runs 20 times a batch
+        self.optimizer = torch.optim.AdamW(student.parameters(), lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"],
+                                           weight_decay=opt["weight_decay"], fused=self.device.type == "cuda")
+        # No DDP wrapper: gradients are averaged over ranks by hand before every update, because one
+        # trajectory interleaves several forwards and backwards per micro-batch, which DDP's hooks do not model.
+        if self.world > 1 and opt["batch_size"] % self.world:
+            raise TrainingError(f"optim.batch_size ({opt['batch_size']}) must be a multiple of the {self.world} processes")
+
+    def restore(self) -> None:
+        """The run's state: fresh, or (--resume) from the newest checkpoint that loads, keeping the length of
+        a run that --max-steps extended."""
+        planned, output = total_steps(self.cfg), self.output
+        self.state = {"format": STATE_FORMAT, "step": 0, "positions": [0] * len(self.stages), "bad_steps": 0,
+                      "recipe_hash": config_hash(self.cfg)}
+        if not self.resume:
             return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.tb.add_scalar(key, value, record["step"])
-                elif isinstance(value, dict):
-                    for sub, v in value.items():
-                        if isinstance(v, (int, float)):
-                            self.tb.add_scalar(f"{key}/{sub}", v, record["step"])
+        loaded = resume_checkpoint(output, self.student, self.optimizer, self.accelerator)
+        if loaded is None:
+            warnings.warn(f"--resume: no complete checkpoint in {output / 'checkpoints'}; starting from step 0")
+            if self.main and log_path(output).exists():
+                truncate_log(log_path(output), -1)  # the run starts over: so does its log
+            return
+        ckpt, state = loaded
+        if state.get("format") != STATE_FORMAT:
+            raise TrainingError(f"{ckpt} was written by an older t5shrink whose steps counted updates, not "
+                                "trajectories; it cannot be resumed (its student/ folder still loads)")
+        length = state.get("total", planned)
+        if self.max_steps is None and length > planned:
+            self.max_steps = length  # the run was extended with --max-steps: keep its length and schedule
+        elif self.max_steps is not None and max(self.max_steps, planned) != length:
+            warnings.warn(f"--resume: --max-steps {self.max_steps} changes the run's length ({length} steps), so "
+                          "its lr schedule and stage bounds change too; the resumed run will not match an "
+                          "uninterrupted one")
+        if state.get("recipe_hash") != config_hash(self.cfg):
+            warnings.warn("--resume: the recipe differs from the checkpoint's; continuing with the new one")
+        if self.main:
+            print(f"resuming from {ckpt} (step {state['step']})", file=sys.stderr, flush=True)
+        self.state = state
 
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+    def plan(self) -> None:
+        """The step plan: where the run stops and where each stage ends (--max-steps truncates, or extends the
+        last stage); a resumed run's log is cut back to its checkpoint."""
+        planned, max_steps = total_steps(self.cfg), self.max_steps
+        self.total = max_steps if max_steps is not None and max_steps > planned else planned
+        self.stop = min(max_steps, self.total) if max_steps is not None else self.total
+        self.state["total"] = self.total
+        self.step = self.state["step"]
+        if self.resume and self.step >= self.stop:
+            warnings.warn(f"--resume: the checkpoint is at step {self.step}, the run stops at {self.stop}; nothing to train")
+        self.logged: list[dict[str, Any]] = []  # a resumed run's log up to its checkpoint
+        if self.resume and self.step > 0 and self.main and log_path(self.output).exists():
+            self.logged = truncate_log(log_path(self.output), self.step, revalidate=self.step >= self.stop)
+        steps = [s["steps"] for s in self.stages]
+        steps[-1] += self.total - planned
+        self.bounds = list(itertools.accumulate(steps))
+
+    def describe_student(self) -> None:
+        """What every saved student records of its training (t5shrink.json), and the validation's length and
+        resolution: the last stage's unless the recipe says otherwise."""
+        last = self.stages[-1]
+        self.val_len = self.val["max_sequence_length"] or last["max_sequence_length"]
+        self.val_res = self.val["resolution"] or last["resolution"]
+        self.meta = {"teacher": self.cfg["teacher"]["path"], "teacher_kind": self.teacher.kind,
+                     "t5_slot": self.teacher.t5_slot, "max_sequence_length": self.val_len, "resolution": self.val_res,
+                     "guidance": self.cfg["teacher"]["guidance"], "recipe": self.recipe_name,
+                     "recipe_hash": self.state["recipe_hash"]}
+        if any(s["max_sequence_length"] != self.val_len for s in self.stages):
+            warnings.warn("stages use different max_sequence_length; inference should use the last stage's "
+                          f"({self.val_len}), which is what the student records")
+
+    def fill_cache(self) -> None:
+        """cache.precompute: encode every stage prompt (and "" when empty prompts are drawn) not yet in the
+        cache before training, the processes taking turns."""
+        if self.cache is None or not self.cfg["cache"]["precompute"]:
+            return
+        todo = [(p["text"], s["max_sequence_length"]) for rows, s in zip(self.stage_rows, self.stages) for p in rows]
+        if self.cfg["teacher"]["empty_prompt_prob"] > 0:
+            todo += [("", s["max_sequence_length"]) for s in self.stages]
+        todo = sorted({t for t in todo if not self.cache.has([t[0]], t[1])})
+        bs = self.opt["micro_batch_size"] or max(1, self.opt["batch_size"] // self.world)
+        for i in tqdm(range(self.rank * bs, len(todo), bs * self.world), desc="caching teacher embeddings",
+                      disable=not (self.progress and self.main)):
+            chunk = todo[i : i + bs]
+            for max_len in sorted({m for _, m in chunk}):
+                texts = [t for t, m in chunk if m == max_len]
+                self.cache.put(texts, max_len, self.teacher.encode(texts, max_len))
+        self.accelerator.wait_for_everyone()
+        self.cache = EmbeddingCache(self.cfg["cache"]["dir"], self.cache_id)  # pick up the other ranks' shards
+
+    def setup_validation(self) -> None:
+        """The held-out gap's fixed inputs (the teacher's side, computed once)."""
+        val = self.val
+        self.evaluator = GapEvaluator(self.teacher, self.heldout, self.val_len, self.val_res, val["sigmas"],
+                                      val["guidance"], val["batch_size"], seed=self.seed, encode=self.teacher_cond)
+
+    def offload_text_encoders(self) -> None:
+        """cache.offload_text_encoders: the teacher's text encoders leave the device once every prompt is cached."""
+        if not self.cfg["cache"]["offload_text_encoders"]:
+            return
+        if not (self.cache is not None and self.cache.enabled and self.cache.writable):
+            warnings.warn("cache.offload_text_encoders: cache.dir cannot be written, so the text "
+                          "encoders stay on the device to encode every batch")
+            return
+        for s in self.stages:
+            self.teacher.uncond(s["max_sequence_length"])  # SD3's empty prompt, before the encoders leave
+        self.teacher.offload_text_encoders()
+        self.offloaded = True
+
+    def first_gap(self) -> float | None:
+        """The run's first held-out gap: measured now, or (resumed) read back from its log with the latest."""
+        if self.step == 0:
+            return self.validate()["gap"]
+        self.latest_gap = next((r["val_gap"] for r in reversed(self.logged) if "val_gap" in r), None)
+        return next((r["val_gap"] for r in self.logged if r.get("step") == 0 and "val_gap" in r), None)
+
+    # -- training --
+
+    def loop(self) -> None:
+        """Steps until `stop`. From here the first Ctrl-C stops between two steps, after a checkpoint."""
+        self.bar = tqdm(total=self.stop, initial=self.step, desc="distil", disable=not (self.progress and self.main),
+                        dynamic_ncols=True, file=sys.stderr)
+        started = time.time()
+        self.stopper.armed = True
+        while self.step < self.stop:
+            batch = self.next_batch()
+            self.updates = BatchUpdates(first=self.step * self.updates_per_step)
+            distill_trajectory(self.student, self.teacher, batch.parts, batch.stage["max_sequence_length"], self.n_steps,
+                               batch.train_idx, batch.guidance, self.amp, self.update,
+                               per_step=self.dist["update"] == "step")
+            self.step += 1
+            self.state["step"], self.state["lr"] = self.step, self.updates.lr
+            self.report(batch, time.time() - started)
+            if self.val["every"] and self.step % self.val["every"] == 0 and self.step != self.stop:
+                self.validate()
+            every = self.cfg["checkpoint"]["every"]
+            saved = bool(every) and (self.step % every == 0 or self.step == self.stop)
+            if saved:
+                self.checkpoint()
+            if self.step < self.stop and self.stopper.agreed(self.accelerator):  # between two steps: consistent
+                self.bar.close()
+                if not saved:  # even with checkpoint.every off: the newest, so `keep` never drops it
+                    self.checkpoint()
+                self.logger.close()
+                raise Interrupted(self.step, checkpoint_path(self.output, self.step))
+        self.stopper.armed = False
+        self.bar.close()
+
+    def next_batch(self) -> Batch:
+        """The next batch of the current stage, its per-batch draws (identical on every rank: guidance, which
+        steps to regress, empty prompts) and this rank's contiguous share of it in micro-batches (gradient
+        accumulation across them)."""
+        si = next(i for i, b in enumerate(self.bounds) if self.step < b)
+        stage, opt, world = self.stages[si], self.opt, self.world
+        self.bar.set_description(f"{stage['name']} {si + 1}/{len(self.stages)}" if len(self.stages) > 1 else stage["name"])
+        max_len, res = stage["max_sequence_length"], stage["resolution"]
+        micro = stage["micro_batch_size"] or opt["micro_batch_size"] or max(1, opt["batch_size"] // world)
+        rows = self.streams[si].take(self.state["positions"][si], opt["batch_size"])
+        self.state["positions"][si] += opt["batch_size"]
+
+        gen = step_generator(self.seed, self.step)
+        gmin, gmax = self.cfg["teacher"]["guidance"]
+        guidance = gmin + (gmax - gmin) * torch.rand((), generator=gen).item()
+        train_idx = set(torch.randperm(self.n_steps, generator=gen)[: self.k_steps].tolist())
+        drop = torch.rand(len(rows), generator=gen) < self.cfg["teacher"]["empty_prompt_prob"]
+        texts = ["" if d else p["text"] for p, d in zip(rows, drop.tolist())]
+        # Each prompt's noise is keyed by its place in the batch, so any split over ranks and micro-batches
+        # draws the same numbers.
+        share = len(texts) // world
+        parts = []
+        for i in range(self.rank * share, (self.rank + 1) * share, micro):
+            idx = range(i, min(i + micro, (self.rank + 1) * share))
+            chunk = [texts[j] for j in idx]
+            noise = torch.cat([self.teacher.noise(1, res, step_generator(self.seed, self.step, 1 + j)) for j in idx])
+            parts.append(MicroBatch(self.teacher_cond(chunk, max_len), self.teacher.tokenize(chunk, max_len).to(self.device),
+                                    noise))
+        return Batch(stage, parts, train_idx, guidance)
+
+    def teacher_cond(self, texts: list[str], max_len: int) -> Cond:
+        """The teacher's conditioning of `texts`: from the cache when there is one (filling it), else encoded."""
+        if self.cache is None:
+            return self.teacher.encode(texts, max_len)
+        hit = self.cache.get(texts, max_len)
+        if hit is None and self.offloaded:
+            raise TrainingError(f"the teacher embedding cache lost entries mid-run ({self.cache.dir}) and the text "
+                                "encoders are offloaded; run again with --resume (or cache.offload_text_encoders: false)")
+        if hit is None:
+            hit = self.teacher.encode(texts, max_len)
+            self.cache.put(texts, max_len, hit)
+        return hit.to(self.device)
+
+    def update(self, loss: float) -> bool:
+        """distill_trajectory's `update`: one optimizer update with the gradient it left, at its place in the lr
+        schedule. False when skipped as non-finite on any rank (every rank then skips it)."""
+        updates, opt, world = self.updates, self.opt, self.world
+        updates.lr = lr_at(updates.first + updates.attempts, opt, self.total, self.updates_per_step)
+        updates.attempts += 1
+        # Average the loss over ranks; every rank must agree to skip an update.
+        stats = torch.tensor([loss, 0.0 if math.isfinite(loss) else 1.0], device=self.device)
+        stats = self.accelerator.reduce(stats, reduction="sum") if world > 1 else stats
+        loss, finite = stats[0].item() / world, stats[1].item() == 0
+        grad_norm = float("nan")
+        if finite:
+            if world > 1:
+                average_gradients(self.student)
+            # max_norm inf only measures: the finiteness check needs the norm
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), opt["grad_clip"] or math.inf))
+            finite = math.isfinite(grad_norm)
+        if finite:
+            for group in self.optimizer.param_groups:
+                group["lr"] = updates.lr
+            self.optimizer.step()
+            updates.applied.append((loss, grad_norm))
+        self.optimizer.zero_grad(set_to_none=True)
+        if not finite:
+            self.count_bad_batch()
+        return finite
+
+    def count_bad_batch(self) -> None:
+        """A non-finite update: the rest of its batch is skipped too, and the batch counts once; more than
+        optim.max_bad_steps of them end the run."""
+        self.state["bad_steps"] += 1
+        bad = self.state["bad_steps"]
+        warnings.warn(f"step {self.step}: non-finite loss or gradient; rest of the batch skipped ({bad} so far)")
+        if bad > self.opt["max_bad_steps"]:
+            self.logger.close()
+            raise TrainingError(f"aborting at step {self.step}: {bad} non-finite batches "
+                                f"(optim.max_bad_steps={self.opt['max_bad_steps']})")
+
+    def report(self, batch: Batch, elapsed: float) -> None:
+        """The step just made, on the progress bar and (every log.every steps, and the last) in the log."""
+        loss, lr = self.updates.mean_loss, self.updates.lr
+        # a dict keeps this order (keyword arguments would be sorted); gap: the latest held-out one
+        self.bar.set_postfix({"loss": f"{loss:.4g}", "lr": f"{lr:.2e}",
+                              "gap": "-" if self.latest_gap is None else f"{self.latest_gap:.4f}"}, refresh=False)
+        self.bar.update(1)
+        if self.step % self.cfg["log"]["every"] == 0 or self.step == self.stop:
+            self.logger.log({"step": self.step, "stage": batch.stage["name"], "loss": loss, "lr": lr,
+                             "grad_norm": self.updates.mean_grad_norm, "updates": len(self.updates.applied),
+                             "guidance": batch.guidance, "elapsed_s": round(elapsed, 2)})
+
+    def validate(self) -> dict[str, Any]:
+        """The held-out gap now (logged, and shown on the bar), and a preview grid when validation.images."""
+        val = self.val
+        report = self.evaluator(self.student)
+        self.latest_gap = report["gap"]
+        self.logger.log({"step": self.step, "val_gap": report["gap"], "val_gap_per_category": report["per_category"]})
+        if val["images"] and self.main:
+            texts = [p["text"] for p in self.heldout[: val["image_prompts"]]]
+            preview_grid(self.teacher, self.student, texts, self.teacher_cond(texts, self.val_len).to(self.device),
+                         self.val_len, self.val_res, val["image_steps"], val["guidance"], val["image_seeds"],
+                         preview_path(self.output, self.step))
+        return report
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.output, self.step, self.student, self.optimizer, self.state, self.teacher.tokenizer,
+                        self.meta, self.accelerator, self.cfg["checkpoint"]["keep"])
+
+    def finish(self) -> dict[str, Any]:
+        """The final validation, student and summary."""
+        final = self.validate()
+        if self.main:
+            save_final_student(self.output, self.student, self.teacher.tokenizer, {**self.meta, "step": self.step})
+        self.logger.close()
+        self.accelerator.wait_for_everyone()
+        summary = {"output": str(self.output), "steps": self.step, "student": str(student_path(self.output)),
+                   "gap_initial": self.gap_initial, "gap_final": final["gap"],
+                   "gap_final_per_category": final["per_category"]}
+        if self.main:
+            write_summary(self.output, summary)
+        return summary
 
 
 def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_steps: int | None = None,
@@ -374,13 +605,13 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
           ) -> dict[str, Any]:
     """Run a resolved recipe (train.config.resolve) into `output`; returns a summary dict.
 
-    output/student/ is the final student (DistillT5 layout), output/checkpoints/step-N/ the
-    checkpoints, output/log.jsonl + output/tb/ the logs, output/val/ the preview grids. `output` must
-    be absent, empty, or (with `resume`) a run folder (train.config.check_output). `cpu_threads`
-    (threads, why) sets torch's intra-op threads for the run (`train run` chooses them from the free
-    cores before torch loads: train.config.choose_cpu_threads), else the recipe's cpu_threads does, else
-    the caller's setting stands; the caller's is put back at the end. SIGINT stops the run between two
-    steps with a checkpoint and raises Interrupted."""
+    `output` is a run folder (train/runs.py): student/ the final student (DistillT5 layout),
+    checkpoints/step-N/ the checkpoints, log.jsonl + tb/ the logs, val/ the preview grids. It must be
+    absent, empty, or (with `resume`) a run folder (train.runs.check_output). `cpu_threads` (threads,
+    why) sets torch's intra-op threads for the run (`train run` chooses them from the free cores before
+    torch loads: train.config.choose_cpu_threads), else the recipe's cpu_threads does, else the caller's
+    setting stands; the caller's is put back at the end. SIGINT stops the run between two steps with a
+    checkpoint and raises Interrupted."""
     output = Path(output)
     if max_steps is not None and (type(max_steps) is not int or max_steps < 1):
         raise ConfigError(f"--max-steps must be a whole number >= 1, got {max_steps!r}")
@@ -392,7 +623,7 @@ def train(cfg: dict[str, Any], output: str | Path, resume: bool = False, max_ste
         if cpu_threads is not None:
             _use_cpu_threads(*cpu_threads)
         with StopRequest(announce=os.environ.get("RANK", "0") == "0") as stopper:
-            return _train(cfg, output, resume, max_steps, progress, recipe_name, stopper)
+            return Trainer(cfg, output, resume, max_steps, progress, recipe_name, stopper).run()
     finally:
         torch.set_num_threads(threads_before)
 
@@ -404,288 +635,3 @@ def _use_cpu_threads(threads: int, why: str) -> None:
     os.environ.setdefault("RAYON_RS_NUM_CPUS", str(threads))
     if os.environ.get("RANK", "0") == "0":
         print(f"cpu threads: {threads} ({why})", file=sys.stderr, flush=True)
-
-
-def _train(cfg: dict[str, Any], output: Path, resume: bool, max_steps: int | None, progress: bool,
-           recipe_name: str, stopper: StopRequest) -> dict[str, Any]:
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
-
-    accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
-    device, main = accelerator.device, accelerator.is_main_process
-    world, rank = accelerator.num_processes, accelerator.process_index
-    seed, opt, dist, val = cfg["seed"], cfg["optim"], cfg["distill"], cfg["validation"]
-
-    # Teacher: frozen pipeline. bf16 weights on CUDA; the student's master weights stay float32.
-    tdtype = DTYPES.get(cfg["teacher"]["dtype"]) if cfg["teacher"]["dtype"] != "auto" else None
-    teacher = load_teacher(cfg["teacher"]["path"], device=device, dtype=tdtype,
-                           trust_remote_code=cfg["teacher"]["trust_remote_code"])
-    if cfg["teacher"]["gradient_checkpointing"]:
-        teacher.transformer.enable_gradient_checkpointing()
-    if cfg["teacher"]["fp8"]:  # targets, predictions and the validation gap all go through the fp8 transformer
-        teacher.transformer_to_fp8()
-    if cfg["teacher"]["compile"]:
-        teacher.compile_transformer()
-    elif cfg["teacher"]["fp8"]:
-        warnings.warn("teacher.fp8 without teacher.compile is slower than bf16 on a GPU: the float8 casts run as "
-                      "separate kernels (H100, FLUX.1-dev, bench/train_step.py: 988 ms an iteration vs 596 ms in "
-                      "bf16, 318 ms with both); set teacher.compile: true")
-    amp_on = device.type == "cuda" and opt["mixed_precision"] in ("auto", "bf16") and torch.cuda.is_bf16_supported()
-    if opt["mixed_precision"] == "bf16" and not amp_on:
-        warnings.warn("bf16 autocast needs a CUDA device with bf16; training in float32")
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp_on else contextlib.nullcontext
-
-    # Data: stage prompts, held-out prompts removed from every stage.
-    stages = cfg["stages"]
-    for s in stages:
-        teacher.check_resolution(s["resolution"])
-    stage_rows = [load_stage_data(s["data"]) for s in stages]
-    heldout, train_rows = heldout_split(stage_rows, val["data"], val["num_prompts"])
-    streams = [PromptStream(rows, seed + 7 * i) for i, rows in enumerate(train_rows)]
-    # Teacher embeddings: once per batch, optionally from/to the disk cache.
-    cache_id = teacher_cache_id(teacher.source, teacher.dtype) if cfg["cache"]["dir"] else None
-    cache = EmbeddingCache(cfg["cache"]["dir"], cache_id) if cache_id else None
-
-    offloaded = False  # the text encoders left the device: the cache is then the only source
-
-    def teacher_cond(texts: list[str], max_len: int) -> Cond:
-        if cache is None:
-            return teacher.encode(texts, max_len)
-        hit = cache.get(texts, max_len)
-        if hit is None and offloaded:
-            raise TrainingError(f"the teacher embedding cache lost entries mid-run ({cache.dir}) and the text "
-                                "encoders are offloaded; run again with --resume (or cache.offload_text_encoders: false)")
-        if hit is None:
-            hit = teacher.encode(texts, max_len)
-            cache.put(texts, max_len, hit)
-        return hit.to(device)
-
-    # Student: from a pretrained T5, a student folder, or a config (shape from the teacher's T5).
-    scfg = cfg["student"]
-    torch.manual_seed(seed)  # here, not earlier (building a tiny teacher draws numbers); the same on every rank
-    student = build_student(scfg["init"], project_out_dim=teacher.width, vocab_size=teacher.vocab_size,
-                            base_config=teacher.t5_config, overrides=scfg["config"],
-                            projection_dropout=scfg["projection_dropout"],
-                            trust_remote_code=cfg["teacher"]["trust_remote_code"],
-                            teacher_tokenizer=teacher.tokenizer).to(device)
-    t5_config_fields()  # transformers is loaded now: cache the fields a later recipe check needs without it
-    if scfg["gradient_checkpointing"]:
-        # transformers 5 renamed it; fall back to the old name on older versions
-        getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
-    student.train()
-    if scfg["compile"]:  # in place: parameter names, save_pretrained and resume are unchanged
-        student.compile()
-    torch.manual_seed(seed + 1 + rank)  # each rank its own dropout
-    # fused: one kernel for all parameters on CUDA; with an update per regressed step it runs 20 times a batch
-    optimizer = torch.optim.AdamW(student.parameters(), lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"],
-                                  weight_decay=opt["weight_decay"], fused=device.type == "cuda")
-    # No DDP wrapper: gradients are averaged over ranks by hand before every update, because one
-    # trajectory interleaves several forwards and backwards per micro-batch, which DDP's hooks do not model.
-    if world > 1 and opt["batch_size"] % world:
-        raise TrainingError(f"optim.batch_size ({opt['batch_size']}) must be a multiple of the {world} processes")
-
-    if main:  # only now: a run that cannot load its teacher, data or student leaves no folder behind
-        # atomic and first: recipe.json marks the folder as a run folder (train.config.RUN_MARKER)
-        atomic_write_text(output / "recipe.json", json.dumps(cfg, indent=2) + "\n")
-    planned = total_steps(cfg)
-    state = {"format": STATE_FORMAT, "step": 0, "positions": [0] * len(stages), "bad_steps": 0,
-             "recipe_hash": config_hash(cfg)}
-    if resume:
-        loaded = resume_checkpoint(output, student, optimizer, accelerator)
-        if loaded is None:
-            warnings.warn(f"--resume: no complete checkpoint in {output / 'checkpoints'}; starting from step 0")
-            if main and (output / "log.jsonl").exists():
-                _truncate_log(output / "log.jsonl", -1)  # the run starts over: so does its log
-        else:
-            ckpt, state = loaded
-            if state.get("format") != STATE_FORMAT:
-                raise TrainingError(f"{ckpt} was written by an older t5shrink whose steps counted updates, not "
-                                    "trajectories; it cannot be resumed (its student/ folder still loads)")
-            if max_steps is None and state.get("total", planned) > planned:
-                max_steps = state["total"]  # the run was extended with --max-steps: keep its length and schedule
-            elif max_steps is not None and max(max_steps, planned) != state.get("total", planned):
-                warnings.warn(f"--resume: --max-steps {max_steps} changes the run's length "
-                              f"({state.get('total', planned)} steps), so its lr schedule and stage bounds "
-                              "change too; the resumed run will not match an uninterrupted one")
-            if state.get("recipe_hash") != config_hash(cfg):
-                warnings.warn("--resume: the recipe differs from the checkpoint's; continuing with the new one")
-            if main:
-                print(f"resuming from {ckpt} (step {state['step']})", file=sys.stderr, flush=True)
-
-    # Step plan: stage boundaries; --max-steps truncates, or extends the last stage.
-    total = max_steps if max_steps is not None and max_steps > planned else planned
-    stop = min(max_steps, total) if max_steps is not None else total
-    state["total"] = total
-    if resume and state["step"] >= stop:
-        warnings.warn(f"--resume: the checkpoint is at step {state['step']}, the run stops at {stop}; nothing to train")
-    logged: list[dict] = []  # a resumed run's log up to its checkpoint
-    if resume and state["step"] > 0 and main and (output / "log.jsonl").exists():
-        logged = _truncate_log(output / "log.jsonl", state["step"], revalidate=state["step"] >= stop)
-    bounds, acc = [], 0
-    for i, s in enumerate(stages):
-        acc += s["steps"] if i < len(stages) - 1 else s["steps"] + (total - planned)
-        bounds.append(acc)
-
-    last = stages[-1]
-    val_len = val["max_sequence_length"] or last["max_sequence_length"]
-    val_res = val["resolution"] or last["resolution"]
-    meta = {"teacher": cfg["teacher"]["path"], "teacher_kind": teacher.kind, "t5_slot": teacher.t5_slot,
-            "max_sequence_length": val_len, "resolution": val_res, "guidance": cfg["teacher"]["guidance"],
-            "recipe": recipe_name, "recipe_hash": state["recipe_hash"]}
-    if any(s["max_sequence_length"] != val_len for s in stages):
-        warnings.warn("stages use different max_sequence_length; inference should use the last stage's "
-                      f"({val_len}), which is what the student records")
-
-    if cache is not None and cfg["cache"]["precompute"]:
-        todo = [(p["text"], s["max_sequence_length"]) for rows, s in zip(stage_rows, stages) for p in rows]
-        if cfg["teacher"]["empty_prompt_prob"] > 0:
-            todo += [("", s["max_sequence_length"]) for s in stages]
-        todo = sorted({t for t in todo if not cache.has([t[0]], t[1])})
-        bs = opt["micro_batch_size"] or max(1, opt["batch_size"] // world)
-        for i in tqdm(range(rank * bs, len(todo), bs * world), desc="caching teacher embeddings", disable=not (progress and main)):
-            chunk = todo[i : i + bs]
-            for max_len in sorted({m for _, m in chunk}):
-                texts = [t for t, m in chunk if m == max_len]
-                cache.put(texts, max_len, teacher.encode(texts, max_len))
-        accelerator.wait_for_everyone()
-        cache = EmbeddingCache(cfg["cache"]["dir"], cache_id)  # pick up the other ranks' shards
-    evaluator = GapEvaluator(teacher, heldout, val_len, val_res, val["sigmas"], val["guidance"], val["batch_size"],
-                             seed=seed, encode=teacher_cond)
-    if cfg["cache"]["offload_text_encoders"] and not (cache is not None and cache.enabled and cache.writable):
-        warnings.warn("cache.offload_text_encoders: cache.dir cannot be written, so the text "
-                      "encoders stay on the device to encode every batch")
-    elif cfg["cache"]["offload_text_encoders"]:
-        for s in stages:
-            teacher.uncond(s["max_sequence_length"])  # SD3's empty prompt, before the encoders leave
-        teacher.offload_text_encoders()
-        offloaded = True
-
-    logger = Logger(output, cfg["log"]["tensorboard"], main)
-    results: dict[str, Any] = {"initial": None, "final": None}
-    shown = {"gap": None}  # the latest held-out gap, for the progress bar
-
-    def validate(step: int) -> dict[str, Any]:
-        report = evaluator(student)
-        shown["gap"] = report["gap"]
-        logger.log({"step": step, "val_gap": report["gap"], "val_gap_per_category": report["per_category"]})
-        if val["images"] and main:
-            n = val["image_prompts"]
-            texts = [p["text"] for p in heldout[:n]]
-            preview_grid(teacher, student, texts, teacher_cond(texts, val_len).to(device), val_len, val_res,
-                         val["image_steps"], val["guidance"], val["image_seeds"], output / "val" / f"step-{step:08d}.png")
-        return report
-
-    step = state["step"]
-    if step == 0:
-        results["initial"] = validate(0)
-    else:  # resumed: the summary keeps the run's first gap, the bar the latest
-        results["initial"] = next(({"gap": r["val_gap"]} for r in logged if r.get("step") == 0 and "val_gap" in r), None)
-        shown["gap"] = next((r["val_gap"] for r in reversed(logged) if "val_gap" in r), None)
-    bar = tqdm(total=stop, initial=step, desc="distil", disable=not (progress and main), dynamic_ncols=True,
-               file=sys.stderr)
-    gmin, gmax = cfg["teacher"]["guidance"]
-    n_steps = dist["sampling_steps"]
-    k_steps = dist["train_steps"] or n_steps
-    updates_per_step = k_steps if dist["update"] == "step" else 1
-    lr = lr_at(step * updates_per_step, opt, total, updates_per_step)
-    t0 = time.time()
-    stopper.armed = True  # from here Ctrl-C stops after the step in progress, with a checkpoint
-    while step < stop:
-        si = next(i for i, b in enumerate(bounds) if step < b)
-        stage = stages[si]
-        bar.set_description(f"{stage['name']} {si + 1}/{len(stages)}" if len(stages) > 1 else stage["name"])
-        max_len, res = stage["max_sequence_length"], stage["resolution"]
-        micro = stage["micro_batch_size"] or opt["micro_batch_size"] or max(1, opt["batch_size"] // world)
-        batch = streams[si].take(state["positions"][si], opt["batch_size"])
-        state["positions"][si] += opt["batch_size"]
-
-        # Per-batch draws, identical on every rank: guidance, which steps to regress, empty prompts.
-        gen = step_generator(seed, step)
-        guidance = gmin + (gmax - gmin) * torch.rand((), generator=gen).item()
-        train_idx = set(torch.randperm(n_steps, generator=gen)[:k_steps].tolist())
-        drop = torch.rand(len(batch), generator=gen) < cfg["teacher"]["empty_prompt_prob"]
-        texts = ["" if d else p["text"] for p, d in zip(batch, drop.tolist())]
-        # This rank's contiguous share, in micro-batches (gradient accumulation across them). Each prompt's
-        # noise is keyed by its place in the batch, so any split over ranks and micro-batches draws the
-        # same numbers.
-        share = len(texts) // world
-        parts = []
-        for i in range(rank * share, (rank + 1) * share, micro):
-            idx = range(i, min(i + micro, (rank + 1) * share))
-            chunk = [texts[j] for j in idx]
-            noise = torch.cat([teacher.noise(1, res, step_generator(seed, step, 1 + j)) for j in idx])
-            parts.append(MicroBatch(teacher_cond(chunk, max_len), teacher.tokenize(chunk, max_len).to(device), noise))
-        done: list[tuple[float, float]] = []  # (loss, grad norm) of this batch's updates
-        attempts = 0  # updates tried in this batch, skipped ones included: they keep the lr on schedule
-
-        def update(loss: float) -> bool:
-            nonlocal attempts, lr
-            lr = lr_at(step * updates_per_step + attempts, opt, total, updates_per_step)
-            attempts += 1
-            # Average the loss over ranks; every rank must agree to skip an update.
-            stats = torch.tensor([loss, 0.0 if math.isfinite(loss) else 1.0], device=device)
-            stats = accelerator.reduce(stats, reduction="sum") if world > 1 else stats
-            loss, finite = stats[0].item() / world, stats[1].item() == 0
-            grad_norm = float("nan")
-            if finite:
-                if world > 1:
-                    average_gradients(student)
-                # max_norm inf only measures: the finiteness check needs the norm
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), opt["grad_clip"] or math.inf))
-                finite = math.isfinite(grad_norm)
-            if finite:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.step()
-                done.append((loss, grad_norm))
-            optimizer.zero_grad(set_to_none=True)
-            if not finite:  # the rest of this batch is skipped too, and the batch counts once
-                state["bad_steps"] += 1
-                warnings.warn(f"step {step}: non-finite loss or gradient; rest of the batch skipped "
-                              f"({state['bad_steps']} so far)")
-                if state["bad_steps"] > opt["max_bad_steps"]:
-                    logger.close()
-                    raise TrainingError(f"aborting at step {step}: {state['bad_steps']} non-finite batches "
-                                        f"(optim.max_bad_steps={opt['max_bad_steps']})")
-            return finite
-
-        distill_trajectory(student, teacher, parts, max_len, n_steps, train_idx, guidance, amp, update,
-                           per_step=dist["update"] == "step")
-        loss_value = sum(d[0] for d in done) / len(done) if done else float("nan")
-        grad_norm = sum(d[1] for d in done) / len(done) if done else float("nan")
-        step += 1
-        state["step"], state["lr"] = step, lr
-        # a dict keeps this order (keyword arguments would be sorted); gap: the latest held-out one
-        bar.set_postfix({"loss": f"{loss_value:.4g}", "lr": f"{lr:.2e}",
-                         "gap": "-" if shown["gap"] is None else f"{shown['gap']:.4f}"}, refresh=False)
-        bar.update(1)
-        if step % cfg["log"]["every"] == 0 or step == stop:
-            logger.log({"step": step, "stage": stage["name"], "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                        "updates": len(done), "guidance": guidance, "elapsed_s": round(time.time() - t0, 2)})
-        if val["every"] and step % val["every"] == 0 and step != stop:
-            validate(step)
-        saved = cfg["checkpoint"]["every"] and (step % cfg["checkpoint"]["every"] == 0 or step == stop)
-        if saved:
-            save_checkpoint(output, step, student, optimizer, state, teacher, meta, accelerator, cfg["checkpoint"]["keep"])
-        if step < stop and stopper.agreed(accelerator):  # between two steps: a consistent checkpoint
-            bar.close()
-            if not saved:  # even with checkpoint.every off: the newest, so `keep` never drops it
-                save_checkpoint(output, step, student, optimizer, state, teacher, meta, accelerator, cfg["checkpoint"]["keep"])
-            logger.close()
-            raise Interrupted(step, output / "checkpoints" / f"step-{step:08d}")
-    stopper.armed = False
-    bar.close()
-    results["final"] = validate(step)
-    if main:
-        final = output / "student"
-        tmp = staging_path(final)
-        student.save_pretrained(tmp, tokenizer=teacher.tokenizer, meta={**meta, "step": step})
-        swap_into_place(tmp, final)
-    logger.close()
-    accelerator.wait_for_everyone()
-    summary = {"output": str(output), "steps": step, "student": str(output / "student"),
-               "gap_initial": results["initial"]["gap"] if results["initial"] else None,
-               "gap_final": results["final"]["gap"], "gap_final_per_category": results["final"]["per_category"]}
-    if main:
-        (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary

@@ -242,7 +242,7 @@ def evaluate_student(student_path: str | Path, teacher_source: str, data: str, m
     """
     from core.errors import ConfigError
     from train.data import load_prompts, split_heldout
-    from train.export import load_student_dir, resolve_student_dir
+    from train.runs import load_student_dir, resolve_student_dir
     from train.student import check_vocab
     from train.teachers import load_teacher
 

@@ -1,4 +1,4 @@
-"""Finding, loading and exporting a trained student (`train export`; `train eval` is in train/evaluate.py).
+"""Exporting a trained student (`train export`; finding and loading one is train/runs.py).
 
 Formats:
   distillt5  the DistillT5 layout (README, "Evaluate and export"): config.json + model.safetensors (published key set) + tokenizer files.
@@ -18,95 +18,19 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
 
 from core.errors import ConfigError
 from core.fileio import staging_path, swap_into_place
-from train.student import DTYPES, META_NAME, DistillT5EncoderModel, is_student_folder, published_state_dict
+from train.runs import load_student_dir, resolve_student_dir
+from train.student import DTYPES, META_NAME, published_state_dict
 from train.teachers.flux import FluxTeacher
 from train.teachers.sd3 import SD3Teacher
-from train.weights import read_header, read_json
+from train.weights import read_header
 
 SLOTS = {t.kind: (t.t5_slot, t.tokenizer_slot) for t in (FluxTeacher, SD3Teacher)}  # where each pipeline's T5 sits
 ENCODER_SLOTS = [encoder for encoder, _ in SLOTS.values()]
 TOKENIZER_SLOTS = [tokenizer for _, tokenizer in SLOTS.values()]
 COMFY_T5_BASE = {"d_model": 768, "num_layers": 12, "num_heads": 12, "d_ff": 2048, "project_out_dim": 4096}
-
-
-def _is_student(folder: Path) -> bool:
-    return folder.is_dir() and is_student_folder(folder)
-
-
-def resolve_student_dir(path: str | Path, what: str = "student") -> Path:
-    """A student folder from: a student folder, a diffusers export, a checkpoint, or a run folder
-    (its final student if training finished, else its newest complete checkpoint), or a hub id of a
-    student or diffusers export (fetched). `what` names the argument in errors (the one "not found"
-    rule: a path that does not exist is an error naming it, a hub id that cannot be fetched says so)."""
-    from core.paths import local_path_or_hub_id
-    from train.distill import find_checkpoint
-
-    local = local_path_or_hub_id(str(path), what)
-    path = local if local is not None else fetch_student(str(path), what)
-    for c in (path, *(path / slot for slot in ENCODER_SLOTS)):
-        if _is_student(c):
-            return c
-    # a run folder: the final student, unless a later (resumed, unfinished) run checkpointed past it
-    final = path / "student" if _is_student(path / "student") else None
-    ckpt = find_checkpoint(path) if (path / "checkpoints").is_dir() else None
-    if final and ckpt and _meta_step(ckpt / "student") > _meta_step(final):
-        return ckpt / "student"
-    if final or ckpt:
-        return final or ckpt / "student"
-    raise ConfigError(f"{path}: not a student, checkpoint or run folder (no config.json with project_out_dim)")
-
-
-def fetch_student(repo_id: str, what: str) -> Path:
-    """The local snapshot of a hub repo holding a student (config, weights, tokenizer and notes only)."""
-    from huggingface_hub import snapshot_download
-
-    from core.paths import hub_error
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model"]))
-    except Exception as exc:  # offline, no such repo, gated, a malformed id: all "cannot be fetched"
-        raise hub_error(repo_id, what, exc) from exc
-
-
-def _meta_step(folder: Path) -> int:
-    try:  # notes only: an unreadable one ranks the folder last instead of failing the export
-        meta = json.loads((folder / META_NAME).read_text())
-        return int(meta.get("step", -1)) if isinstance(meta, dict) else -1
-    except (OSError, ValueError, TypeError):
-        return -1
-
-
-def _tokenizer_dir(student_dir: Path) -> Path | None:
-    for c in (student_dir, *(student_dir.parent / slot for slot in TOKENIZER_SLOTS)):
-        if (c / "tokenizer_config.json").is_file():
-            return c
-    return None
-
-
-def load_student_dir(path: str | Path) -> tuple[DistillT5EncoderModel, Any, dict[str, Any]]:
-    """(student, tokenizer or None, meta) from anything resolve_student_dir accepts."""
-    from transformers import AutoTokenizer
-
-    folder = resolve_student_dir(path)
-    student = DistillT5EncoderModel.from_pretrained(folder)
-    tok_dir = _tokenizer_dir(folder)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir else None
-    except Exception as exc:  # a damaged tokenizer.json: the library's message names no file
-        from core.errors import one_line
-
-        raise ValueError(f"{tok_dir}: the tokenizer files cannot be loaded ({one_line(exc, 200)}); "
-                         "restore them from the teacher's tokenizer folder") from None
-    meta_file = next((p for p in (folder / META_NAME, folder.parent / META_NAME) if p.is_file()), None)
-    meta = read_json(meta_file, "t5shrink's notes on the student") if meta_file else {}
-    if not isinstance(meta, dict):
-        raise ValueError(f"{meta_file}: not a JSON object; restore it or delete it (it only holds notes)")
-    return student, tokenizer, meta
-
 
 EXPORT_FILES = {"t5shrink.json", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                 "spiece.model", "special_tokens_map.json", "added_tokens.json", "generation_config.json",
