@@ -119,7 +119,7 @@ def run_stage(stage: str, n: int, embed_sample: int, threads: int) -> dict:
             rng = np.random.default_rng(0)
             for s in range(0, n, SHARD_ROWS):
                 part = texts[s : s + SHARD_ROWS]
-                cache.add(text_keys(part), rng.standard_normal((len(part), emb.dim), dtype=np.float32))
+                cache.write(text_keys(part), {"vectors": rng.standard_normal((len(part), emb.dim), dtype=np.float32)})
             emb = build_embedder(cache_dir=tmp, progress=False)  # a new build: reads the index from disk
             t = time.perf_counter()
             out = emb.encode(texts)

