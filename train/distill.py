@@ -43,7 +43,8 @@ from train.config import check_output, choose_cpu_threads, config_hash, t5_confi
 from train.data import PromptStream, heldout_split, load_stage_data
 from train.evaluate import GapEvaluator, preview_grid
 from train.student import DTYPES, DistillT5EncoderModel, build_student, load_student_state_dict
-from train.teachers import Cond, Teacher, load_teacher
+from train.teachers.base import Cond, Teacher
+from train.teachers.registry import load_teacher
 
 CKPT_RE = re.compile(r"^step-(\d{8})$")
 STATE_FORMAT = 2  # 2: a step is one trajectory (batch); 1 counted optimizer updates

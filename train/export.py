@@ -23,13 +23,9 @@ from typing import Any
 from core.errors import ConfigError
 from core.fileio import staging_path, swap_into_place
 from train.student import DTYPES, META_NAME, DistillT5EncoderModel, is_student_folder, published_state_dict
-from train.teachers.flux import FluxTeacher
-from train.teachers.sd3 import SD3Teacher
+from train.teachers.registry import FAMILIES
 from train.weights import read_header, read_json
 
-SLOTS = {t.kind: (t.t5_slot, t.tokenizer_slot) for t in (FluxTeacher, SD3Teacher)}  # where each pipeline's T5 sits
-ENCODER_SLOTS = [encoder for encoder, _ in SLOTS.values()]
-TOKENIZER_SLOTS = [tokenizer for _, tokenizer in SLOTS.values()]
 COMFY_T5_BASE = {"d_model": 768, "num_layers": 12, "num_heads": 12, "d_ff": 2048, "project_out_dim": 4096}
 
 
@@ -47,7 +43,7 @@ def resolve_student_dir(path: str | Path, what: str = "student") -> Path:
 
     local = local_path_or_hub_id(str(path), what)
     path = local if local is not None else fetch_student(str(path), what)
-    for c in (path, *(path / slot for slot in ENCODER_SLOTS)):
+    for c in (path, *(path / family.t5_slot for family in FAMILIES.values())):
         if _is_student(c):
             return c
     # a run folder: the final student, unless a later (resumed, unfinished) run checkpointed past it
@@ -81,7 +77,7 @@ def _meta_step(folder: Path) -> int:
 
 
 def _tokenizer_dir(student_dir: Path) -> Path | None:
-    for c in (student_dir, *(student_dir.parent / slot for slot in TOKENIZER_SLOTS)):
+    for c in (student_dir, *(student_dir.parent / family.tokenizer_slot for family in FAMILIES.values())):
         if (c / "tokenizer_config.json").is_file():
             return c
     return None
@@ -110,7 +106,7 @@ def load_student_dir(path: str | Path) -> tuple[DistillT5EncoderModel, Any, dict
 
 EXPORT_FILES = {"t5shrink.json", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                 "spiece.model", "special_tokens_map.json", "added_tokens.json", "generation_config.json",
-                *ENCODER_SLOTS, *TOKENIZER_SLOTS}
+                *(slot for family in FAMILIES.values() for slot in (family.t5_slot, family.tokenizer_slot))}
 
 
 def _atomic_dir(out: Path):
@@ -152,10 +148,11 @@ def export_student(checkpoint: str | Path, output: str | Path, fmt: str = "disti
         swap_into_place(tmp, out)
         return out
     if fmt == "diffusers":
-        kind = meta.get("teacher_kind")
-        if kind not in SLOTS:
-            raise ConfigError(f"{checkpoint}: unknown teacher kind (no {META_NAME}); cannot pick text_encoder_2 vs _3")
-        slot, tok_slot = SLOTS[kind]
+        family = FAMILIES.get(meta.get("teacher_kind"))
+        if family is None:
+            slots = " or ".join(known.t5_slot for known in FAMILIES.values())
+            raise ConfigError(f"{checkpoint}: unknown teacher kind (no {META_NAME}); cannot pick {slots}")
+        slot, tok_slot = family.t5_slot, family.tokenizer_slot
         tmp = _atomic_dir(out)
         student.save_pretrained(tmp / slot, meta=meta)
         if tokenizer is not None:
