@@ -43,7 +43,7 @@ from train.data import PromptStream, heldout_split, load_stage_data  # noqa: E40
 from train.distill import MicroBatch, distill_trajectory, step_generator  # noqa: E402
 from train.evaluate import GapEvaluator  # noqa: E402
 from train.student import build_student  # noqa: E402
-from train.teachers import load_teacher  # noqa: E402
+from train.teachers.registry import load_teacher  # noqa: E402
 
 from reference_gap import reference_trajectory  # noqa: E402  (bench/: the reference loop, written once)
 

@@ -40,7 +40,8 @@ from train.data import PromptStream, heldout_split, load_stage_data  # noqa: E40
 from train.evaluate import GapEvaluator  # noqa: E402
 from train.runs import load_student_dir  # noqa: E402
 from train.student import build_student  # noqa: E402
-from train.teachers import Cond, load_teacher  # noqa: E402
+from train.teachers.base import Cond  # noqa: E402
+from train.teachers.registry import load_teacher  # noqa: E402
 
 
 def train_reference(teacher, prompts, steps: int, batch_size: int, resolution: int, max_len: int = 77,

@@ -151,6 +151,14 @@ def test_the_readme_lists_every_recipe_key_as_the_code_has_them():
     assert "sources.<criterion>.<i>.category_from_filename" in curate_keys() and "optim.lr" in train_keys()
 
 
+def test_the_readme_lists_every_export_format_as_the_cli_has_them():
+    from train.export import format_list
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- export-formats -->\n```\n", 1)[1].split("\n```\n<!-- /export-formats -->", 1)[0]
+    assert block == format_list(), "README's export formats are stale: paste `train export --help`'s list into it"
+
+
 def test_owner_slash_name_beside_a_local_folder_of_that_owner_is_a_missing_path(tmp_path, monkeypatch):
     from core.paths import local_path_or_hub_id
     from curate.sources.files import SourceError

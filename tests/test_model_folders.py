@@ -162,7 +162,7 @@ def hostile_safetensors(path: Path, kind: str) -> None:
 ])
 def test_a_teacher_folder_with_an_inflated_config_is_refused_before_building(tmp_path, kind, component, key, value,
                                                                             says):
-    from train.teachers import load_teacher
+    from train.teachers.registry import load_teacher
     from train.tiny import tiny_teacher_path
 
     folder = tmp_path / "teacher"
@@ -305,7 +305,7 @@ def test_a_student_that_blows_up_on_one_word_still_gets_a_gap(tmp_path):
     from train.data import load_prompts, split_heldout
     from train.evaluate import GapEvaluator
     from train.student import build_student
-    from train.teachers import load_teacher
+    from train.teachers.registry import load_teacher
     from train.tiny import tiny_teacher_path
 
     teacher = load_teacher(str(tiny_teacher_path("flux")))

@@ -210,7 +210,7 @@ def test_student_conditioning_equals_the_pipelines_own_encoding(tiny, kind):
     """student_cond builds what encode_prompt builds with the student in the T5 slot; pooled CLIP is
     the pipeline's (never zeroed); our sampler reproduces the pipeline's own denoising loop."""
     from train.student import build_student
-    from train.teachers import load_teacher
+    from train.teachers.registry import load_teacher
 
     teacher = load_teacher(str(tiny[kind]))
     assert teacher.kind == kind
@@ -247,7 +247,7 @@ def test_student_conditioning_equals_the_pipelines_own_encoding(tiny, kind):
 def test_gap_is_zero_for_the_teacher_t5_and_one_for_no_text(tiny):
     from train.data import load_prompts
     from train.evaluate import GapEvaluator
-    from train.teachers import load_teacher
+    from train.teachers.registry import load_teacher
 
     teacher = load_teacher(str(tiny["sd3"]))
     prompts = load_prompts("builtin:tiny")[::60]
@@ -464,7 +464,7 @@ def test_trajectory_stops_after_its_last_regressed_step_and_after_a_skipped_upda
 
     from train.distill import MicroBatch, distill_trajectory
     from train.student import build_student
-    from train.teachers import load_teacher
+    from train.teachers.registry import load_teacher
 
     teacher = load_teacher("tiny:flux")
     student = build_student("config", teacher.width, teacher.vocab_size, base_config=teacher.t5_config,
@@ -535,7 +535,7 @@ def test_fp8_transformer_passes_gradients_to_the_student(tiny, tmp_path):
     and training still closes the gap."""
     from train.distill import train
     from train.fp8 import Float8FrozenLinear
-    from train.teachers import load_teacher
+    from train.teachers.registry import load_teacher
 
     teacher = load_teacher("tiny:flux")
     linears = sum(isinstance(m, torch.nn.Linear) for m in teacher.transformer.modules())
@@ -601,7 +601,7 @@ def test_non_finite_losses_skip_then_abort(tiny, tmp_path):
 def test_embedding_cache_roundtrip_and_offloaded_training(tiny, tmp_path, monkeypatch):
     from train.cache import EmbeddingCache, teacher_cache_id
     from train.distill import train
-    from train.teachers import load_teacher
+    from train.teachers.registry import load_teacher
 
     teacher = load_teacher(str(tiny["flux"]))
     cache = EmbeddingCache(tmp_path / "c", teacher.source)

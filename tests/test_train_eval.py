@@ -45,7 +45,7 @@ def random_student(teacher):
 @pytest.fixture(scope="module")
 def student_dir(flux, tmp_path_factory):
     """A random student saved as `train run` saves one (weights, teacher tokenizer, t5shrink.json)."""
-    from train.teachers import load_teacher
+    from train.teachers.registry import load_teacher
 
     teacher = load_teacher(str(flux))
     folder = tmp_path_factory.mktemp("student") / "student"
@@ -58,7 +58,7 @@ def test_a_student_equal_to_the_teacher_scores_like_it_and_a_random_one_does_not
     from filters.embed import build_embedder
     from train.data import load_prompts, split_heldout
     from train.evaluate import clip_report, image_pairs
-    from train.teachers import load_teacher
+    from train.teachers.registry import load_teacher
 
     teacher = load_teacher(str(flux))
     clip = build_embedder("clip", model=tiny_clip, progress=False)

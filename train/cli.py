@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from core.cli import OneLineErrors, recipes_command
+from train.export import EXPORT_FORMATS, format_list
 
 
 def _quiet_libraries() -> None:
@@ -225,25 +226,24 @@ def eval_cmd(student: str, teacher: str, data: str, as_json: bool, max_prompts: 
         click.echo(f"grid (teacher | student): {report['grid']}")
 
 
-@main.command()
+EXPORT_HELP = """Export a trained student.
+
+\b
+Formats:
+{formats}
+\b
+Examples:
+  train export --checkpoint runs/flux-base --output export/flux-base --format diffusers
+  train export --checkpoint runs/flux-base/checkpoints/step-00050000 --output t5base.safetensors --format comfyui --dtype bf16
+"""
+
+
+@main.command(help=EXPORT_HELP.format(formats="\n".join(f"  {line}" for line in format_list().splitlines())))
 @click.option("--checkpoint", required=True, help="Run folder (newest checkpoint / final student), checkpoint or student folder.")
 @click.option("--output", required=True, type=click.Path(), help="Output folder (comfyui: a folder or a .safetensors path).")
-@click.option("--format", "fmt", type=click.Choice(["diffusers", "distillt5", "comfyui"]), default="distillt5", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), default="distillt5", show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 def export(checkpoint: str, output: str, fmt: str, dtype: str) -> None:
-    """Export a trained student.
-
-    \b
-    Formats:
-      distillt5  config.json + model.safetensors + tokenizer (the published DistillT5 layout)
-      diffusers  OUTPUT/text_encoder_2 + tokenizer_2 (FLUX) or text_encoder_3 + tokenizer_3 (SD3),
-                 to pass as that pipeline component
-      comfyui    one .safetensors with the published keys, for the DistillT5ComfyUI loader
-    \b
-    Examples:
-      train export --checkpoint runs/flux-base --output export/flux-base --format diffusers
-      train export --checkpoint runs/flux-base/checkpoints/step-00050000 --output t5base.safetensors --format comfyui --dtype bf16
-    """
     from core.paths import local_path_or_hub_id
 
     local_path_or_hub_id(checkpoint, "checkpoint")  # before the imports that take seconds

@@ -1,4 +1,5 @@
-"""Training recipes: schema, defaults, and resolving a recipe plus command-line overrides.
+"""Training recipes: the keys (KEYS: type, default, range, help, each declared once), and resolving a
+recipe plus command-line overrides.
 
 A recipe names the teacher, the student, the optimiser, validation, and a list of stages, each with
 its data, resolution, steps and max_sequence_length. Unknown keys fail naming the key (core.recipe).
@@ -10,6 +11,8 @@ import copy
 import difflib
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,99 +21,193 @@ from core.recipe import apply_overrides, load_recipe, recipe_hash, validate
 
 NUM = (int, float)
 
-SCHEMA: dict[str, Any] = {
-    "description": str,
-    "seed": int,
-    "cpu_threads": int,  # torch intra-op threads on a CPU run; null: chosen from the free cores (choose_cpu_threads)
+
+@dataclass(frozen=True)
+class Range:
+    """What a value must be beyond its type: `accept(value)`, and the same in words for the error."""
+
+    accept: Callable[[Any], bool]
+    words: str
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def one_of(*choices: str) -> Range:
+    """A string from a fixed set, said as "a, b or c"."""
+    words = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+    return Range(lambda v: v in choices, words)
+
+
+def numbers(accept: Callable[[float], bool], words: str) -> Range:
+    return Range(lambda v: _is_number(v) and accept(v), words)
+
+
+POSITIVE = Range(lambda v: _is_int(v) and v > 0, "a positive integer")
+COUNT = Range(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+FRACTION = numbers(lambda v: 0 <= v <= 1, "in [0, 1]")
+SEQUENCE_LENGTH = Range(lambda v: _is_int(v) and 1 <= v <= 512, "in 1..512")
+
+
+class Unset:
+    """The default of a key that has none: absent from the resolved recipe until given (unlike a null
+    default, which is there and means "off" or "decided later")."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = Unset()
+
+
+@dataclass(frozen=True)
+class Key:
+    """One training recipe key, declared once: the schema, the defaults, the range checks and
+    `train recipes --keys` are all read from KEYS."""
+
+    type: Any  # the leaf core.recipe.validate checks: int, str, bool, NUM, [NUM], Any, or a free-form mapping
+    default: Any = UNSET
+    range: Range | None = None
+    nullable: bool = False  # null passes the range check (it means off, or chosen at run time)
+    help: str = ""
+
+
+KEYS: dict[str, Any] = {
+    "description": Key(str),
+    "seed": Key(int, 0, COUNT),
+    "cpu_threads": Key(int, None, Range(POSITIVE.accept, "a positive integer (null: chosen from the free cores)"),
+                       nullable=True, help="torch intra-op threads on a CPU run; null: chosen from the free cores "
+                                           "(choose_cpu_threads)"),
     "teacher": {
-        "path": str,  # folder, hub id, or tiny:flux / tiny:sd3
-        "dtype": str,  # auto | bf16 | fp16 | fp32 (auto: bf16 on CUDA, fp32 on CPU)
-        "trust_remote_code": bool,
-        "guidance": [NUM],  # [min, max]: FLUX guidance input / SD3 CFG scale, drawn per batch
-        "empty_prompt_prob": NUM,  # share of prompts replaced by "" (distils SD3's unconditional branch)
-        "gradient_checkpointing": bool,  # recompute transformer activations in the backward pass
-        "fp8": bool,  # transformer linears stored and run in float8 (train/fp8.py)
-        "compile": bool,  # torch.compile the transformer block by block (regional compilation)
+        "path": Key(str, help="folder, hub id, or tiny:flux / tiny:sd3"),
+        "dtype": Key(str, "auto", one_of("auto", "bf16", "fp16", "fp32"), help="auto: bf16 on CUDA, fp32 on CPU"),
+        "trust_remote_code": Key(bool, False),
+        "guidance": Key([NUM], [2.0, 5.0], Range(lambda g: isinstance(g, list) and len(g) == 2 and g[0] <= g[1],
+                                                 "[min, max]"),
+                        help="FLUX guidance input / SD3 CFG scale, drawn per batch from [min, max]"),
+        "empty_prompt_prob": Key(NUM, 0.0, FRACTION,
+                                 help='share of prompts replaced by "" (distils SD3\'s unconditional branch)'),
+        "gradient_checkpointing": Key(bool, False, help="recompute transformer activations in the backward pass"),
+        "fp8": Key(bool, False, help="transformer linears stored and run in float8 (train/fp8.py)"),
+        "compile": Key(bool, False, help="torch.compile the transformer block by block (regional compilation)"),
     },
     "student": {
-        "init": str,  # "config", a T5 name/path (e.g. google/flan-t5-base), or a student folder
-        "config": {"*": (int, float, str)},  # T5 fields for init: config (unset ones come from the teacher's T5)
-        "projection_dropout": NUM,
-        "gradient_checkpointing": bool,
-        "compile": bool,  # torch.compile the student in place (its CUDA step is launch-bound when eager)
+        "init": Key(str, "google/flan-t5-base",
+                    help='"config", a T5 name/path (e.g. google/flan-t5-base), or a student folder'),
+        "config": Key({"*": (int, float, str)}, {},
+                      help="T5 fields for init: config (unset ones come from the teacher's T5)"),
+        "projection_dropout": Key(NUM, 0.1, numbers(lambda v: 0 <= v < 1, "in [0, 1)")),
+        "gradient_checkpointing": Key(bool, False),
+        "compile": Key(bool, False, help="torch.compile the student in place (its CUDA step is launch-bound when eager)"),
     },
     "optim": {
-        "lr": NUM,
-        "betas": [NUM],
-        "eps": NUM,
-        "weight_decay": NUM,
-        "warmup_steps": int,
-        "schedule": str,  # constant | cosine
-        "min_lr_ratio": NUM,  # cosine floor as a fraction of lr
-        "grad_clip": NUM,  # max global grad norm of the student's parameters (0: off)
-        "batch_size": int,  # prompts per optimizer step, all devices together
-        "micro_batch_size": int,  # prompts per device per forward; the rest is gradient accumulation
-        "mixed_precision": str,  # auto | bf16 | no  (autocast; master weights stay float32)
-        "max_bad_steps": int,  # abort after more than this many steps (batches) with a non-finite loss
+        "lr": Key(NUM, 1.0e-4, numbers(lambda v: v > 0, "a number > 0")),
+        "betas": Key([NUM], [0.9, 0.999]),
+        "eps": Key(NUM, 1.0e-8),
+        "weight_decay": Key(NUM, 1.0e-3, numbers(lambda v: v >= 0, "a number >= 0")),
+        "warmup_steps": Key(int, 0, COUNT),
+        "schedule": Key(str, "constant", one_of("constant", "cosine")),
+        "min_lr_ratio": Key(NUM, 0.1, FRACTION, help="cosine floor as a fraction of lr"),
+        "grad_clip": Key(NUM, 1.0, numbers(lambda v: v >= 0, "a number >= 0 (0 or null: off)"), nullable=True,
+                         help="max global grad norm of the student's parameters"),
+        "batch_size": Key(int, 32, POSITIVE, help="prompts per optimizer step, all devices together"),
+        "micro_batch_size": Key(int, None, POSITIVE, nullable=True,
+                                help="prompts per device per forward; the rest is gradient accumulation"),
+        "mixed_precision": Key(str, "auto", one_of("auto", "bf16", "no"),
+                               help="autocast; master weights stay float32"),
+        "max_bad_steps": Key(int, 10, COUNT,
+                             help="abort after more than this many steps (batches) with a non-finite loss"),
     },
     "distill": {
-        "sampling_steps": int,  # N: steps of the teacher's sampler per trajectory
-        "train_steps": int,  # K: steps of each trajectory that are regressed (null: all N)
-        "update": str,  # step: an optimizer update per regressed step | trajectory: one per trajectory
+        "sampling_steps": Key(int, 20, POSITIVE, help="N: steps of the teacher's sampler per trajectory"),
+        "train_steps": Key(int, None, POSITIVE, nullable=True,
+                           help="K: steps of each trajectory that are regressed (null: all N)"),
+        "update": Key(str, "step", one_of("step", "trajectory"),
+                      help="step: an optimizer update per regressed step | trajectory: one per trajectory"),
     },
     "cache": {
-        "dir": str,  # teacher embeddings on disk (safetensors); null: no cache
-        "precompute": bool,  # encode every prompt before training
-        "offload_text_encoders": bool,  # then move the teacher's text encoders off the device
+        "dir": Key(str, None, help="teacher embeddings on disk (safetensors); null: no cache"),
+        "precompute": Key(bool, False, help="encode every prompt before training"),
+        "offload_text_encoders": Key(bool, False, help="then move the teacher's text encoders off the device"),
     },
     "validation": {
-        "every": int,
-        "data": str,  # held-out prompts; null: hold out num_prompts from the stage data
-        "num_prompts": int,
-        "batch_size": int,
-        "sigmas": [NUM],
-        "guidance": NUM,
-        "resolution": int,  # null: the last stage's
-        "max_sequence_length": int,  # null: the last stage's
-        "images": bool,  # teacher-vs-student PNG grid at fixed seeds
-        "image_prompts": int,
-        "image_seeds": [int],
-        "image_steps": int,
+        "every": Key(int, 1000, Range(COUNT.accept, "an integer >= 0 (0 or null: only at the start and end)"),
+                     nullable=True),
+        "data": Key(str, None, help="held-out prompts; null: hold out num_prompts from the stage data"),
+        "num_prompts": Key(int, 64, POSITIVE),
+        "batch_size": Key(int, 8, POSITIVE),
+        "sigmas": Key([NUM], [0.25, 0.5, 0.75],
+                      Range(lambda s: bool(s) and all(_is_number(x) and 0 < x <= 1 for x in s),
+                            "a non-empty list of noise levels in (0, 1]")),
+        "guidance": Key(NUM, 3.5, numbers(lambda v: v >= 0, "a number >= 0")),
+        "resolution": Key(int, None, POSITIVE, nullable=True, help="null: the last stage's"),
+        "max_sequence_length": Key(int, None, SEQUENCE_LENGTH, nullable=True, help="null: the last stage's"),
+        "images": Key(bool, False, help="teacher-vs-student PNG grid at fixed seeds"),
+        "image_prompts": Key(int, 4, POSITIVE),
+        "image_seeds": Key([int], [0]),
+        "image_steps": Key(int, 20, POSITIVE),
     },
-    "checkpoint": {"every": int, "keep": int},
-    "log": {"every": int, "tensorboard": bool},
+    "checkpoint": {
+        "every": Key(int, 1000, Range(COUNT.accept, "an integer >= 0 (0 or null: none)"), nullable=True),
+        "keep": Key(int, 3, Range(COUNT.accept, "an integer >= 0 (0: keep all)")),
+    },
+    "log": {"every": Key(int, 10, POSITIVE), "tensorboard": Key(bool, True)},
     "stages": [
         {
-            "name": str,
-            "data": Any,  # path | [path | {path, repeat}]
-            "steps": int,
-            "resolution": int,
-            "max_sequence_length": int,
-            "micro_batch_size": int,
+            "name": Key(str, help="default: stage1, stage2, ..."),
+            "data": Key(Any, help="path | [path | {path, repeat}]; --data replaces it in every stage"),
+            "steps": Key(int, range=POSITIVE),
+            "resolution": Key(int, 512, POSITIVE),
+            "max_sequence_length": Key(int, 77, SEQUENCE_LENGTH),
+            "micro_batch_size": Key(int, None, POSITIVE, nullable=True),
         }
     ],
 }
 
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "cpu_threads": None,
-    "teacher": {"dtype": "auto", "trust_remote_code": False, "guidance": [2.0, 5.0], "empty_prompt_prob": 0.0,
-                "gradient_checkpointing": False, "fp8": False, "compile": False},
-    "student": {"init": "google/flan-t5-base", "config": {}, "projection_dropout": 0.1, "gradient_checkpointing": False,
-                "compile": False},
-    "optim": {"lr": 1.0e-4, "betas": [0.9, 0.999], "eps": 1.0e-8, "weight_decay": 1.0e-3, "warmup_steps": 0,
-              "schedule": "constant", "min_lr_ratio": 0.1, "grad_clip": 1.0, "batch_size": 32, "micro_batch_size": None,
-              "mixed_precision": "auto", "max_bad_steps": 10},
-    "distill": {"sampling_steps": 20, "train_steps": None, "update": "step"},
-    "cache": {"dir": None, "precompute": False, "offload_text_encoders": False},
-    "validation": {"every": 1000, "data": None, "num_prompts": 64, "batch_size": 8, "sigmas": [0.25, 0.5, 0.75],
-                   "guidance": 3.5, "resolution": None, "max_sequence_length": None, "images": False, "image_prompts": 4,
-                   "image_seeds": [0], "image_steps": 20},
-    "checkpoint": {"every": 1000, "keep": 3},
-    "log": {"every": 10, "tensorboard": True},
-}
 
-STAGE_DEFAULTS = {"resolution": 512, "max_sequence_length": 77, "micro_batch_size": None}
+def _schema(keys: Any) -> Any:
+    """KEYS as the nested schema core.recipe validates against (leaves are types)."""
+    if isinstance(keys, Key):
+        return keys.type
+    if isinstance(keys, list):
+        return [_schema(keys[0])]
+    return {name: _schema(entry) for name, entry in keys.items()}
+
+
+def _defaults(keys: dict[str, Any]) -> dict[str, Any]:
+    """KEYS' defaults as a nested dict; keys without one (UNSET) and lists of mappings (stages) left out."""
+    out: dict[str, Any] = {}
+    for name, entry in keys.items():
+        if isinstance(entry, dict):
+            out[name] = _defaults(entry)
+        elif isinstance(entry, Key) and entry.default is not UNSET:
+            out[name] = copy.deepcopy(entry.default)
+    return out
+
+
+SCHEMA: dict[str, Any] = _schema(KEYS)
+DEFAULTS: dict[str, Any] = _defaults(KEYS)
+STAGE_DEFAULTS: dict[str, Any] = _defaults(KEYS["stages"][0])
+
+
+def check_ranges(values: dict[str, Any], keys: dict[str, Any] = KEYS, prefix: str = "") -> None:
+    """Every declared range against a resolved recipe (stages item by item), naming the dotted key."""
+    for name, entry in keys.items():
+        where = prefix + name
+        if isinstance(entry, dict):
+            check_ranges(values[name], entry, where + ".")
+        elif isinstance(entry, list):
+            for i, item in enumerate(values[name]):
+                check_ranges(item, entry[0], f"{where}.{i}.")
+        elif entry.range is not None:
+            value = values.get(name)
+            if not (value is None and entry.nullable) and not entry.range.accept(value):
+                raise ConfigError(f"{where} must be {entry.range.words}, got {describe_value(value)}")
 
 
 def recipe_keys() -> str:
@@ -158,89 +255,18 @@ def resolve(
             stage["data"] = data
         if not stage.get("data"):
             raise ConfigError(f"stage {describe_value(stage['name'])} has no data (set stages[].data or pass --data)")
-        if not isinstance(stage.get("steps"), int) or stage["steps"] < 1:
-            raise ConfigError(f"stage {describe_value(stage['name'])}: steps must be a positive integer")
-        if not 1 <= stage["max_sequence_length"] <= 512:
-            raise ConfigError(f"stage {describe_value(stage['name'])}: max_sequence_length must be in 1..512")
         resolved.append(stage)
     cfg["stages"] = resolved
-    g = cfg["teacher"]["guidance"]
-    if not (isinstance(g, list) and len(g) == 2 and g[0] <= g[1]):
-        raise ConfigError(f"teacher.guidance must be [min, max], got {describe_value(g)}")
-    if cfg["optim"]["schedule"] not in ("constant", "cosine"):
-        raise ConfigError(f"optim.schedule must be constant or cosine, got {describe_value(cfg['optim']['schedule'])}")
-    if cfg["optim"]["mixed_precision"] not in ("auto", "bf16", "no"):
-        raise ConfigError(f"optim.mixed_precision must be auto, bf16 or no, got {describe_value(cfg['optim']['mixed_precision'])}")
-    if cfg["teacher"]["dtype"] not in ("auto", "bf16", "fp16", "fp32"):
-        raise ConfigError(f"teacher.dtype must be auto, bf16, fp16 or fp32, got {describe_value(cfg['teacher']['dtype'])}")
+    check_ranges(cfg)
     n, k = cfg["distill"]["sampling_steps"], cfg["distill"]["train_steps"]
-    if n < 1 or (k is not None and not 1 <= k <= n):
+    if k is not None and k > n:
         raise ConfigError(f"distill.train_steps must be in 1..sampling_steps ({n}), got {k}")
-    if cfg["distill"]["update"] not in ("step", "trajectory"):
-        raise ConfigError(f"distill.update must be step or trajectory, got {describe_value(cfg['distill']['update'])}")
-    for key, (accept, what, nullable) in RANGES.items():
-        _check_value(key, _get(cfg, key), accept, what, nullable)
-    for i, stage in enumerate(resolved):
-        _check_value(f"stages.{i}.resolution", stage["resolution"], _positive_int, "a positive integer", False)
-        _check_value(f"stages.{i}.micro_batch_size", stage["micro_batch_size"], _positive_int, "a positive integer", True)
-    sigmas = cfg["validation"]["sigmas"]
-    if not sigmas or not all(isinstance(x, (int, float)) and 0 < x <= 1 for x in sigmas):
-        raise ConfigError(f"validation.sigmas must be a non-empty list of noise levels in (0, 1], got {describe_value(sigmas)}")
     if cfg["cache"]["offload_text_encoders"] and not (cfg["cache"]["dir"] and cfg["cache"]["precompute"]):
         raise ConfigError("cache.offload_text_encoders needs cache.dir and cache.precompute: the teacher's text "
                           "encoders leave the device, so every prompt must be encoded before")
     _check_student_config(cfg["student"]["config"])
     cfg.setdefault("description", "")
     return name, cfg
-
-
-def _positive_int(v: Any) -> bool:
-    return isinstance(v, int) and v > 0
-
-
-def _count(v: Any) -> bool:
-    return isinstance(v, int) and v >= 0
-
-
-# key -> (accepts, what it must be, null allowed); types are the schema's business, these are ranges
-RANGES: dict[str, tuple[Any, str, bool]] = {
-    "seed": (_count, "an integer >= 0", False),
-    "cpu_threads": (_positive_int, "a positive integer (null: chosen from the free cores)", True),
-    "optim.lr": (lambda v: v > 0, "a number > 0", False),
-    "optim.batch_size": (_positive_int, "a positive integer", False),
-    "optim.micro_batch_size": (_positive_int, "a positive integer", True),
-    "optim.warmup_steps": (_count, "an integer >= 0", False),
-    "optim.min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]", False),
-    "optim.grad_clip": (lambda v: v >= 0, "a number >= 0 (0 or null: off)", True),
-    "optim.weight_decay": (lambda v: v >= 0, "a number >= 0", False),
-    "optim.max_bad_steps": (_count, "an integer >= 0", False),
-    "teacher.empty_prompt_prob": (lambda v: 0 <= v <= 1, "in [0, 1]", False),
-    "student.projection_dropout": (lambda v: 0 <= v < 1, "in [0, 1)", False),
-    "validation.every": (_count, "an integer >= 0 (0 or null: only at the start and end)", True),
-    "validation.num_prompts": (_positive_int, "a positive integer", False),
-    "validation.batch_size": (_positive_int, "a positive integer", False),
-    "validation.guidance": (lambda v: v >= 0, "a number >= 0", False),
-    "validation.resolution": (_positive_int, "a positive integer", True),
-    "validation.max_sequence_length": (lambda v: isinstance(v, int) and 1 <= v <= 512, "in 1..512", True),
-    "validation.image_prompts": (_positive_int, "a positive integer", False),
-    "validation.image_steps": (_positive_int, "a positive integer", False),
-    "checkpoint.every": (_count, "an integer >= 0 (0 or null: none)", True),
-    "checkpoint.keep": (_count, "an integer >= 0 (0: keep all)", False),
-    "log.every": (_positive_int, "a positive integer", False),
-}
-
-
-def _get(cfg: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        cfg = cfg[part]
-    return cfg
-
-
-def _check_value(key: str, value: Any, accept: Any, what: str, nullable: bool) -> None:
-    if value is None and nullable:
-        return
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not accept(value):
-        raise ConfigError(f"{key} must be {what}, got {describe_value(value)}")
 
 
 def _check_student_config(fields: dict[str, Any]) -> None:

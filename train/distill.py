@@ -45,7 +45,8 @@ from train.runs import (Logger, TrainingError, check_output, checkpoint_path, lo
                         resume_checkpoint, save_checkpoint, save_final_student, student_path, truncate_log,
                         write_summary)
 from train.student import DTYPES, build_student
-from train.teachers import Cond, Teacher, load_teacher
+from train.teachers.base import Cond, Teacher
+from train.teachers.registry import load_teacher
 
 STATE_FORMAT = 2  # 2: a step is one trajectory (batch); 1 counted optimizer updates
 

@@ -244,7 +244,7 @@ def evaluate_student(student_path: str | Path, teacher_source: str, data: str, m
     from train.data import load_prompts, split_heldout
     from train.runs import load_student_dir, resolve_student_dir
     from train.student import check_vocab
-    from train.teachers import load_teacher
+    from train.teachers.registry import load_teacher
 
     if clip_pretrained and not clip:
         raise ConfigError("--clip-pretrained needs --clip (the open_clip model it belongs to)")

@@ -290,12 +290,10 @@ class Logger:
 
 
 def _pipeline_slots() -> tuple[list[str], list[str]]:
-    """The folders a diffusers export puts the student and its tokenizer in: each teacher's T5 slots."""
-    from train.teachers.flux import FluxTeacher
-    from train.teachers.sd3 import SD3Teacher
+    """The folders a diffusers export puts the student and its tokenizer in: each teacher family's T5 slots."""
+    from train.teachers.registry import FAMILIES
 
-    kinds = (FluxTeacher, SD3Teacher)
-    return [t.t5_slot for t in kinds], [t.tokenizer_slot for t in kinds]
+    return [f.t5_slot for f in FAMILIES.values()], [f.tokenizer_slot for f in FAMILIES.values()]
 
 
 def _is_student(folder: Path) -> bool:

@@ -1,11 +1,10 @@
-"""What the trainer needs from a teacher pipeline, and loading one from a path or hub id."""
+"""What the trainer needs from a teacher pipeline: the surface every family implements (`Teacher`) and
+the conditioning it trades in (`Cond`). Which families exist, and loading one, is train/teachers/registry.py."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,13 +34,16 @@ class Cond:
 class Teacher:
     """A frozen diffusers pipeline seen through the operations distillation needs.
 
-    Subclasses set `kind`, `t5_slot` (the pipeline attribute the student replaces) and
-    `tokenizer_slot`, and implement the latent layout, timesteps and the transformer call.
+    A family (one file in this package, one line in registry.FAMILIES) declares what the loader,
+    the export and the offloading read, and implements the latent layout, timesteps and the
+    transformer call.
     """
 
-    kind = ""
-    t5_slot = ""
-    tokenizer_slot = ""
+    kind = ""  # the family's name: `tiny:<kind>`, and teacher_kind in a student's notes
+    pipeline_class = ""  # the diffusers class model_index.json names (`_class_name`) and the loader builds
+    t5_slot = ""  # the pipeline attribute the student replaces (a diffusers export's component folder)
+    tokenizer_slot = ""  # the T5 tokenizer's attribute (exported beside the student)
+    text_encoder_slots: tuple[str, ...] = ()  # every text encoder, T5 included (offloaded once cached)
 
     def __init__(self, pipe: Any, source: str, device: torch.device):
         self.pipe = pipe
@@ -104,8 +106,8 @@ class Teacher:
 
     def offload_text_encoders(self) -> None:
         """Move the text encoders to the CPU once their outputs are cached (frees the device)."""
-        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
-            module = getattr(self.pipe, name, None)
+        for slot in self.text_encoder_slots:
+            module = getattr(self.pipe, slot, None)
             if module is not None:
                 module.to("cpu")
         if self.device.type == "cuda":
@@ -157,9 +159,6 @@ class Teacher:
         raise NotImplementedError
 
 
-KINDS = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
-
-
 def compile_transformer_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
     """torch.compile each block of a FLUX / SD3 transformer in place (regional compilation): blocks of a
     kind share one compiled graph, so the compile costs two blocks rather than the whole model, and
@@ -169,107 +168,6 @@ def compile_transformer_blocks(transformer: torch.nn.Module) -> list[torch.nn.Mo
     for block in blocks:
         block.compile()
     return blocks
-
-
-def resolve_source(source: str) -> str:
-    """`tiny:flux` / `tiny:sd3` -> the folder the tiny factory builds; anything else unchanged."""
-    if source.startswith("tiny:"):
-        from train.tiny import tiny_teacher_path
-
-        return str(tiny_teacher_path(source.split(":", 1)[1]))
-    return source
-
-
-def teacher_kind(source: str) -> str:
-    """'flux' or 'sd3', from the pipeline class named in model_index.json."""
-    from train.config import check_teacher_path
-
-    check_teacher_path(source)  # a path that does not exist: an error naming it, never a hub lookup
-    path = Path(source).expanduser()
-    if path.is_dir():
-        index = path / "model_index.json"
-        if not index.exists():
-            raise ValueError(f"{source}: no model_index.json (not a diffusers pipeline folder)")
-        class_name = json.loads(index.read_text()).get("_class_name", "")
-    else:
-        from diffusers import DiffusionPipeline
-
-        from core.paths import hub_error
-
-        try:
-            class_name = DiffusionPipeline.load_config(source).get("_class_name", "")
-        except OSError as exc:  # offline, no such repo, gated: diffusers' message names no cure
-            raise hub_error(source, "teacher", exc) from exc
-    if class_name not in KINDS:
-        raise ValueError(f"{source}: pipeline class {class_name!r} is not supported (supported: {', '.join(KINDS)})")
-    return KINDS[class_name]
-
-
-def load_teacher(
-    source: str,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    trust_remote_code: bool = False,
-) -> Teacher:
-    """Load a frozen teacher pipeline from a folder, a hub id, or `tiny:flux` / `tiny:sd3`."""
-    source = resolve_source(source)
-    kind = teacher_kind(source)
-    if Path(source).expanduser().is_dir():
-        check_pipeline_folder(Path(source).expanduser())
-    device = torch.device(device)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    kwargs: dict[str, Any] = {_dtype_kwarg(): dtype}
-    if trust_remote_code:
-        kwargs["trust_remote_code"] = True
-    if kind == "flux":
-        from diffusers import FluxPipeline as pipeline_class
-
-        from .flux import FluxTeacher as cls
-    else:
-        from diffusers import StableDiffusion3Pipeline as pipeline_class
-
-        from .sd3 import SD3Teacher as cls
-    try:
-        pipe = pipeline_class.from_pretrained(source, **kwargs)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:  # what diffusers raises names no folder
-        from core.errors import one_line
-        from core.paths import hub_error
-
-        if isinstance(exc, OSError) and not Path(source).expanduser().exists():  # a hub id: its files could not come
-            raise hub_error(source, "teacher", exc) from exc
-        raise ValueError(f"{source}: the {pipeline_class.__name__} cannot be loaded ({one_line(exc, 300)})") from exc
-    pipe.set_progress_bar_config(disable=True)
-    for name, module in pipe.components.items():
-        if isinstance(module, torch.nn.Module):
-            module.requires_grad_(False)
-            module.eval()
-    pipe.to(device)
-    return cls(pipe, source, device)
-
-
-def check_pipeline_folder(folder: Path) -> None:
-    """Every component's config.json against its weights' headers, before diffusers builds anything from
-    them (an inflated config would allocate until the machine gives out): a T5 exactly
-    (train.student.check_t5_folder), any other model by bounds (train.weights.check_config_bounds)."""
-    from train.student import check_t5_folder, load_config
-    from train.weights import check_config_bounds, read_json
-
-    for component in sorted(p for p in folder.iterdir() if (p / "config.json").is_file()):
-        config = read_json(component / "config.json", "a model config.json")
-        if isinstance(config, dict) and config.get("model_type") == "t5":
-            check_t5_folder(component, load_config(component), need_safetensors=False)
-        else:
-            check_config_bounds(component)
-
-
-def _dtype_kwarg() -> str:
-    """diffusers renamed `torch_dtype` to `dtype` (the old name warns); use whichever it reads."""
-    import inspect
-
-    from diffusers import DiffusionPipeline
-
-    return "dtype" if 'kwargs.pop("dtype"' in inspect.getsource(DiffusionPipeline.from_pretrained) else "torch_dtype"
 
 
 def square_side(tokens: int) -> int:

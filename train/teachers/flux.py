@@ -19,8 +19,10 @@ from .base import Cond, Teacher, square_side
 
 class FluxTeacher(Teacher):
     kind = "flux"
+    pipeline_class = "FluxPipeline"
     t5_slot = "text_encoder_2"
     tokenizer_slot = "tokenizer_2"
+    text_encoder_slots = ("text_encoder", "text_encoder_2")
 
     def __init__(self, pipe, source, device):
         super().__init__(pipe, source, device)

@@ -23,8 +23,10 @@ from .base import Cond, Teacher
 
 class SD3Teacher(Teacher):
     kind = "sd3"
+    pipeline_class = "StableDiffusion3Pipeline"
     t5_slot = "text_encoder_3"
     tokenizer_slot = "tokenizer_3"
+    text_encoder_slots = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
     @torch.no_grad()
     def encode(self, prompts: list[str], max_len: int) -> Cond:
