@@ -28,7 +28,7 @@ from core.recipe import (ANY_KEY, apply_overrides, load_recipe, recipe_hash, ren
 from core.records import CATEGORIES, CRITERIA, Prompt, canonical_key, parse_reason
 from curate.balance import SHORTFALL_POLICIES, ShortfallError, balance
 from curate.sources.files import SourceSpec, iter_source
-from curate.writer import CuratedSetWriter
+from curate.curated_set import CuratedSetWriter
 from filters.base import Context, Step, StepResult, build_step, step_options
 
 SOURCE_SCHEMA = {

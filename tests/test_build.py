@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from core.records import CATEGORIES, CRITERIA, normalize_text
 from curate.cli import main
 from curate.pipeline import build, resolve_recipe
-from curate.writer import read_manifest, read_records
+from curate.curated_set import read_manifest, read_records
 
 REQUIRED = ("id", "text", "criterion", "category", "tags", "rendered_text", "source")
 

@@ -18,7 +18,7 @@ from curate.balance import ShortfallError
 from curate.cli import main
 from curate.pipeline import build, resolve_recipe
 from curate.sources.files import SourceSpec, category_of_filename, read_source
-from curate.writer import read_manifest, read_records
+from curate.curated_set import read_manifest, read_records
 
 
 def _build(tmp_path, recipe="tiny", name="out", **kw):

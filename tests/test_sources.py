@@ -130,7 +130,7 @@ def test_an_oversized_row_is_rejected_at_ingest_and_stored_cut(tmp_path):
 
 def test_a_curated_set_folder_contributes_only_its_kept_prompts(tmp_path):
     from core.records import Prompt
-    from curate.writer import write_curated
+    from curate.curated_set import write_curated
 
     kept = [Prompt(text="a red car", criterion="quality", source="x")]
     dropped = [(Prompt(text="a red car.", criterion="quality", source="x"), "dedup_exact: exact_dup of 1")]

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 from core.errors import one_line
 from core.paths import SUFFIXES, looks_like_path
 from core.records import CATEGORIES, CRITERIA, Prompt, clean_text, lookalike_reason
+from curate.curated_set import CuratedSetError, is_curated_set, iter_rows, read_manifest
 from curate.sources.csv_rows import INVALID_UTF8, CsvHeaderError, read_csv
 
 TEXT_COLUMNS = ("text", "prompt", "caption", "TEXT", "Prompt", "Caption", "sentence")
@@ -97,11 +98,9 @@ def iter_source(spec: SourceSpec, criterion: str, skipped: list[dict[str, str]] 
     skipped = [] if skipped is None else skipped
     path = Path(spec.uri).expanduser()
     in_folder = path.is_dir() and not _is_hf_saved_dataset(path)
-    curated = path.is_dir() and _is_curated_set(path)
-    if curated:
-        files = sorted((path / "data").glob("*.parquet"))  # its kept prompts; never rejected/ or the manifest
-        in_folder = False  # a damaged part is a damaged set: an error, never a silently partial set
-    elif in_folder:
+    if is_curated_set(path):  # its kept prompts with their labels; never rejected/ or the manifest
+        return _to_records([(spec.uri, _curated_rows(path))], spec, criterion, False, skipped, keep_labels=True)
+    if in_folder:
         files = _folder_files(path, skipped)
         if not files:
             raise SourceError(f"{spec.uri}: folder has no {'/'.join(SUFFIXES)} files")
@@ -116,18 +115,22 @@ def iter_source(spec: SourceSpec, criterion: str, skipped: list[dict[str, str]] 
     else:
         return _to_records([(spec.uri, _read_hf(spec))], spec, criterion, False, skipped)
     parts = ((str(f), _guarded(f, in_folder, skipped)) for f in files)
-    return _to_records(parts, spec, criterion, in_folder, skipped, keep_labels=curated)
+    return _to_records(parts, spec, criterion, in_folder, skipped)
+
+
+def _curated_rows(path: Path) -> Iterator[Row]:
+    """The kept rows of a curated set. A damaged manifest or part is a damaged set: an error, never a
+    silently partial set."""
+    try:
+        read_manifest(path)
+        for row in iter_rows(path, "data"):
+            yield row, None
+    except CuratedSetError as exc:
+        raise SourceError(str(exc)) from None
 
 
 def _is_hf_saved_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
-
-
-def _is_curated_set(path: Path) -> bool:
-    try:
-        return str(json.loads((path / "manifest.json").read_text()).get("format", "")).startswith("t5shrink.curated")
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return False
 
 
 def _folder_files(root: Path, skipped: list[dict[str, str]]) -> list[Path]:
