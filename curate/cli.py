@@ -101,7 +101,6 @@ def tag(input_path: Path, output: Path | None, rejected_path: Path | None, text_
       curate tag prompts.txt
       curate tag captions.parquet --text-column caption --output tags.jsonl
     """
-    from core.records import parse_reason
     from curate.sources.files import SourceSpec, read_source
     from filters.base import Context
     from filters.tagging import TagStep
@@ -119,8 +118,8 @@ def tag(input_path: Path, output: Path | None, rejected_path: Path | None, text_
         record.criterion = criterion or _infer_criterion(record.category)
     _write_jsonl(output, (r.to_dict() for r in records))
     if rejected_path:  # even when empty: a file from an earlier run must not stand for this one
-        _write_jsonl(rejected_path, ({**r.to_dict(), "step": parse_reason(why)[0], "reason": why}
-                                     for r, why in result.rejected))
+        _write_jsonl(rejected_path, ({**r.to_dict(), "step": drop.step, "reason": str(drop)}
+                                     for r, drop in result.rejected))
     click.echo(f"tagged {len(records):,} prompts in {time.perf_counter() - started:.1f}s", err=True)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from core.errors import one_line
 from core.fileio import atomic_write_text, discard_staging, staging_path, swap_into_place
-from core.records import Prompt, parse_reason, records_to_columns
+from core.records import Drop, Prompt, records_to_columns
 
 FORMAT = "t5shrink.curated/1"
 MANIFEST = "manifest.json"
@@ -48,30 +48,30 @@ def _schema(score_keys: list[str], rejected: bool):
     return pa.schema(fields)
 
 
-def _table(records: list[Prompt], reasons: list[str] | None):
+def _table(records: list[Prompt], drops: list[Drop] | None):
     """Records as a table in that layout, built column by column (no dict per record)."""
     import pyarrow as pa
 
     columns = records_to_columns(records)
     scores = columns["scores"]
     keys = sorted({k for s in scores if s for k in s})
-    schema = _schema(keys, reasons is not None)
+    schema = _schema(keys, drops is not None)
     if keys:  # every record gets every key (null where it has no such score)
         columns["scores"] = pa.StructArray.from_arrays(
             [pa.array([s.get(k) if s else None for s in scores], pa.float64()) for k in keys], names=keys)
     else:
         columns["scores"] = pa.nulls(len(records), schema.field("scores").type)
-    if reasons is not None:
-        columns["step"] = [parse_reason(reason)[0] for reason in reasons]
-        columns["reason"] = reasons
+    if drops is not None:
+        columns["step"] = [drop.step for drop in drops]
+        columns["reason"] = [str(drop) for drop in drops]
     return pa.table({name: columns[name] for name in schema.names}, schema=schema)
 
 
-def _write_parquet(records: list[Prompt], path: Path, reasons: list[str] | None = None) -> dict[str, Any]:
+def _write_parquet(records: list[Prompt], path: Path, drops: list[Drop] | None = None) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(_table(records, reasons), path, compression="zstd")
+    pq.write_table(_table(records, drops), path, compression="zstd")
     return {"rows": len(records), "sha256": _sha256(path)}
 
 
@@ -118,7 +118,7 @@ class CuratedSetWriter:
         self.out_dir = check_output_dir(out_dir)
         self.staging = staging_path(self.out_dir)
         self.outputs: dict[str, dict[str, Any]] = {}
-        self._pending: list[tuple[Prompt, str]] = []
+        self._pending: list[tuple[Prompt, Drop]] = []
         self._pending_chars = 0
 
     def __enter__(self) -> "CuratedSetWriter":
@@ -128,8 +128,8 @@ class CuratedSetWriter:
         if error is not None:
             discard_staging(self.staging)
 
-    def reject(self, dropped: Iterable[tuple[Prompt, str]]) -> None:
-        """Queue dropped records with their reasons; written out in parts as the queue fills."""
+    def reject(self, dropped: Iterable[tuple[Prompt, Drop]]) -> None:
+        """Queue dropped records with why; written out in parts as the queue fills."""
         for pair in dropped:
             self._pending.append(pair)
             self._pending_chars += len(pair[0].text)
@@ -138,10 +138,10 @@ class CuratedSetWriter:
 
     def _write_rejected(self) -> None:
         records = [record for record, _ in self._pending]
-        reasons = [reason for _, reason in self._pending]
+        drops = [drop for _, drop in self._pending]
         self._pending, self._pending_chars = [], 0
         part = f"rejected/part-{sum(k.startswith('rejected/') for k in self.outputs):05d}.parquet"
-        self.outputs[part] = _write_parquet(records, self.staging / part, reasons)
+        self.outputs[part] = _write_parquet(records, self.staging / part, drops)
 
     def finish(self, kept: list[Prompt], manifest: dict[str, Any]) -> Path:
         if self._pending or not any(k.startswith("rejected/") for k in self.outputs):
@@ -154,7 +154,7 @@ class CuratedSetWriter:
         return self.out_dir
 
 
-def write_curated(out_dir: Path, kept: list[Prompt], rejected: list[tuple[Prompt, str]],
+def write_curated(out_dir: Path, kept: list[Prompt], rejected: list[tuple[Prompt, Drop]],
                   manifest: dict[str, Any]) -> Path:
     """Write a whole curated set at once (see CuratedSetWriter)."""
     with CuratedSetWriter(out_dir) as writer:

@@ -51,7 +51,7 @@ class Cluster(Step):
     about a minute on 2 cores, and centroids for balancing need not be precise.
     """
 
-    name = "cluster"
+    kind = "cluster"
 
     def __init__(self, k: int | str = "auto", niter: int = 20, per_criterion: bool = True,
                  max_points_per_centroid: int = 64):

@@ -150,7 +150,7 @@ class DedupSemantic(Step):
     "behind"), so keep this step off the semantic criterion or raise the threshold there.
     """
 
-    name = "dedup_semantic"
+    kind = "dedup_semantic"
 
     def __init__(self, threshold: float = 0.95, exact_max: int = 20000, nlist: int | None = None, nprobe: int = 4,
                  same_rendered_text: bool = True, keep_rearrangements: bool = True):
@@ -190,6 +190,6 @@ class DedupSemantic(Step):
         result = StepResult(kept=[r for i, r in enumerate(records) if i not in dup_of])
         for i in sorted(dup_of):
             a, c = dup_of[i]
-            result.dropped.append((records[i], f"{self.name}: semantic_dup of {records[a].id} cos={min(c, 1.0):.2f} "
-                                               f"{describe_value(records[a].text)}"))
+            result.dropped.append((records[i], self.drop(f"semantic_dup of {records[a].id} cos={min(c, 1.0):.2f} "
+                                                         f"{describe_value(records[a].text)}")))
         return result

@@ -95,7 +95,7 @@ class TagStep(Step):
     is kept (and makes the prompt text_rendering) unless overwrite is set; a record a source labelled
     text_rendering without one gets the quoted words of its text."""
 
-    name = "tag"
+    kind = "tag"
     rowwise = True
 
     def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 1000, n_process: int = 1,

@@ -17,7 +17,7 @@ class VisualFilter(Filter):
     least `min_score`; drops the rest with "visual: not_visual 0.12 < 0.30". Records that no `tag` step
     scored are scored here first, with the same spaCy pipeline."""
 
-    name = "visual"
+    kind = "visual"
 
     def __init__(self, min_score: float = 0.3, model: str = DEFAULT_MODEL, batch_size: int = 1000,
                  n_process: int = 1) -> None:
