@@ -1,7 +1,7 @@
 """`curate`: build, tag, inspect and compare distillation prompt sets.
 
 The commands only parse arguments and call one plain function each (pipeline.build,
-tagging.TagStep, report.summarize, report_diff.diff), so tests call those functions directly.
+tagging.Tag, report.summarize, report_diff.diff), so tests call those functions directly.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def tag(input_path: Path, output: Path | None, rejected_path: Path | None, text_
     """
     from curate.sources.files import SourceSpec, read_source
     from filters.base import Context
-    from filters.tagging import TagStep
+    from filters.tag import Tag
 
     result = read_source(SourceSpec(uri=str(input_path), text_column=text_column), criterion="quality")
     if rejected_path is None and output is not None:
@@ -113,7 +113,7 @@ def tag(input_path: Path, output: Path | None, rejected_path: Path | None, text_
         click.echo(f"warning: {len(result.rejected)} rows could not be read (first: {result.rejected[0][1]}); "
                    f"{where}", err=True)
     started = time.perf_counter()
-    records = TagStep(model=model, n_process=processes, overwrite=True).run(result.records, Context()).kept
+    records = Tag(model=model, n_process=processes, overwrite=True).run(result.records, Context()).kept
     for record in records:
         record.criterion = criterion or _infer_criterion(record.category)
     _write_jsonl(output, (r.to_dict() for r in records))

@@ -202,6 +202,6 @@ def _import_builtin_steps() -> None:
 
     import filters
 
-    for info in pkgutil.iter_modules(filters.__path__):
-        if info.name != "base":
+    for info in pkgutil.iter_modules(filters.__path__):  # each module beside this one is a step
+        if info.name != "base" and not info.ispkg:  # filters/lib/ holds what steps share
             importlib.import_module(f"filters.{info.name}")

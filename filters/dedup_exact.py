@@ -21,7 +21,7 @@ from filters.base import Context, Step, StepResult, register
 
 
 @register
-class ExactDedup(Step):
+class DedupExact(Step):
     """Keeps the smallest canonical_key of each group of records that share a dedup key; drops the
     others as "exact_dup of <id> '<its text>'". Keys are held as 16-byte blake2b digests in one array (a chance
     collision needs ~10^19 prompts), so millions of records cost tens of MB, not a dict of strings."""

@@ -26,7 +26,7 @@ import numpy as np
 from core.errors import describe_value
 from core.records import Prompt, normalize_text
 from filters.base import Context, Step, StepResult, register
-from filters.dedup_semantic import keep_first
+from filters.lib.similar_pairs import keep_first
 
 _WORD = re.compile(r"\w+")  # word tokens without any downloaded nltk data; punctuation ignored
 # In a band bucket, each prompt is compared with at most this many earlier members: huge

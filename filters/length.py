@@ -13,7 +13,7 @@ from filters.base import Filter, register
 
 
 @register
-class LengthFilter(Filter):
+class Length(Filter):
     kind = "length"
 
     def __init__(self, min_words: int = 2, max_words: int = 120, max_chars: int = 1000) -> None:

@@ -103,7 +103,7 @@ def _label(prompts: list[Prompt]) -> list[Prompt]:
     todo = [i for i, p in enumerate(prompts) if p["category"] == NO_CATEGORY]
     if not todo:
         return prompts
-    from filters.tagging import tag_texts
+    from filters.lib.tagging import tag_texts
 
     prompts = list(prompts)
     for i, found in zip(todo, tag_texts([prompts[i]["text"] for i in todo])):
