@@ -46,7 +46,7 @@ CURATE_SCHEMA: dict[str, Any] = {
     "shortfall_floor": (int, float),
     "oversample": (int, float),
     "embedder": {"kind": str, "model": str, "batch_size": int, "device": str, "pretrained": str, "max_length": int,
-                 "trust_remote_code": bool, "dtype": str},  # filters.embed.build_embedder's options
+                 "trust_remote_code": bool, "dtype": str},  # filters.lib.embed.build_embedder's options
     "sources": {ANY_KEY: [SOURCE_SCHEMA]},
     "steps": {ANY_KEY: {ANY_KEY: Any}},
     "quotas": {ANY_KEY: {"fraction": (int, float), "categories": {ANY_KEY: (int, float)}}},

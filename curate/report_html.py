@@ -78,10 +78,10 @@ def _img(png: bytes, alt: str, caption: str = "") -> str:
 def _default_embedder() -> tuple[Any, str]:
     try:
         from core.paths import cache_dir
-        from filters.embed import build_embedder
+        from filters.lib.embed import build_embedder
 
         emb = build_embedder(cache_dir=cache_dir(), progress=False)  # `curate build` has embedded these texts
-        return emb, str(getattr(emb, "name", "") or "filters.embed default")
+        return emb, str(getattr(emb, "name", "") or "filters.lib.embed default")
     except Exception as exc:  # missing module or weights: the map still renders, labelled as such
         from curate.plots import HashingEmbedder
 
@@ -93,7 +93,7 @@ def embedding_points(dir: Path, embedder: Embedder | None = None,
     """PCA coordinates for the embedding map: (coords (n, 2), criteria, explained, embedder label).
 
     Takes the first `max_points` kept records by id (ids are hashes: a reproducible
-    uniform sample). With no `embedder`, uses `filters.embed.build_embedder()`, falling
+    uniform sample). With no `embedder`, uses `filters.lib.embed.build_embedder()`, falling
     back to `plots.HashingEmbedder` when that cannot load or encode."""
     from curate.plots import HashingEmbedder, pca_2d
 

@@ -133,7 +133,7 @@ class Aesthetic(Filter):
 
     def _load(self, ctx: Context):
         if self._models is None:
-            from filters.embed import build_embedder
+            from filters.lib.embed import build_embedder
 
             clip = build_embedder("clip", model=self.clip_model, pretrained=self.clip_pretrained,
                                   batch_size=self.batch_size, device=self.device, cache_dir=ctx.cache_dir,

@@ -44,7 +44,7 @@ class Context:
     @property
     def embedder(self):
         if self._embedder is None:
-            from filters.embed import build_embedder
+            from filters.lib.embed import build_embedder
 
             self._embedder = build_embedder(cache_dir=self.cache_dir, progress=self.progress, **self.embedder_spec)
         return self._embedder
