@@ -100,7 +100,7 @@ def run_stage(stage: str, n: int, embed_sample: int, threads: int) -> dict:
     if stage == "embed":
         import torch
 
-        from filters.embed import build_embedder
+        from filters.lib.embed import build_embedder
 
         torch.set_num_threads(threads)
         texts = synthetic_prompts(embed_sample)
@@ -110,7 +110,7 @@ def run_stage(stage: str, n: int, embed_sample: int, threads: int) -> dict:
         rate = embed_sample / (time.perf_counter() - t)
         info.update(seconds=n / rate, prompts_per_s=rate, note=f"EXTRAPOLATED from {embed_sample} prompts, batch 256")
     elif stage == "embed_cached":
-        from filters.embed import SHARD_ROWS, build_embedder, text_keys
+        from filters.lib.embed import SHARD_ROWS, build_embedder, text_keys
 
         texts = synthetic_prompts(n)
         with tempfile.TemporaryDirectory() as tmp:

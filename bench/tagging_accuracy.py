@@ -1,4 +1,4 @@
-"""Accuracy of the prompt tagger (filters/tagging.py).
+"""Accuracy of the prompt tagger (filters/lib/tagging.py).
 
     python bench/tagging_accuracy.py [--data ../shared/data] [--model en_core_web_sm] [--errors 5]
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.records import CATEGORIES  # noqa: E402
-from filters.tagging import tag_texts  # noqa: E402
+from filters.lib.tagging import tag_texts  # noqa: E402
 
 HELDOUT = ROOT / "tests" / "fixtures" / "tagging_heldout.jsonl"
 COMPBENCH = ("color", "shape", "texture", "spatial", "3d_spatial", "non_spatial", "numeracy", "complex")
@@ -91,7 +91,7 @@ def main() -> int:
     commontext = args.data / "commontext" / "train.json"
     if commontext.exists():
         prompts = json.loads(commontext.read_text(encoding="utf-8"))
-        from filters.rendered_text import extract_rendered_text
+        from filters.lib.rendered_text import extract_rendered_text
 
         # The reference span: everything between the first and the last straight quote.
         expected = [[m.group(1)] if (m := re.search(r"'(.*)'", p)) else [] for p in prompts]

@@ -1,4 +1,4 @@
-"""Throughput of the prompt tagger (filters/tagging.tag_texts), in prompts per second.
+"""Throughput of the prompt tagger (filters/lib/tagging.tag_texts), in prompts per second.
 
     python bench/tagging_throughput.py [--n 10000] [--runs 3] [--batch-size 1000] [--n-process 1]
 
@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from filters.rendered_text import rendered_text_spans  # noqa: E402
-from filters.tag_rules import analyse  # noqa: E402
-from filters.tagging import load_nlp, tag_texts  # noqa: E402
+from filters.lib.rendered_text import rendered_text_spans  # noqa: E402
+from filters.lib.tag_rules import analyse  # noqa: E402
+from filters.lib.tagging import load_nlp, tag_texts  # noqa: E402
 
 
 def prompts(data: Path, n: int) -> tuple[list[str], str]:

@@ -248,8 +248,33 @@ def prompt_id(text: str) -> str:
     return hashlib.sha1(normalize_text(text).encode("utf-8")).hexdigest()[:16]
 
 
+class Drop(str):
+    """Why a record was dropped: the step that dropped it ("ingest" for a row that could not be read,
+    "balance", or a step's name in its recipe) and what it found, whose first word is the kind
+    ("too_short 2 words < 3"). It is its one rendering, "<step>: <detail>", the reason rejected/
+    stores and reports show, so it is written, printed and compared as that string, while `step`,
+    `detail` and `kind` are its parts, kept as given and never parsed back out of the text."""
+
+    step: str
+    detail: str
+
+    def __new__(cls, step: str, detail: str) -> "Drop":
+        drop = super().__new__(cls, f"{step}: {detail}")
+        drop.step, drop.detail = step, detail
+        return drop
+
+    def __reduce__(self):  # str's own would rebuild it from the rendering alone
+        return Drop, (self.step, self.detail)
+
+    @property
+    def kind(self) -> str:
+        words = self.detail.split(None, 1)
+        return words[0] if words else "unspecified"
+
+
 def parse_reason(reason: str | None, step: str | None = None) -> tuple[str, str]:
-    """(step, kind) of a rejection reason "<step>: <kind> <detail>" (how every step words its drops).
+    """(step, kind) of a stored rejection reason "<step>: <kind> <detail>" (a Drop as rejected/ holds
+    it; a set written by an older build may hold reasons only), for reports that read a set.
 
     The `step` column wins over the reason's prefix; a reason without a prefix is all
     kind and detail."""

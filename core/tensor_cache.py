@@ -1,5 +1,5 @@
 """A sharded on-disk cache of tensor rows under fixed-width keys, with one damage policy for every user
-(the teacher embeddings of train.cache and the sentence vectors of filters.embed).
+(the teacher embeddings of train.cache and the sentence vectors of filters.lib.embed).
 
 Layout: FOLDER/<checksum of the keys>.safetensors, one shard per `write`, holding `keys` (n, 20) uint8
 (one digest a row), the caller's tensors (n, ...) and, in its metadata, a blake2b checksum of every

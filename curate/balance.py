@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import ConfigError
-from core.records import Prompt
+from core.records import Drop, Prompt
 
 SHORTFALL_POLICIES = ("scale", "warn", "error")
 
@@ -79,20 +79,20 @@ def _fits(plan: Plan, available: dict[tuple[str, str | None], int]) -> list[str]
 
 
 def balance(records: list[Prompt], size: int, quotas: dict[str, dict[str, Any]], seed: int,
-            on_shortfall: str = "scale") -> tuple[list[Prompt], list[tuple[Prompt, str]], dict[str, Any]]:
+            on_shortfall: str = "scale") -> tuple[list[Prompt], list[tuple[Prompt, Drop]], dict[str, Any]]:
     """Select records to fill the quotas. Returns (selected, dropped with reason, report)."""
     if on_shortfall not in SHORTFALL_POLICIES:
         raise ConfigError(f"on_shortfall must be one of {', '.join(SHORTFALL_POLICIES)}, got {on_shortfall!r}")
     pools: dict[tuple[str, str | None], list[Prompt]] = defaultdict(list)
-    dropped: list[tuple[Prompt, str]] = []
-    reasons: dict[tuple[str, str], str] = {}  # one string per reason, not one per record (millions may go)
+    dropped: list[tuple[Prompt, Drop]] = []
+    reasons: dict[tuple[str, str], Drop] = {}  # one per reason, not one per record (millions may go)
     for record in records:
         cats = quotas[record.criterion].get("categories") if record.criterion in quotas else None
         if record.criterion not in quotas or (cats and record.category not in cats):
             key = (record.criterion, record.category if record.criterion in quotas else "")
             if key not in reasons:
-                reasons[key] = (f"balance: no_quota for {record.criterion}/{record.category}" if key[1]
-                                else f"balance: no_quota for criterion {record.criterion}")
+                reasons[key] = Drop("balance", f"no_quota for {record.criterion}/{record.category}" if key[1]
+                                    else f"no_quota for criterion {record.criterion}")
             dropped.append((record, reasons[key]))
             continue
         pools[(record.criterion, record.category if cats else None)].append(record)
@@ -122,7 +122,7 @@ def balance(records: list[Prompt], size: int, quotas: dict[str, dict[str, Any]],
             pool.sort(key=lambda r: r.id)
             take = _select(pool, cat_target, seed)
             chosen = {id(r) for r in take}  # by object: with dedup off, two rows can share an id
-            over = f"balance: over_quota {criterion}/{category or 'all'}"
+            over = Drop("balance", f"over_quota {criterion}/{category or 'all'}")
             dropped.extend((r, over) for r in pool if id(r) not in chosen)
             selected.extend(take)
             entry["selected"] += len(take)

@@ -1,7 +1,7 @@
 """`curate`: build, tag, inspect and compare distillation prompt sets.
 
 The commands only parse arguments and call one plain function each (pipeline.build,
-tagging.TagStep, report.summarize, report_diff.diff), so tests call those functions directly.
+tagging.Tag, report.summarize, report_diff.diff), so tests call those functions directly.
 """
 
 from __future__ import annotations
@@ -101,10 +101,9 @@ def tag(input_path: Path, output: Path | None, rejected_path: Path | None, text_
       curate tag prompts.txt
       curate tag captions.parquet --text-column caption --output tags.jsonl
     """
-    from core.records import parse_reason
     from curate.sources.files import SourceSpec, read_source
     from filters.base import Context
-    from filters.tagging import TagStep
+    from filters.tag import Tag
 
     result = read_source(SourceSpec(uri=str(input_path), text_column=text_column), criterion="quality")
     if rejected_path is None and output is not None:
@@ -114,13 +113,13 @@ def tag(input_path: Path, output: Path | None, rejected_path: Path | None, text_
         click.echo(f"warning: {len(result.rejected)} rows could not be read (first: {result.rejected[0][1]}); "
                    f"{where}", err=True)
     started = time.perf_counter()
-    records = TagStep(model=model, n_process=processes, overwrite=True).run(result.records, Context()).kept
+    records = Tag(model=model, n_process=processes, overwrite=True).run(result.records, Context()).kept
     for record in records:
         record.criterion = criterion or _infer_criterion(record.category)
     _write_jsonl(output, (r.to_dict() for r in records))
     if rejected_path:  # even when empty: a file from an earlier run must not stand for this one
-        _write_jsonl(rejected_path, ({**r.to_dict(), "step": parse_reason(why)[0], "reason": why}
-                                     for r, why in result.rejected))
+        _write_jsonl(rejected_path, ({**r.to_dict(), "step": drop.step, "reason": str(drop)}
+                                     for r, drop in result.rejected))
     click.echo(f"tagged {len(records):,} prompts in {time.perf_counter() - started:.1f}s", err=True)
 
 

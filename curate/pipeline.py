@@ -25,10 +25,10 @@ from core.errors import ConfigError, describe_value
 from core.paths import cache_dir
 from core.recipe import (ANY_KEY, apply_overrides, load_recipe, recipe_hash, render_keys, schema_keys, type_label,
                          validate)
-from core.records import CATEGORIES, CRITERIA, Prompt, canonical_key, parse_reason
+from core.records import CATEGORIES, CRITERIA, Drop, Prompt, canonical_key
 from curate.balance import SHORTFALL_POLICIES, ShortfallError, balance
 from curate.sources.files import SourceSpec, iter_source
-from curate.writer import CuratedSetWriter
+from curate.curated_set import CuratedSetWriter
 from filters.base import Context, Step, StepResult, build_step, step_options
 
 SOURCE_SCHEMA = {
@@ -46,7 +46,7 @@ CURATE_SCHEMA: dict[str, Any] = {
     "shortfall_floor": (int, float),
     "oversample": (int, float),
     "embedder": {"kind": str, "model": str, "batch_size": int, "device": str, "pretrained": str, "max_length": int,
-                 "trust_remote_code": bool, "dtype": str},  # filters.embed.build_embedder's options
+                 "trust_remote_code": bool, "dtype": str},  # filters.lib.embed.build_embedder's options
     "sources": {ANY_KEY: [SOURCE_SCHEMA]},
     "steps": {ANY_KEY: {ANY_KEY: Any}},
     "quotas": {ANY_KEY: {"fraction": (int, float), "categories": {ANY_KEY: (int, float)}}},
@@ -62,6 +62,7 @@ def recipe_keys() -> str:
     rows = [row for row in schema_keys(CURATE_SCHEMA) if not row[0].startswith("steps.")]
     rows.append(("steps.<step>", "mapping of the step's options, or null to switch it off", None))
     rows.append(("steps.<step>.criteria", "list of string", None))
+    rows.append(("steps.<step>.kind", "string: the step to run when <step> is a name of your own (one step twice)", None))
     return render_keys(rows + [(key, type_label(hint), default) for key, hint, default in step_options()])
 
 
@@ -164,11 +165,6 @@ class BuildResult:
     seconds: float = 0.0
 
 
-def reason_kind(reason: str) -> str:
-    """'dedup_near: near_dup of ab12 jaccard=0.9' -> 'near_dup'."""
-    return parse_reason(reason)[1]
-
-
 def _seed_for(seed: int, *parts: object) -> int:
     return zlib.crc32(":".join(map(str, (seed, *parts))).encode())
 
@@ -199,7 +195,7 @@ class _PlannedStep:
         self.seen += len(records)
         self.kept += len(result.kept)
         self.dropped += len(result.dropped)
-        self.reasons.update(reason_kind(r) for _, r in result.dropped)
+        self.reasons.update(drop.kind for _, drop in result.dropped)
         self.seconds += time.perf_counter() - started
         return result
 
@@ -226,10 +222,10 @@ class _Rejections:
     def __init__(self, writer: CuratedSetWriter):
         self.writer, self.count, self.kinds = writer, 0, Counter()
 
-    def add(self, dropped: list[tuple[Prompt, str]]) -> None:
+    def add(self, dropped: list[tuple[Prompt, Drop]]) -> None:
         self.writer.reject(dropped)
         self.count += len(dropped)
-        self.kinds.update((r.criterion, *parse_reason(why)) for r, why in dropped)
+        self.kinds.update((r.criterion, drop.step, drop.kind) for r, drop in dropped)
 
     def most(self, criteria: set[str] | None = None, n: int = 3) -> str:
         """'length too_short 1,200, dedup_exact exact_dup 40' over the given criteria (all: None)."""
@@ -300,7 +296,7 @@ def _stream(data: dict[str, Any], seed: int, steps: list[_PlannedStep], ctx: Con
                     stats["rows_read"] += len(chunk)
                     stats["records"] += len(good)
                     stats["rejected"] += len(bad)
-                    stats["reasons"].update(reason_kind(why) for _, why in bad)
+                    stats["reasons"].update(drop.kind for _, drop in bad)
                     rejections.add(bad)
                     for step in steps:
                         result = step.run(good, ctx)
@@ -354,7 +350,7 @@ def build(recipe_name: str, data: dict[str, Any], out_dir: Path, progress: bool 
         rejections.add(over)
         step_stats = [s.summary() for s in steps]
         step_stats.append({"name": "balance", "criteria": None, "in": n_in, "kept": len(kept), "dropped": len(over),
-                           "reasons": dict(Counter(reason_kind(r) for _, r in over)), "seconds": 0.0})
+                           "reasons": dict(Counter(drop.kind for _, drop in over)), "seconds": 0.0})
         _check_shortfall(data, kept, report, rejections)
         for line in report["shortfalls"]:
             log(f"warning: shortfall: {line} (on_shortfall={data.get('on_shortfall', 'scale')})")

@@ -15,7 +15,6 @@ rounded to 6 decimals, and the HTML carries no timestamp.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -24,9 +23,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from core.records import CATEGORIES, CRITERIA, parse_reason
+from curate.curated_set import CuratedSetError, is_curated_set, part_files, read_columns, read_manifest
 
 SUMMARY_FORMAT = "t5shrink.summary/1"
 DIFF_FORMAT = "t5shrink.diff/1"
@@ -49,19 +48,6 @@ class Embedder(Protocol):
 # reading
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / "manifest.json"
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ReportError(f"{path}: not readable JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: expected a JSON object")
-    return data
-
-
 def _as_scores(value: Any) -> dict[str, float]:
     # The writer stores scores as a struct (dict here); a map column arrives as a
     # list of (key, value) pairs. Nulls and non-finite values are "not scored".
@@ -75,37 +61,25 @@ def _as_scores(value: Any) -> dict[str, float]:
     return out
 
 
-def _read_parts(folder: Path, columns: Sequence[str]) -> dict[str, list[Any]]:
-    """Columns of every `folder/*.parquet` (sorted), None where a part lacks a column.
-
-    Parts are read one by one rather than as a dataset so that parts whose `scores`
-    structs hold different fields still combine."""
-    out: dict[str, list[Any]] = {c: [] for c in columns}
-    for path in sorted(folder.glob("*.parquet")):
-        try:
-            names = set(pq.read_schema(path).names)
-            table = pq.read_table(path, columns=[c for c in columns if c in names])
-        except Exception as exc:  # pyarrow raises several types for a damaged file
-            raise ReportError(f"{path}: not a readable parquet file ({exc})") from exc
-        for c in columns:
-            out[c].extend(table.column(c).to_pylist() if c in names else [None] * table.num_rows)
-    return out
-
-
 def _load(folder: Path | str, rejected: bool = True) -> tuple[dict[str, Any], dict[str, list], dict[str, list]]:
+    """(manifest, kept columns, rejected columns) of a set. A folder of data/*.parquet without a manifest
+    (a set copied in part, say) still reads, with an empty manifest."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ReportError(f"{folder}: no such folder")
-    if not (folder / "manifest.json").exists() and not any((folder / "data").glob("*.parquet")):
+    if not is_curated_set(folder) and not part_files(folder, "data"):
         raise ReportError(f"{folder}: not a curated set (no manifest.json and no data/*.parquet)")
-    manifest = _read_manifest(folder)
-    kept = _read_parts(folder / "data", _KEPT_COLUMNS)
+    try:
+        manifest = read_manifest(folder) if is_curated_set(folder) else {}
+        kept = read_columns(folder, "data", _KEPT_COLUMNS)
+        drop = read_columns(folder, "rejected", _REJECTED_COLUMNS) if rejected else {c: [] for c in _REJECTED_COLUMNS}
+    except CuratedSetError as exc:
+        raise ReportError(str(exc)) from None
     kept["criterion"] = [c or "unknown" for c in kept["criterion"]]
     kept["category"] = [c or "general" for c in kept["category"]]
     kept["source"] = [s or "unknown" for s in kept["source"]]
     kept["text"] = [t or "" for t in kept["text"]]
     kept["scores"] = [_as_scores(s) for s in kept["scores"]]
-    drop = _read_parts(folder / "rejected", _REJECTED_COLUMNS) if rejected else {c: [] for c in _REJECTED_COLUMNS}
     return manifest, kept, drop
 
 

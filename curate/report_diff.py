@@ -89,7 +89,7 @@ def _recipe_changes(ra: dict[str, Any], rb: dict[str, Any]) -> dict[str, dict[st
 
 def _rejected_block(ma: dict[str, Any], ra: dict[str, list], mb: dict[str, Any], rb: dict[str, list]) -> dict:
     """Rejections per step, ingest first, then the steps in pipeline order. Rows come from every
-    rejected/ part file, whatever each part's scores struct holds (see report._read_parts)."""
+    rejected/ part file, whatever each part's scores struct holds (see curated_set.read_columns)."""
     step_a = Counter(parse_reason(r, s)[0] for r, s in zip(ra["reason"], ra["step"]))
     step_b = Counter(parse_reason(r, s)[0] for r, s in zip(rb["reason"], rb["step"]))
     step_names = ["ingest", *(s.get("name") for s in (mb.get("steps") or ma.get("steps") or []))]

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from core.fileio import atomic_write_text
-from curate.report import (MAX_MAP_POINTS, Embedder, ReportError, Table, _header_lines, _pct, _read_parts, _tables,
-                           scaling_note)
+from curate.curated_set import CuratedSetError, is_curated_set, read_columns
+from curate.report import MAX_MAP_POINTS, Embedder, ReportError, Table, _header_lines, _pct, _tables, scaling_note
 
 _CSS = """
 :root { --ink:#1f2328; --muted:#59636e; --line:#d1d9e0; --soft:#f6f8fa; --accent:#4C72B0; --warn:#9a6700; }
@@ -78,10 +78,10 @@ def _img(png: bytes, alt: str, caption: str = "") -> str:
 def _default_embedder() -> tuple[Any, str]:
     try:
         from core.paths import cache_dir
-        from filters.embed import build_embedder
+        from filters.lib.embed import build_embedder
 
         emb = build_embedder(cache_dir=cache_dir(), progress=False)  # `curate build` has embedded these texts
-        return emb, str(getattr(emb, "name", "") or "filters.embed default")
+        return emb, str(getattr(emb, "name", "") or "filters.lib.embed default")
     except Exception as exc:  # missing module or weights: the map still renders, labelled as such
         from curate.plots import HashingEmbedder
 
@@ -93,11 +93,14 @@ def embedding_points(dir: Path, embedder: Embedder | None = None,
     """PCA coordinates for the embedding map: (coords (n, 2), criteria, explained, embedder label).
 
     Takes the first `max_points` kept records by id (ids are hashes: a reproducible
-    uniform sample). With no `embedder`, uses `filters.embed.build_embedder()`, falling
+    uniform sample). With no `embedder`, uses `filters.lib.embed.build_embedder()`, falling
     back to `plots.HashingEmbedder` when that cannot load or encode."""
     from curate.plots import HashingEmbedder, pca_2d
 
-    cols = _read_parts(Path(dir) / "data", ("id", "text", "criterion"))
+    try:
+        cols = read_columns(dir, "data", ("id", "text", "criterion"))
+    except CuratedSetError as exc:
+        raise ReportError(str(exc)) from None
     order = sorted(range(len(cols["id"])), key=lambda i: cols["id"][i] or "")[:max_points]
     texts = [cols["text"][i] or "" for i in order]
     labels = [cols["criterion"][i] or "unknown" for i in order]
@@ -127,7 +130,7 @@ def check_html_path(path: Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ReportError(f"--html {path}: is a folder; give the report's file name, e.g. --html {path / 'report.html'}"
-                          if not (path / "manifest.json").exists() else
+                          if not is_curated_set(path) else
                           f"--html {path}: is a curated set's folder; give a file name outside it, "
                           f"e.g. --html {path.parent / (path.name + '.html')}")
     for parent in path.parents:  # the nearest existing ancestor must be a folder we can write into

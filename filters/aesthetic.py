@@ -116,7 +116,7 @@ class Aesthetic(Filter):
     score (no column in column mode, no image path, an unreadable image) is dropped with
     its reason, as nothing shows it qualifies; missing="keep" keeps it instead."""
 
-    name = "aesthetic"
+    kind = "aesthetic"
 
     def __init__(self, mode: str = "column", min_score: float = 6.5, weights: str = DEFAULT_WEIGHTS,
                  clip_model: str = "ViT-L-14", clip_pretrained: str | None = "openai", batch_size: int = 32,
@@ -133,7 +133,7 @@ class Aesthetic(Filter):
 
     def _load(self, ctx: Context):
         if self._models is None:
-            from filters.embed import build_embedder
+            from filters.lib.embed import build_embedder
 
             clip = build_embedder("clip", model=self.clip_model, pretrained=self.clip_pretrained,
                                   batch_size=self.batch_size, device=self.device, cache_dir=ctx.cache_dir,

@@ -1,8 +1,9 @@
 """Pipeline steps: the protocol, the base class for keep/drop filters, and the registry.
 
 A step takes the list of records that reached it and returns those it keeps plus
-those it drops, each with a reason string ("<step>: <detail>"). Recipes build steps
-by name with explicit keyword arguments, so a typo in a recipe fails loudly.
+those it drops, each with a Drop (core.records: the step's name and what it found). Recipes
+build steps by name with explicit keyword arguments, so a typo in a recipe fails loudly; a
+recipe runs one kind of step twice by naming each and giving its `kind`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.errors import ConfigError, describe_value, did_you_mean
+from core.records import Drop
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 @dataclass
 class StepResult:
     kept: list[Prompt]
-    dropped: list[tuple[Prompt, str]] = field(default_factory=list)
+    dropped: list[tuple[Prompt, Drop]] = field(default_factory=list)
 
 
 @dataclass
@@ -42,7 +44,7 @@ class Context:
     @property
     def embedder(self):
         if self._embedder is None:
-            from filters.embed import build_embedder
+            from filters.lib.embed import build_embedder
 
             self._embedder = build_embedder(cache_dir=self.cache_dir, progress=self.progress, **self.embedder_spec)
         return self._embedder
@@ -54,16 +56,23 @@ class Context:
 
 
 class Step:
-    """Base of every pipeline step. Subclasses set `name` and implement `run`.
+    """Base of every pipeline step. Subclasses set `kind` (what recipes call the step) and implement `run`.
 
     A `rowwise` step decides each record on its own (nothing in its result depends on the other
     records), so the pipeline runs it on chunks of rows as they are read instead of on the whole pool."""
 
-    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
     rowwise: ClassVar[bool] = False
+    # Its name in the recipe, which its drops carry: build_step sets it (a kind that runs twice goes by two
+    # names); a step built directly goes by its kind.
+    name: str = ""
 
     def run(self, records: list[Prompt], ctx: Context) -> StepResult:
         raise NotImplementedError
+
+    def drop(self, detail: str) -> Drop:
+        """Why this step drops a record: `detail` starts with the kind of drop ("near_dup of ...")."""
+        return Drop(self.name or self.kind, detail)
 
 
 class Filter(Step):
@@ -88,7 +97,7 @@ class Filter(Step):
             if why is None:
                 result.kept.append(record)
             else:
-                result.dropped.append((record, f"{self.name}: {why}"))
+                result.dropped.append((record, self.drop(why)))
         return result
 
 
@@ -96,19 +105,35 @@ STEPS: dict[str, type[Step]] = {}
 
 
 def register(cls: type[Step]) -> type[Step]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    STEPS[cls.name] = cls
+    if not cls.kind:
+        raise ValueError(f"{cls.__name__} has no kind")
+    STEPS[cls.kind] = cls
     return cls
 
 
-def build_step(name: str, params: dict[str, Any] | None, where: str = "steps") -> Step:
-    """Build a registered step from recipe data; unknown names and keys are errors."""
+def step_kind(name: str, kind: Any = None, where: str = "steps") -> type[Step]:
+    """The registered step that `steps.<name>` runs: `kind` when the recipe gives one, else the one
+    called `name`. Unknown kinds are errors that name the closest known ones."""
     _import_builtin_steps()
-    if name not in STEPS:
-        raise ConfigError(f"unknown step {where}.{name}{did_you_mean(name, STEPS)} (known steps: {', '.join(sorted(STEPS))})")
-    cls = STEPS[name]
+    known = f"(known steps: {', '.join(sorted(STEPS))})"
+    if kind is None:
+        if name not in STEPS:
+            raise ConfigError(f"unknown step {where}.{name}{did_you_mean(name, STEPS)} {known}; "
+                              f"to name a step yourself, give its kind: {where}.{name}.kind")
+        return STEPS[name]
+    if not isinstance(kind, str) or kind not in STEPS:
+        hint = did_you_mean(kind, STEPS) if isinstance(kind, str) else ""
+        raise ConfigError(f"unknown step kind {where}.{name}.kind={describe_value(kind)}{hint} {known}")
+    if name in STEPS and name != kind:
+        raise ConfigError(f"{where}.{name} is the {name} step, not a {kind} step; give the {kind} step another name")
+    return STEPS[kind]
+
+
+def build_step(name: str, params: dict[str, Any] | None, where: str = "steps") -> Step:
+    """Build the step `steps.<name>` from recipe data (its options, and `kind` when `name` is not a
+    registered step); unknown kinds and keys are errors. The step goes by `name`."""
     params = dict(params or {})
+    cls = step_kind(name, params.pop("kind", None), where)
     accepted = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
     try:
@@ -122,9 +147,11 @@ def build_step(name: str, params: dict[str, Any] | None, where: str = "steps") -
         if key in hints and not _fits_type(value, hints[key]):
             raise ConfigError(f"{where}.{name}.{key} must be {_type_name(hints[key])}, got {describe_value(value)}")
     try:
-        return cls(**params)
+        step = cls(**params)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}.{name}: {exc}") from exc
+    step.name = name
+    return step
 
 
 def step_options() -> list[tuple[str, Any, Any]]:
@@ -175,6 +202,6 @@ def _import_builtin_steps() -> None:
 
     import filters
 
-    for info in pkgutil.iter_modules(filters.__path__):
-        if info.name != "base":
+    for info in pkgutil.iter_modules(filters.__path__):  # each module beside this one is a step
+        if info.name != "base" and not info.ispkg:  # filters/lib/ holds what steps share
             importlib.import_module(f"filters.{info.name}")

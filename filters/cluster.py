@@ -17,28 +17,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from filters.base import Context, Step, StepResult, register
+from filters.lib.kmeans import kmeans_labels
 
 if TYPE_CHECKING:
     from core.records import Prompt
-
-
-def spherical_kmeans(x: np.ndarray, k: int, niter: int, seed: int, max_points_per_centroid: int):
-    """A trained faiss spherical k-means on float32 rows x (its `index` searches the centroids)."""
-    import faiss
-
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False,
-                      max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1)
-    km.train(np.ascontiguousarray(x, dtype=np.float32))
-    return km
-
-
-def kmeans_labels(x: np.ndarray, k: int, niter: int, seed: int, max_points_per_centroid: int = 256) -> np.ndarray:
-    """Nearest-centroid label per row of x after spherical k-means; k is clipped to len(x)."""
-    k = max(1, min(k, len(x)))
-    if k == 1:
-        return np.zeros(len(x), np.int64)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    return spherical_kmeans(x, k, niter, seed, max_points_per_centroid).index.search(x, 1)[1][:, 0]
 
 
 @register
@@ -51,7 +33,7 @@ class Cluster(Step):
     about a minute on 2 cores, and centroids for balancing need not be precise.
     """
 
-    name = "cluster"
+    kind = "cluster"
 
     def __init__(self, k: int | str = "auto", niter: int = 20, per_criterion: bool = True,
                  max_points_per_centroid: int = 64):

@@ -21,12 +21,12 @@ from filters.base import Context, Step, StepResult, register
 
 
 @register
-class ExactDedup(Step):
+class DedupExact(Step):
     """Keeps the smallest canonical_key of each group of records that share a dedup key; drops the
     others as "exact_dup of <id> '<its text>'". Keys are held as 16-byte blake2b digests in one array (a chance
     collision needs ~10^19 prompts), so millions of records cost tens of MB, not a dict of strings."""
 
-    name = "dedup_exact"
+    kind = "dedup_exact"
 
     def __init__(self, order_insensitive: bool = True) -> None:
         self.order_insensitive = order_insensitive
@@ -48,6 +48,6 @@ class ExactDedup(Step):
             best = min(group, key=lambda i: canonical_key(records[i]))
             keeper.update((i, best) for i in group if i != best)
         result = StepResult(kept=[r for i, r in enumerate(records) if i not in keeper])
-        result.dropped = [(records[i], f"{self.name}: exact_dup of {records[keeper[i]].id} {describe_value(records[keeper[i]].text)}")
+        result.dropped = [(records[i], self.drop(f"exact_dup of {records[keeper[i]].id} {describe_value(records[keeper[i]].text)}"))
                           for i in sorted(keeper)]
         return result

@@ -26,7 +26,7 @@ import numpy as np
 from core.errors import describe_value
 from core.records import Prompt, normalize_text
 from filters.base import Context, Step, StepResult, register
-from filters.dedup_semantic import keep_first
+from filters.lib.similar_pairs import keep_first
 
 _WORD = re.compile(r"\w+")  # word tokens without any downloaded nltk data; punctuation ignored
 # In a band bucket, each prompt is compared with at most this many earlier members: huge
@@ -95,7 +95,7 @@ class DedupNear(Step):
     a duplicate.
     """
 
-    name = "dedup_near"
+    kind = "dedup_near"
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128, ngram: int = 3, seed: int = 1,
                  same_rendered_text: bool = True):
@@ -166,8 +166,8 @@ class DedupNear(Step):
         result = StepResult(kept=[r for i, r in enumerate(records) if i not in dup_of])
         for i in sorted(dup_of):
             a, jac = dup_of[i]
-            result.dropped.append((records[i], f"{self.name}: near_dup of {records[a].id} jaccard={jac:.2f} "
-                                               f"{describe_value(records[a].text)}"))
+            result.dropped.append((records[i], self.drop(f"near_dup of {records[a].id} jaccard={jac:.2f} "
+                                                         f"{describe_value(records[a].text)}")))
         return result
 
     def _hashes(self, record: Prompt) -> np.ndarray:

@@ -13,8 +13,8 @@ from filters.base import Filter, register
 
 
 @register
-class LengthFilter(Filter):
-    name = "length"
+class Length(Filter):
+    kind = "length"
 
     def __init__(self, min_words: int = 2, max_words: int = 120, max_chars: int = 1000) -> None:
         if min_words < 0 or max_words < min_words or max_chars <= 0:

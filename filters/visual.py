@@ -5,19 +5,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from filters.base import Context, Filter, register
-from filters.tagging import DEFAULT_MODEL, analyse_texts, check_pipe_args
+from filters.lib.tagging import DEFAULT_MODEL, analyse_texts, check_pipe_args
 
 if TYPE_CHECKING:
     from core.records import Prompt
 
 
 @register
-class VisualFilter(Filter):
-    """Keeps prompts whose visualness (scores["visual"], see filters/tag_rules.visual_score) is at
+class Visual(Filter):
+    """Keeps prompts whose visualness (scores["visual"], see filters/lib/visualness.visual_score) is at
     least `min_score`; drops the rest with "visual: not_visual 0.12 < 0.30". Records that no `tag` step
     scored are scored here first, with the same spaCy pipeline."""
 
-    name = "visual"
+    kind = "visual"
 
     def __init__(self, min_score: float = 0.3, model: str = DEFAULT_MODEL, batch_size: int = 1000,
                  n_process: int = 1) -> None:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.records import Prompt
-from curate.writer import _schema
+from curate.curated_set import _schema
 
 SEMANTIC_CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial", "non_spatial", "numeracy", "complex")
 DEFAULT_FRACTIONS = {"quality": 0.47, "semantic": 0.30, "text": 0.23}

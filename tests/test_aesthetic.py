@@ -77,7 +77,7 @@ def test_column_mode_needs_no_model():
 
 
 def test_text_mode_scores_with_clip_text_tower(weights, tiny_clip, tmp_path):
-    from filters.embed import build_embedder
+    from filters.lib.embed import build_embedder
 
     texts = ["a castle at dawn", "a bowl of fruit", "a portrait of a sailor", "a foggy harbour", "a neon city"]
     clip = build_embedder("clip", model=tiny_clip, progress=False)

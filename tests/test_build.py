@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from core.records import CATEGORIES, CRITERIA, normalize_text
 from curate.cli import main
 from curate.pipeline import build, resolve_recipe
-from curate.writer import read_manifest, read_records
+from curate.curated_set import read_manifest, read_records
 
 REQUIRED = ("id", "text", "criterion", "category", "tags", "rendered_text", "source")
 
@@ -242,3 +242,57 @@ def test_a_build_that_would_be_empty_fails_saying_why_and_writes_nothing(tmp_pat
     assert result.exit_code == 2
     assert result.stderr.strip().startswith("error: the set would be empty: quality: 0 available for a quota of")
     assert "ingest empty 1" in result.stderr and not (tmp_path / "out").exists()
+
+
+REPEATED_STEPS = """
+size: 6
+on_shortfall: warn
+sources:
+  quality: [{uri: QUALITY}]
+  text: [{uri: TEXT}]
+steps:
+  dedup_semantic_captions: {kind: dedup_semantic, threshold: 0.9, criteria: [quality]}
+  dedup_semantic_text: {kind: dedup_semantic, threshold: 0.98, criteria: [text]}
+quotas:
+  quality: {fraction: 0.5}
+  text: {fraction: 0.5}
+"""
+PARAPHRASE = ["a golden retriever running on the beach at sunset", "a golden retriever runs along the beach at sunset"]
+
+
+def test_one_step_kind_twice_under_its_own_names(tmp_path):
+    from curate.report import summarize
+
+    (tmp_path / "quality.txt").write_text("\n".join(PARAPHRASE + ["a bowl of ramen on a wooden table"]) + "\n")
+    text = PARAPHRASE + ["a shop sign reading 'open'", "A shop sign reading 'open'."]
+    (tmp_path / "text.txt").write_text("\n".join(text) + "\n")
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text(REPEATED_STEPS.replace("QUALITY", str(tmp_path / "quality.txt"))
+                      .replace("TEXT", str(tmp_path / "text.txt")))
+    out = _build(tmp_path, recipe=str(recipe))
+    rejected = [r for r in read_records(out, "rejected") if r["step"] != "balance"]
+    # each step drops under its own name, with its own threshold: the paraphrase (cos 0.97) goes at 0.9, not
+    # at 0.98; the two signs (cos 0.99) go at 0.98
+    assert {(r["criterion"], r["step"]) for r in rejected} == {("quality", "dedup_semantic_captions"),
+                                                               ("text", "dedup_semantic_text")}
+    [quality] = [r["text"] for r in rejected if r["criterion"] == "quality"]
+    [text] = [r["text"] for r in rejected if r["criterion"] == "text"]
+    assert quality in PARAPHRASE and text in ("a shop sign reading 'open'", "A shop sign reading 'open'.")
+    assert all(r["reason"].startswith(f"{r['step']}: semantic_dup of ") for r in rejected)
+    steps = {s["name"]: s for s in read_manifest(out)["steps"]}
+    assert steps["dedup_semantic_captions"]["dropped"] == steps["dedup_semantic_text"]["dropped"] == 1
+    by_step = summarize(out)["rejected"]["by_step"]
+    assert by_step["dedup_semantic_captions"]["reasons"] == by_step["dedup_semantic_text"]["reasons"] == {
+        "semantic_dup": 1}
+
+
+@pytest.mark.parametrize("name, step, message", [
+    ("mine", "{kind: dedup_semantc}", "unknown step kind steps.mine.kind='dedup_semantc'; did you mean 'dedup_semantic'"),
+    ("mine", "{threshold: 0.9}", "unknown step steps.mine (known steps: "),
+    ("length", "{kind: dedup_exact}", "steps.length is the length step, not a dedup_exact step"),
+])
+def test_an_unknown_step_kind_is_a_one_line_error(tmp_path, name, step, message):
+    result = CliRunner().invoke(main, ["build", "--recipe", "tiny", "--set", f"steps.{name}={step}",
+                                       "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert message in result.output and not (tmp_path / "out").exists()

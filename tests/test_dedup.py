@@ -10,7 +10,7 @@ from core.errors import ConfigError, describe_value
 from core.records import Prompt, canonical_key, dedup_key
 from filters.base import Context, build_step
 from filters.dedup_near import shingles
-from filters.dedup_semantic import keep_first, similar_pairs
+from filters.lib.similar_pairs import keep_first, similar_pairs
 
 # Each group: the first member must stay, the others must go (by the step in the comment).
 GROUPS = [

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from filters.embed import build_embedder, default_hf_model
+from filters.lib.embed import build_embedder, default_hf_model
 from shared_helpers import count_calls
 
 CORPUS = [

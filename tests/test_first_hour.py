@@ -16,7 +16,7 @@ from curate.balance import ShortfallError
 from curate.cli import main
 from curate.pipeline import build, resolve_recipe
 from curate.sources.files import SourceSpec, category_of_filename, read_source
-from curate.writer import read_manifest, read_records
+from curate.curated_set import read_manifest, read_records
 
 
 def _build(tmp_path, recipe="tiny", name="out", **kw):
@@ -41,11 +41,11 @@ def test_a_curated_set_is_relabelled_only_when_the_recipe_asks(tmp_path):
     result = read_source(SourceSpec(uri=str(first)), "quality")
     assert Counter(r.category for r in result.records) == Counter(r["category"] for r in rows)
     from filters.base import Context
-    from filters.tagging import TagStep
+    from filters.tag import Tag
 
     for record in result.records:
         record.category, record.tags = "general", []  # what a re-tag starts from
-    relabelled = TagStep(overwrite=True).run(result.records, Context(progress=False)).kept
+    relabelled = Tag(overwrite=True).run(result.records, Context(progress=False)).kept
     assert {r.category for r in relabelled} - {"general"}  # the tagger did label them again
 
 

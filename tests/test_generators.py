@@ -223,7 +223,7 @@ def test_rendered_text_is_exactly_the_quoted_text(made):
 
 
 def test_project_extractor_reads_back_rendered_text(made):
-    from filters.rendered_text import extract_rendered_text
+    from filters.lib.rendered_text import extract_rendered_text
 
     for p in made["text_rendering"]:
         assert extract_rendered_text(p.text) == p.rendered_text, p.text

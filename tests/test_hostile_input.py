@@ -17,7 +17,7 @@ from core.errors import ConfigError
 from curate.cli import main
 from curate.pipeline import build, resolve_recipe
 from curate.sources.files import MAX_LINE_BYTES, SourceError, SourceSpec, read_source
-from curate.writer import read_manifest, read_records
+from curate.curated_set import read_manifest, read_records
 
 
 def _read(path, **kw):
@@ -312,7 +312,7 @@ def test_json_lines_in_a_json_file_are_rows_and_a_json_document_is_bounded(tmp_p
 
 def test_a_curated_set_with_a_damaged_part_is_an_error_not_a_partial_set(tmp_path):
     from core.records import Prompt
-    from curate.writer import write_curated
+    from curate.curated_set import write_curated
 
     out = write_curated(tmp_path / "set", [Prompt(text="a red car", criterion="quality", source="x")], [], {})
     part = next((out / "data").glob("*.parquet"))

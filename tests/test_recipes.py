@@ -127,3 +127,17 @@ def test_a_recipe_file_with_a_repeated_key_or_that_is_missing_is_an_error(tmp_pa
     from core.recipe import load_recipe
 
     assert load_recipe(str(merged), "curate")[1]["quotas"] == {"quality": {"fraction": 1.0}}
+
+
+def test_every_step_lives_in_the_file_and_class_named_after_it():
+    import pkgutil
+
+    import filters
+    from filters.base import STEPS, step_options
+
+    step_options()  # imports every step module
+    for kind, cls in STEPS.items():
+        assert cls.__module__ == f"filters.{kind}", f"step {kind} lives in {cls.__module__}"
+        assert cls.__name__ == kind.title().replace("_", ""), f"step {kind} is class {cls.__name__}"
+    modules = {m.name for m in pkgutil.iter_modules(filters.__path__) if not m.ispkg} - {"base"}
+    assert modules == set(STEPS), "a module beside the steps that is not one belongs in filters/lib/"

@@ -53,7 +53,7 @@ def test_and_pairs_are_order_independent(left, right):
 from hypothesis import settings  # noqa: E402
 
 from filters.base import Context  # noqa: E402
-from filters.dedup_exact import ExactDedup  # noqa: E402
+from filters.dedup_exact import DedupExact  # noqa: E402
 
 variants = st.sampled_from(["a red car", "A red car.", "a  red CAR", "a blue bench and a red car",
                             "a red car and a blue bench", "the red car and a blue bench", "two cats",
@@ -64,12 +64,12 @@ variants = st.sampled_from(["a red car", "A red car.", "a  red CAR", "a blue ben
 @given(st.lists(st.tuples(variants, st.sampled_from(["quality", "semantic"])), max_size=25), st.randoms())
 def test_exact_dedup_is_order_independent_and_idempotent(rows, rnd):
     records = [Prompt(text, criterion, "src") for text, criterion in rows]
-    kept = ExactDedup().run(records, Context()).kept
+    kept = DedupExact().run(records, Context()).kept
     shuffled = list(records)
     rnd.shuffle(shuffled)
-    kept_shuffled = ExactDedup().run(shuffled, Context()).kept
+    kept_shuffled = DedupExact().run(shuffled, Context()).kept
     as_set = lambda rs: sorted((r.id, r.criterion, r.text) for r in rs)  # noqa: E731
     assert as_set(kept) == as_set(kept_shuffled)
     assert len({dedup_key(r.text) for r in kept}) == len(kept)
-    again = ExactDedup().run(kept, Context())
+    again = DedupExact().run(kept, Context())
     assert again.dropped == [] and len(again.kept) == len(kept)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from curate.pipeline import build, resolve_recipe
-from curate.writer import read_manifest, read_records
+from curate.curated_set import read_manifest, read_records
 
 
 def _hostile_jsonl(path):
@@ -161,7 +161,7 @@ def test_a_new_write_clears_only_what_killed_writers_left_beside_the_output(tmp_
     from core.fileio import STAGING_MARKER, staging_path, swap_into_place
 
     out = tmp_path / "export"
-    killed = ("import os, sys; from pathlib import Path; from curate.writer import staging_path, _marked_folder; "
+    killed = ("import os, sys; from pathlib import Path; from core.fileio import staging_path, _marked_folder; "
               "out = Path(sys.argv[1]); (staging_path(out) / 'half.txt').write_text('x'); "
               "(_marked_folder(out, 'old') / 'export').mkdir(); os._exit(0)")  # dies mid-write, between the renames
     subprocess.run([sys.executable, "-c", killed, str(out)], check=True)
@@ -188,7 +188,7 @@ def test_a_new_write_clears_only_what_killed_writers_left_beside_the_output(tmp_
 
 
 def test_output_that_is_a_file_or_the_current_folder_is_refused(tmp_path, monkeypatch):
-    from curate.writer import OutputError, write_curated
+    from curate.curated_set import OutputError, write_curated
 
     (tmp_path / "afile").write_text("keep me")
     with pytest.raises(OutputError, match="is a file"):
@@ -206,7 +206,7 @@ def test_a_writer_killed_between_the_two_renames_loses_nothing(tmp_path):
     out = tmp_path / "export"
     out.mkdir()
     (out / "model.txt").write_text("old")
-    killed = ("import os, sys; from pathlib import Path; from curate.writer import _marked_folder; "
+    killed = ("import os, sys; from pathlib import Path; from core.fileio import _marked_folder; "
               "out = Path(sys.argv[1]); os.rename(out, _marked_folder(out, 'old') / out.name); os._exit(0)")
     subprocess.run([sys.executable, "-c", killed, str(out)], check=True)
     assert not out.exists()

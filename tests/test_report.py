@@ -265,8 +265,8 @@ def test_embedding_points_sample_and_default_fallback(set_a, monkeypatch):
     rows = sorted(_read(set_a / "data").select(["id", "criterion"]).to_pylist(), key=lambda r: r["id"])[:50]
     assert coords.shape == (50, 2) and labels == [r["criterion"] for r in rows]
     assert 0 < explained[1] <= explained[0] < 1
-    # with no embedder and filters.embed unusable, the map still renders, labelled as a fallback
-    monkeypatch.setitem(sys.modules, "filters.embed", None)
+    # with no embedder and filters.lib.embed unusable, the map still renders, labelled as a fallback
+    monkeypatch.setitem(sys.modules, "filters.lib.embed", None)
     coords2, _, _, label2 = embedding_points(set_a, None, max_points=50)
     assert "hashed n-grams" in label2
     np.testing.assert_allclose(coords2, coords)
@@ -299,7 +299,7 @@ def test_hashing_embedder():
 
 @pytest.mark.slow
 def test_html_with_the_bundled_embedder(tmp_path):
-    from filters.embed import build_embedder
+    from filters.lib.embed import build_embedder
 
     folder = make_set(tmp_path / "s", size=40)
     embedder = build_embedder(progress=False)  # the bundled MiniLM: a dependency, so no skip

@@ -129,11 +129,11 @@ def test_an_oversized_row_is_rejected_at_ingest_and_stored_cut(tmp_path):
 
 
 def test_a_curated_set_folder_contributes_only_its_kept_prompts(tmp_path):
-    from core.records import Prompt
-    from curate.writer import write_curated
+    from core.records import Drop, Prompt
+    from curate.curated_set import write_curated
 
     kept = [Prompt(text="a red car", criterion="quality", source="x")]
-    dropped = [(Prompt(text="a red car.", criterion="quality", source="x"), "dedup_exact: exact_dup of 1")]
+    dropped = [(Prompt(text="a red car.", criterion="quality", source="x"), Drop("dedup_exact", "exact_dup of 1"))]
     out = write_curated(tmp_path / "set", kept, dropped, {"recipe": "test"})
     result = _read(out)
     assert [r.text for r in result.records] == ["a red car"] and result.rows_read == 1 and not result.rejected

@@ -12,7 +12,7 @@ import pytest
 from core.errors import ConfigError
 from core.records import CATEGORIES, Prompt
 from filters.base import Context, build_step
-from filters.rendered_text import extract_rendered_text, rendered_text_spans
+from filters.lib.rendered_text import extract_rendered_text, rendered_text_spans
 
 HELDOUT = Path(__file__).resolve().parent / "fixtures" / "tagging_heldout.jsonl"
 
@@ -52,7 +52,7 @@ def test_spans_point_into_the_text() -> None:
 
 @pytest.fixture(scope="module")
 def tag():
-    from filters.tagging import load_nlp, tag_texts
+    from filters.lib.tagging import load_nlp, tag_texts
 
     load_nlp()  # once per module; tag_texts reuses the cached pipeline
     return tag_texts
@@ -176,7 +176,7 @@ def test_tag_step_and_visual_filter_reject_bad_config() -> None:
 
 
 def test_unknown_spacy_pipeline_is_a_config_error() -> None:
-    from filters.tagging import load_nlp
+    from filters.lib.tagging import load_nlp
 
     with pytest.raises(ConfigError, match="no_such_pipeline"):
         load_nlp("no_such_pipeline")

@@ -17,7 +17,7 @@ from core.records import (_LOOKALIKE, Prompt, canonical_key, clean_text, dedup_k
                           normalization_cost, normalize_text, prompt_id)
 from curate.sources.files import SourceSpec, read_source
 from filters.base import Context, build_step
-from filters.rendered_text import extract_rendered_text
+from filters.lib.rendered_text import extract_rendered_text
 
 CF = "\u00ad\ufeff\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069" \
      "\u061c\U000e0001\U000e0041\U000e007f"

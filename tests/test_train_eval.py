@@ -55,7 +55,7 @@ def student_dir(flux, tmp_path_factory):
 
 
 def test_a_student_equal_to_the_teacher_scores_like_it_and_a_random_one_does_not(flux, tiny_clip):
-    from filters.embed import build_embedder
+    from filters.lib.embed import build_embedder
     from train.data import load_prompts, split_heldout
     from train.evaluate import clip_report, image_pairs
     from train.teachers.registry import load_teacher
@@ -94,7 +94,7 @@ def test_cli_reports_clip_metrics_that_match_the_saved_images(flux, tiny_clip, s
     independently from the grid's images through the embedder's file path (encode_images)."""
     from PIL import Image
 
-    from filters.embed import build_embedder
+    from filters.lib.embed import build_embedder
     from train.data import load_prompts, split_heldout
 
     grid = tmp_path / "grid.png"

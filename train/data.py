@@ -26,7 +26,7 @@ def load_prompts(source: str | Path, what: str = "data") -> list[Prompt]:
 
     Files and HF datasets are read by curate's own reader (so the same hostile-row handling
     applies); a curated-set folder (one with manifest.json) is read as curate writes it
-    (curate.writer.read_records): its kept prompts (data/), never rejected/. The one "not found"
+    (curate.curated_set.read_records): its kept prompts (data/), never rejected/. The one "not found"
     rule applies (`what` names the argument): a path that does not exist is an error naming it, and a
     hub id that cannot be fetched says that it needs the network or a local folder."""
     if str(source) == "builtin:tiny":
@@ -35,14 +35,14 @@ def load_prompts(source: str | Path, what: str = "data") -> list[Prompt]:
         return builtin_prompts()
     from core.paths import hub_error, local_path_or_hub_id
     from curate.sources.files import SourceError, SourceSpec, read_source
-    from curate.writer import OutputError, read_records
+    from curate.curated_set import CuratedSetError, is_curated_set, read_records
 
     hub_id = local_path_or_hub_id(str(source), what) is None
     path = Path(source)
-    if path.is_dir() and (path / "manifest.json").is_file():
+    if is_curated_set(path):
         try:
             rows = read_records(path)
-        except OutputError as exc:
+        except CuratedSetError as exc:
             raise ConfigError(f"data {exc}") from exc
         return [{"text": r["text"], "category": r["category"] or NO_CATEGORY} for r in rows]
     try:
@@ -103,7 +103,7 @@ def _label(prompts: list[Prompt]) -> list[Prompt]:
     todo = [i for i, p in enumerate(prompts) if p["category"] == NO_CATEGORY]
     if not todo:
         return prompts
-    from filters.tagging import tag_texts
+    from filters.lib.tagging import tag_texts
 
     prompts = list(prompts)
     for i, found in zip(todo, tag_texts([prompts[i]["text"] for i in todo])):

@@ -209,7 +209,7 @@ def preview_grid(teacher: Teacher, student: torch.nn.Module, texts: list[str], c
 def clip_report(clip: Any, prompts: list[dict[str, str]], pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
     """CLIP score (100 x max(cos(image, prompt), 0), averaged) of the teacher's and the student's images,
     and their image similarity (mean cosine of paired CLIP image embeddings), overall and per category.
-    `clip` is a filters.embed ClipEmbedder; pairs[i] are the images of prompts[i]."""
+    `clip` is a filters.lib.embed ClipEmbedder; pairs[i] are the images of prompts[i]."""
     import numpy as np
 
     text = clip.encode([p["text"] for p in prompts])
@@ -267,7 +267,7 @@ def evaluate_student(student_path: str | Path, teacher_source: str, data: str, m
     prompts = split_heldout(load_prompts(data), max_prompts)
     embedder = None
     if clip:  # load it before the slow part, so a wrong model name fails at once
-        from filters.embed import build_embedder
+        from filters.lib.embed import build_embedder
 
         embedder = build_embedder("clip", model=clip, pretrained=clip_pretrained, batch_size=batch_size,
                                   device=device, progress=False)

@@ -33,7 +33,8 @@ from typing import Any, NamedTuple
 
 from core.errors import one_line
 from core.paths import SUFFIXES, looks_like_path
-from core.records import CATEGORIES, CRITERIA, Prompt, clean_text, lookalike_reason
+from core.records import CATEGORIES, CRITERIA, Drop, Prompt, clean_text, lookalike_reason
+from curate.curated_set import CuratedSetError, is_curated_set, iter_rows, read_manifest
 from curate.sources.csv_rows import INVALID_UTF8, CsvHeaderError, read_csv
 
 TEXT_COLUMNS = ("text", "prompt", "caption", "TEXT", "Prompt", "Caption", "sentence")
@@ -46,7 +47,7 @@ MAX_JSON_LINE_BYTES = 64 * 2**20
 MAX_JSON_DOCUMENT_BYTES = 256 * 2**20  # a .json array is parsed whole (~10x its size in memory); JSON lines stream
 PARQUET_BATCH_ROWS = 16_384
 BOM = b"\xef\xbb\xbf"
-# Every rejection reads "ingest: <kind> (<detail>)": the kind is one word that reports count by.
+# Every rejection is Drop("ingest", "<kind> (<detail>)"): the kind is one word that reports count by.
 
 Row = tuple[Any, "str | None"]  # a raw row (a line or a mapping) and why it could not be parsed, if so
 
@@ -72,7 +73,7 @@ class SourceSpec:
 @dataclass
 class SourceResult:
     records: list[Prompt]
-    rejected: list[tuple[Prompt, str]]
+    rejected: list[tuple[Prompt, Drop]]
     rows_read: int
     skipped_files: list[dict[str, str]] = field(default_factory=list)
 
@@ -91,17 +92,15 @@ def read_source(spec: SourceSpec, criterion: str) -> SourceResult:
 
 
 def iter_source(spec: SourceSpec, criterion: str, skipped: list[dict[str, str]] | None = None
-                ) -> Iterator[tuple[Prompt, str | None]]:
-    """(record, None) for each readable row, (record, "ingest: <why>") for each that is not, in file
+                ) -> Iterator[tuple[Prompt, Drop | None]]:
+    """(record, None) for each readable row, (record, Drop("ingest", why)) for each that is not, in file
     order. Files of a folder that cannot be read are appended to `skipped` as {"path", "reason"}."""
     skipped = [] if skipped is None else skipped
     path = Path(spec.uri).expanduser()
     in_folder = path.is_dir() and not _is_hf_saved_dataset(path)
-    curated = path.is_dir() and _is_curated_set(path)
-    if curated:
-        files = sorted((path / "data").glob("*.parquet"))  # its kept prompts; never rejected/ or the manifest
-        in_folder = False  # a damaged part is a damaged set: an error, never a silently partial set
-    elif in_folder:
+    if is_curated_set(path):  # its kept prompts with their labels; never rejected/ or the manifest
+        return _to_records([(spec.uri, _curated_rows(path))], spec, criterion, False, skipped, keep_labels=True)
+    if in_folder:
         files = _folder_files(path, skipped)
         if not files:
             raise SourceError(f"{spec.uri}: folder has no {'/'.join(SUFFIXES)} files")
@@ -116,18 +115,22 @@ def iter_source(spec: SourceSpec, criterion: str, skipped: list[dict[str, str]] 
     else:
         return _to_records([(spec.uri, _read_hf(spec))], spec, criterion, False, skipped)
     parts = ((str(f), _guarded(f, in_folder, skipped)) for f in files)
-    return _to_records(parts, spec, criterion, in_folder, skipped, keep_labels=curated)
+    return _to_records(parts, spec, criterion, in_folder, skipped)
+
+
+def _curated_rows(path: Path) -> Iterator[Row]:
+    """The kept rows of a curated set. A damaged manifest or part is a damaged set: an error, never a
+    silently partial set."""
+    try:
+        read_manifest(path)
+        for row in iter_rows(path, "data"):
+            yield row, None
+    except CuratedSetError as exc:
+        raise SourceError(str(exc)) from None
 
 
 def _is_hf_saved_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
-
-
-def _is_curated_set(path: Path) -> bool:
-    try:
-        return str(json.loads((path / "manifest.json").read_text()).get("format", "")).startswith("t5shrink.curated")
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return False
 
 
 def _folder_files(root: Path, skipped: list[dict[str, str]]) -> list[Path]:
@@ -187,7 +190,7 @@ def _describe_error(exc: BaseException) -> str:
 
 
 def _to_records(parts: Iterable[tuple[str, Iterable[Row]]], spec: SourceSpec, criterion: str, in_folder: bool,
-                skipped: list[dict[str, str]], keep_labels: bool = False) -> Iterator[tuple[Prompt, str | None]]:
+                skipped: list[dict[str, str]], keep_labels: bool = False) -> Iterator[tuple[Prompt, Drop | None]]:
     """Each part (a file, or the dataset) yields (raw_row, error): error is set when the row could not
     be parsed. The text column is found per part, since a folder's files may name it differently. In a
     folder, a file that is not a table of prompts at all (a dataset's metadata .json, say) is skipped
@@ -230,7 +233,7 @@ def category_of_filename(name: str) -> str | None:
 
 
 def _to_record(raw: Any, error: str | None, column: str | None, spec: SourceSpec, criterion: str,
-               labels: _Labels = _Labels(False, None)) -> tuple[Prompt, str | None]:
+               labels: _Labels = _Labels(False, None)) -> tuple[Prompt, Drop | None]:
     text, error = _row_text(raw, column, error)
     if error is None and len(text) > MAX_RAW_CHARS:
         error = f"too_long {len(text):,} chars > {MAX_RAW_CHARS:,}"
@@ -238,10 +241,10 @@ def _to_record(raw: Any, error: str | None, column: str | None, spec: SourceSpec
         return _rejected(text, spec, criterion, error)
     record = Prompt(text=clean_text(text), criterion=criterion, source=spec.uri)
     if not record.text:
-        return record, "ingest: empty (an empty row)"
+        return record, Drop("ingest", "empty (an empty row)")
     disguise = lookalike_reason(record.text)
     if disguise is not None:  # look-alike letters or marks: a copy made to slip past dedup (records module)
-        return record, f"ingest: lookalike {disguise}"
+        return record, Drop("ingest", f"lookalike {disguise}")
     if isinstance(raw, dict):
         _copy_columns(raw, spec, record)
         if labels.from_row:
@@ -265,10 +268,10 @@ def _copy_labels(row: dict[str, Any], record: Prompt) -> None:
         record.rendered_text = rendered
 
 
-def _rejected(text: str, spec: SourceSpec, criterion: str, why: str) -> tuple[Prompt, str]:
+def _rejected(text: str, spec: SourceSpec, criterion: str, why: str) -> tuple[Prompt, Drop]:
     # lone surrogates (from \ud800 escapes in JSON) cannot be written as UTF-8
     text = text[:MAX_RAW_CHARS].encode("utf-8", "replace").decode("utf-8")
-    return Prompt(text=text, criterion=criterion, source=spec.uri), f"ingest: {why}"
+    return Prompt(text=text, criterion=criterion, source=spec.uri), Drop("ingest", why)
 
 
 def _preview(raw: Any) -> str:

@@ -9,7 +9,7 @@ must be cheap, stable and explainable in a drop reason.
 
 from __future__ import annotations
 
-from filters import tag_lexicon as lex
+from filters.lib import tag_lexicon as lex
 
 _NOUN = ("NN", "NNS", "NNP", "NNPS")
 _ADJ = ("JJ", "JJR", "JJS")

