@@ -35,6 +35,11 @@ def test_reads_a_clean_word(engine):
     assert engine.read(draw("BAKERY")) == "BAKERY"
 
 
+def test_short_words_are_not_read_upside_down(engine):
+    # with rapidocr's 180-degree classifier on, "up" here reads "dn" (and "dog" on a tighter crop "6op")
+    assert [engine.read(draw(word, size=64)) for word in ("up", "dog")] == ["up", "dog"]
+
+
 def test_the_right_word_scores_above_the_wrong_one(engine):
     right, wrong = score_images(engine, [draw("coffee"), draw("teapot")], [["coffee"], ["coffee"]])
     assert right["exact"] == right["word_accuracy"] == 1.0 and right["edit_score"] > 0.99
