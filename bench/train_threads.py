@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             proc.wait()
     rows = table(results)
     print(f"train run --recipe tiny, {cores} cores, {args.busy} busy-loop process(es), median of {args.repeats}")
-    print(f"| setting | threads | wall s | training loop s | wall vs best |\n|---|---|---|---|---|")
+    print("| setting | threads | wall s | training loop s | wall vs best |\n|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['setting']} | {','.join(map(str, row['threads']))} | {row['wall_s']:.1f} | {row['loop_s']:.1f} "
               f"| {row['vs_best']:.2f} |")
