@@ -75,6 +75,14 @@ def load_stage_data(spec: Any) -> list[Prompt]:
     return rows
 
 
+def data_sources(spec: Any) -> list[str]:
+    """The sources a stage's `data` names, local ones as absolute paths: what a student records of its
+    training data, so that `train eval` can tell held-out prompts it was trained on wherever it runs."""
+    items = spec if isinstance(spec, list) else [spec]
+    sources = [str(item["path"]) if isinstance(item, dict) else str(item) for item in items]
+    return [str(Path(s).expanduser().resolve()) if Path(s).expanduser().exists() else s for s in sources]
+
+
 def _rank(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from core.errors import ConfigError
 from train.cache import EmbeddingCache, teacher_cache_id
 from train.config import choose_cpu_threads, config_hash, t5_config_fields, total_steps
-from train.data import PromptStream, heldout_split, load_stage_data
+from train.data import PromptStream, data_sources, heldout_split, load_stage_data
 from train.evaluate import GapEvaluator, preview_grid
 from train.runs import (Logger, TrainingError, check_output, checkpoint_path, log_path, mark_run_folder, preview_path,
                         resume_checkpoint, save_checkpoint, save_final_student, student_path, truncate_log,
@@ -394,7 +394,8 @@ class Trainer:
         self.meta = {"teacher": self.cfg["teacher"]["path"], "teacher_kind": self.teacher.kind,
                      "t5_slot": self.teacher.t5_slot, "max_sequence_length": self.val_len, "resolution": self.val_res,
                      "guidance": self.cfg["teacher"]["guidance"], "recipe": self.recipe_name,
-                     "recipe_hash": self.state["recipe_hash"]}
+                     "recipe_hash": self.state["recipe_hash"],
+                     "training_data": sorted({src for s in self.stages for src in data_sources(s["data"])})}
         if any(s["max_sequence_length"] != self.val_len for s in self.stages):
             warnings.warn("stages use different max_sequence_length; inference should use the last stage's "
                           f"({self.val_len}), which is what the student records")
