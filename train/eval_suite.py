@@ -267,7 +267,9 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, seed: int) -> tuple[float | 
         return None, None
     passthrough = _Passthrough(real.shape[1])
     fid = FrechetInceptionDistance(feature=passthrough)
-    kid = KernelInceptionDistance(feature=passthrough, subset_size=min(n, KID_MAX_SUBSET))
+    with warnings.catch_warnings():  # "will save all extracted features": they are ours, already in memory
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=passthrough, subset_size=min(n, KID_MAX_SUBSET))
     for metric in (fid, kid):
         metric.update(real, real=True)
         metric.update(fake, real=False)
