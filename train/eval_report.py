@@ -13,9 +13,9 @@ from typing import Any
 from curate.report_html import check_html_path, write_report_text
 
 # (report key, table header, format): the table's columns, in order
-COLUMNS = (("gap", "gap", "{:.4f}"), ("clip_score", "clip", "{:.2f}"), ("image_similarity", "img sim", "{:.4f}"),
-           ("ocr_word_accuracy", "ocr word", "{:.3f}"), ("ocr_edit_score", "ocr edit", "{:.3f}"),
-           ("ocr_exact", "ocr exact", "{:.3f}"), ("fid_teacher", "FID(T)", "{:.2f}"), ("kid_teacher", "KID(T)", "{:.4f}"),
+COLUMNS = (("gap", "gap", "{:.4f}"), ("clip_score", "clip", "{:.2f}"), ("image_similarity", "img-sim", "{:.4f}"),
+           ("ocr_word_accuracy", "ocr-word", "{:.3f}"), ("ocr_edit_score", "ocr-edit", "{:.3f}"),
+           ("ocr_exact", "ocr-exact", "{:.3f}"), ("fid_teacher", "FID(T)", "{:.2f}"), ("kid_teacher", "KID(T)", "{:.4f}"),
            ("fid_reference", "FID(ref)", "{:.2f}"), ("kid_reference", "KID(ref)", "{:.4f}"))
 HTML_CELL_PX = 160  # images are shown at least this wide (the tiny teachers draw 32 px), pixels kept sharp
 

@@ -1,5 +1,5 @@
 """The conditioning gap (defined below), teacher-vs-student image pairs (preview grids, CLIP metrics), and
-`evaluate_student` behind `train eval`.
+loading a student checked against a teacher. `train eval` runs these per model in train/eval_suite.py.
 
     gap = sum ||f(x,t,S(p)) - f(x,t,T(p))||^2  /  sum ||f(x,t,T(p)) - f(x,t,0)||^2
 
@@ -247,54 +247,3 @@ def load_checked_student(teacher: Teacher, student_path: str | Path) -> tuple[Pa
         warnings.warn(f"the student was distilled from a {meta['teacher_kind']} teacher; scoring it against "
                       f"{teacher.kind} measures a transfer, not its training")
     return folder, student, meta
-
-
-def evaluate_student(student_path: str | Path, teacher_source: str, data: str, max_prompts: int = 256,
-                     max_len: int | None = None, resolution: int | None = None, guidance: float = 3.5,
-                     batch_size: int = 8, device: str | None = None, clip: str | None = None,
-                     clip_pretrained: str | None = None, images: int = 8, steps: int = 20, seed: int = 0,
-                     grid_path: str | Path | None = None) -> dict[str, Any]:
-    """Held-out conditioning gap of a saved student against a teacher, overall and per category.
-
-    With `clip` (an open_clip model name or 'local-dir:...', weights `clip_pretrained`) it also samples
-    the first `images` held-out prompts with the teacher's T5 and with the student in its place (same
-    seed, `steps` steps) and adds report["clip"]: CLIP scores of both and their image similarity, overall
-    and per category (clip_report). `grid_path` gets those pairs as a teacher|student PNG.
-    """
-    from core.errors import ConfigError
-    from train.data import load_prompts, split_heldout
-    from train.teachers.registry import load_teacher
-
-    if clip_pretrained and not clip:
-        raise ConfigError("--clip-pretrained needs --clip (the open_clip model it belongs to)")
-    if images < 1 or steps < 1:
-        raise ConfigError(f"images and steps must be at least 1 (got {images} images, {steps} steps)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    teacher = load_teacher(teacher_source, device=device)
-    folder, student, meta = load_checked_student(teacher, student_path)
-    max_len = max_len or meta.get("max_sequence_length") or 77
-    resolution = resolution or meta.get("resolution") or 512
-    if meta.get("max_sequence_length") and max_len != meta["max_sequence_length"]:
-        warnings.warn(f"evaluating at {max_len} tokens; the student was trained at {meta['max_sequence_length']}")
-    prompts = split_heldout(load_prompts(data), max_prompts)
-    embedder = None
-    if clip:  # load it before the slow part, so a wrong model name fails at once
-        from filters.lib.embed import build_embedder
-
-        embedder = build_embedder("clip", model=clip, pretrained=clip_pretrained, batch_size=batch_size,
-                                  device=device, progress=False)
-    student = student.to(device).float()
-    evaluator = GapEvaluator(teacher, prompts, max_len, resolution, guidance=guidance, batch_size=batch_size)
-    report = evaluator(student)
-    report.update({"student": str(folder), "teacher": teacher_source, "resolution": resolution})
-    if embedder is not None or grid_path:
-        shown = prompts[:images]
-        texts = [p["text"] for p in shown]
-        pairs = image_pairs(teacher, student, texts, teacher.encode(texts, max_len), max_len, resolution, steps,
-                            guidance, [seed], batch_size=batch_size)
-        if grid_path:
-            report["grid"] = str(save_grid(pairs, grid_path))
-        if embedder is not None:
-            report["clip"] = {"model": embedder.name, "steps": steps, "seed": seed,
-                              **clip_report(embedder, shown, pairs)}
-    return report
