@@ -144,7 +144,7 @@ def check_html_path(path: Path) -> Path:
     return path
 
 
-def _write_report(path: Path, text: str) -> None:
+def write_report_text(path: Path, text: str) -> None:
     """Write atomically; an OSError becomes one line naming `path` (its strerror only, never the
     temporary file's name that the bare exception carries)."""
     try:
@@ -280,5 +280,5 @@ def write_html(dir: Path, summary: dict[str, Any], path: Path, embedder: Embedde
     out = [*_head(summary), *_mixture_section(summary, tables), *_pipeline_section(summary, tables),
            *_scores_section(summary, tables), *_map_section(dir, tables, embedder, max_points),
            *_examples_section(summary), "</main></body></html>\n"]
-    _write_report(path, "\n".join(out))
+    write_report_text(path, "\n".join(out))
     return path

@@ -312,7 +312,8 @@ def test_tiny_recipe_shrinks_the_gap_5x_and_exports_into_flux(tiny, tmp_path):
                              "--data", "builtin:tiny", "--max-prompts", "12", "--json"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
-    assert 0 <= report["gap"] < summary["gap_initial"] / 5 and report["max_sequence_length"] == 77
+    student_gap = report["models"][1]["overall"]["gap"]
+    assert 0 <= student_gap < summary["gap_initial"] / 5 and report["settings"]["max_sequence_length"] == 77
 
 
 def test_sd3_trains_through_the_folder_loader_and_drops_into_its_pipeline(tiny, tmp_path):
@@ -320,7 +321,7 @@ def test_sd3_trains_through_the_folder_loader_and_drops_into_its_pipeline(tiny, 
     from PIL import Image
 
     from train.distill import train
-    from train.evaluate import evaluate_student
+    from train.eval_suite import SuiteOptions, evaluate_suite
     from train.export import export_student
     from train.student import DistillT5EncoderModel
 
@@ -333,8 +334,8 @@ def test_sd3_trains_through_the_folder_loader_and_drops_into_its_pipeline(tiny, 
     # teacher | student, 2 prompts x 2 seeds: 32 px images scaled to 128, a header row and a prompt line each
     assert Image.open(grids[-1]).size == (256, 18 + 4 * (128 + 18))
     with pytest.warns(UserWarning, match="distilled from a sd3 teacher; scoring it against flux"):
-        evaluate_student(tmp_path / "run", str(tiny["flux"]), "builtin:tiny", max_prompts=4, max_len=12, resolution=32,
-                         steps=2)
+        evaluate_suite([str(tmp_path / "run")], str(tiny["flux"]), "builtin:tiny",
+                       SuiteOptions(max_prompts=4, max_len=12, resolution=32, steps=2, progress=False))
     export_student(tmp_path / "run", tmp_path / "exp", fmt="diffusers")
     assert (tmp_path / "exp" / "text_encoder_3" / "model.safetensors").exists()
     assert (tmp_path / "exp" / "tokenizer_3" / "tokenizer_config.json").exists()

@@ -103,17 +103,20 @@ def test_cli_reports_clip_metrics_that_match_the_saved_images(flux, tiny_clip, s
                                     "--seed", "1", "--save-grid", str(grid)])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
-    assert 0 <= report["gap"] and report["num_prompts"] == 12 and report["grid"] == str(grid)
-    clip = report["clip"]
-    keys = {"clip_score_teacher", "clip_score_student", "image_similarity", "num_images"}
-    assert set(clip) == keys | {"model", "steps", "seed", "per_category"}
-    assert clip["model"].startswith("clip:") and clip["steps"] == 3 and clip["seed"] == 1 and clip["num_images"] == 4
-    assert set(clip["per_category"]) <= set(report["per_category"])
-    assert sum(c["num_images"] for c in clip["per_category"].values()) == 4
-    for row in [clip, *clip["per_category"].values()]:
-        assert set(row) >= keys
-        assert 0 <= row["clip_score_teacher"] <= 100 and 0 <= row["clip_score_student"] <= 100
-        assert -1 <= row["image_similarity"] <= 1 + 1e-6
+    teacher_row, student_row = report["models"]
+    assert 0 <= student_row["overall"]["gap"] and report["settings"]["gap_prompts"] == 12 and report["grid"] == str(grid)
+    assert report["metrics"]["clip"]["model"].startswith("clip:") and report["metrics"]["clip"]["note"] is None
+    assert (report["settings"]["steps"], report["settings"]["seed"], report["settings"]["image_prompts"]) == (3, 1, 4)
+    assert student_row["overall"]["num_images"] == 4
+    assert set(student_row["per_category"]) <= set(report["categories"])
+    assert sum(c["num_images"] for c in student_row["per_category"].values()) == 4
+    for row in [teacher_row["overall"], student_row["overall"], *teacher_row["per_category"].values(),
+                *student_row["per_category"].values()]:
+        if row["num_images"]:
+            assert 0 <= row["clip_score"] <= 100
+            assert -1 <= row["image_similarity"] <= 1 + 1e-6
+        else:
+            assert row["clip_score"] is None and row["image_similarity"] is None
 
     # recompute from the grid: row i = prompt i, left teacher, right student
     prompts = split_heldout(load_prompts("builtin:tiny"), 12)[:4]
@@ -127,13 +130,16 @@ def test_cli_reports_clip_metrics_that_match_the_saved_images(flux, tiny_clip, s
     embedder = build_embedder("clip", model=tiny_clip, progress=False)
     text = embedder.encode([p["text"] for p in prompts])
     t_img, s_img = embedder.encode_images(paths["t"]), embedder.encode_images(paths["s"])
-    assert clip["clip_score_teacher"] == pytest.approx(100 * np.maximum((t_img * text).sum(1), 0).mean(), rel=1e-5)
-    assert clip["clip_score_student"] == pytest.approx(100 * np.maximum((s_img * text).sum(1), 0).mean(), rel=1e-5)
+    clip = student_row["overall"]
+    assert teacher_row["overall"]["clip_score"] == pytest.approx(100 * np.maximum((t_img * text).sum(1), 0).mean(), rel=1e-5)
+    assert clip["clip_score"] == pytest.approx(100 * np.maximum((s_img * text).sum(1), 0).mean(), rel=1e-5)
     assert clip["image_similarity"] == pytest.approx((t_img * s_img).sum(1).mean(), rel=1e-5)
-    for cat, row in clip["per_category"].items():
+    assert teacher_row["overall"]["image_similarity"] == pytest.approx(1.0, abs=1e-6)
+    for cat, row in student_row["per_category"].items():
         rows = [i for i, p in enumerate(prompts) if p["category"] == cat]
         assert row["num_images"] == len(rows)
-        assert row["image_similarity"] == pytest.approx((t_img[rows] * s_img[rows]).sum(1).mean(), rel=1e-5)
+        if rows:
+            assert row["image_similarity"] == pytest.approx((t_img[rows] * s_img[rows]).sum(1).mean(), rel=1e-5)
 
 
 def test_cli_table_and_one_line_errors(flux, tiny_clip, student_dir):
@@ -142,9 +148,13 @@ def test_cli_table_and_one_line_errors(flux, tiny_clip, student_dir):
     res = runner.invoke(main, base + ["--clip", tiny_clip, "--images", "2", "--steps", "1"])
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
-    assert lines[0].startswith("conditioning gap") and lines[1].startswith("CLIP score teacher")
-    rows = [line.split() for line in lines[3:]]
-    assert len(rows) == 6 and sum(r[2] != "-" for r in rows) == 2  # a gap for every category, images for two
+    assert lines[0].startswith("teacher ") and lines[1].split()[:5] == ["category", "model", "images", "gap", "clip"]
+    rows = [line.split() for line in lines[2:16]]
+    assert [r[1] for r in rows] == ["teacher", str(student_dir)] * 7 and rows[0][0] == "overall"
+    students = [r for r in rows[2:] if r[1] == str(student_dir)]
+    assert len(students) == 6 and all(r[3] != "-" for r in students)  # a gap for every category
+    assert sum(r[4] != "-" for r in students) == 2  # images (so CLIP scores) for two
+    assert any(line.startswith("clip: model clip:") for line in lines[16:])
     res = runner.invoke(main, base + ["--clip-pretrained", "openai"])
     assert res.exit_code == 2 and res.stderr.strip() == "error: --clip-pretrained needs --clip (the open_clip model it belongs to)"
     res = runner.invoke(main, base + ["--clip", "local-dir:/no/such/clip"])

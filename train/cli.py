@@ -162,68 +162,84 @@ def resume_command(prog: str | None, recipe: str, data: str | None, teacher: str
 
 
 @main.command("eval")
-@click.option("--student", required=True, help="Student folder, run folder, checkpoint, or diffusers export.")
+@click.option("--student", "students", required=True, multiple=True,
+              help="Student folder, run folder, checkpoint, or diffusers export; repeat to compare several.")
 @click.option("--teacher", required=True, help="Teacher pipeline folder, hub id, or tiny:flux / tiny:sd3.")
 @click.option("--data", required=True, help="Held-out prompts: curated-set folder or .txt/.jsonl/.parquet file.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a table.")
-@click.option("--max-prompts", default=256, show_default=True, help="Use at most this many prompts.")
-@click.option("--max-sequence-length", default=None, type=int, help="Token length [the student's training length].")
-@click.option("--resolution", default=None, type=int, help="Image size [the student's training resolution].")
+@click.option("--max-prompts", default=256, show_default=True, help="Use at most this many prompts (the gap's).")
+@click.option("--max-sequence-length", default=None, type=int, help="Token length [the first student's training length].")
+@click.option("--resolution", default=None, type=int, help="Image size [the first student's training resolution].")
 @click.option("--guidance", default=3.5, show_default=True, help="FLUX guidance input (SD3: guidance scale of the images).")
-@click.option("--batch-size", default=8, show_default=True)
-@click.option("--clip", default=None, help="open_clip model (name or local-dir:FOLDER): add CLIP scores and image similarity.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default=None, help="torch device [cuda when there is one, else cpu].")
+@click.option("--clip", default=None, help="open_clip model (name or local-dir:FOLDER): CLIP scores and image similarity.")
 @click.option("--clip-pretrained", default=None, help="open_clip weights tag or file [openai for named models].")
+@click.option("--ocr", default="rapidocr", show_default=True, help="OCR engine for the text-rendering scores.")
+@click.option("--inception-weights", default=None, type=click.Path(dir_okay=False),
+              help="Inception-v3 weights file for FID/KID (torch-fidelity's weights-inception-2015-12-05-6726825d.pth).")
+@click.option("--reference-images", default=None, type=click.Path(file_okay=False),
+              help="Folder of real images: FID/KID of every model against them too.")
 @click.option("--images", default=8, show_default=True, type=click.IntRange(min=1), help="Held-out prompts to draw.")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1), help="Sampling steps per image.")
-@click.option("--seed", default=0, show_default=True, help="Noise seed, the same for teacher and student images.")
-@click.option("--save-grid", default=None, type=click.Path(dir_okay=False), help="Write the teacher|student images as a PNG.")
-def eval_cmd(student: str, teacher: str, data: str, as_json: bool, max_prompts: int, max_sequence_length: int | None,
-             resolution: int | None, guidance: float, batch_size: int, clip: str | None, clip_pretrained: str | None,
-             images: int, steps: int, seed: int, save_grid: str | None) -> None:
-    """Conditioning gap of a student against its teacher, overall and per category; with --clip also the
-    CLIP score of teacher and student images and their similarity (same prompts, same noise).
+@click.option("--seed", default=0, show_default=True, help="Noise seed, the same for every model's images.")
+@click.option("--save-grid", default=None, type=click.Path(dir_okay=False), help="Write the teacher|students images as a PNG.")
+@click.option("--html", "html_path", default=None, help="Write a self-contained HTML report (table and image grids).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_cmd(students: tuple[str, ...], teacher: str, data: str, as_json: bool, max_prompts: int,
+             max_sequence_length: int | None, resolution: int | None, guidance: float, batch_size: int,
+             device: str | None, clip: str | None, clip_pretrained: str | None, ocr: str, inception_weights: str | None,
+             reference_images: str | None, images: int, steps: int, seed: int, save_grid: str | None,
+             html_path: str | None, quiet: bool) -> None:
+    """Score students against their teacher, with the teacher's own T5 as the reference row, overall and
+    per category: the conditioning gap; on images drawn from the same noise for every model, the CLIP
+    score and image similarity (--clip), text rendering by OCR (prompts asking for text), FID and KID
+    against the teacher's images (and --reference-images). A metric whose weights are missing is skipped
+    with a note. Images are cached (T5SHRINK_CACHE/eval-images): a rerun draws nothing twice.
 
     \b
     Examples:
       train eval --student runs/tiny/student --teacher tiny:flux --data builtin:tiny
-      train eval --student export/ --teacher black-forest-labs/FLUX.1-dev --data curated/balanced --json
-      train eval --student export/ --teacher black-forest-labs/FLUX.1-dev --data curated/balanced \\
-                 --clip ViT-L-14 --clip-pretrained openai --images 32 --save-grid eval.png
+      train eval --student export/a --student export/b --teacher black-forest-labs/FLUX.1-dev \\
+                 --data curated/heldout --clip ViT-L-14 --clip-pretrained openai --images 64 \\
+                 --inception-weights weights-inception-2015-12-05-6726825d.pth --html eval.html --json
     """
     from core.paths import local_path_or_hub_id
+    from curate.report_html import check_html_path
     from train.config import check_teacher_path
 
     # the paths first, before the imports that take seconds
-    local_path_or_hub_id(student, "student")
+    for student in students:
+        local_path_or_hub_id(student, "student")
     check_teacher_path(teacher)
     if data != "builtin:tiny":
         local_path_or_hub_id(data, "data")
+    for value, what in ((inception_weights, "--inception-weights"), (reference_images, "--reference-images")):
+        if value and not Path(value).exists():
+            raise FileNotFoundError(f"{what} {value}: no such file or folder")
+    if html_path:
+        check_html_path(Path(html_path))
     _quiet_libraries()
-    from train.evaluate import evaluate_student
+    from train.eval_report import format_table, write_eval_html
+    from train.eval_suite import SuiteOptions, evaluate_suite
 
-    report = evaluate_student(student, teacher, data, max_prompts=max_prompts, max_len=max_sequence_length,
-                              resolution=resolution, guidance=guidance, batch_size=batch_size, clip=clip,
-                              clip_pretrained=clip_pretrained, images=images, steps=steps, seed=seed, grid_path=save_grid)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    click.echo(f"conditioning gap (0 = like the teacher, 1 = like no text): {report['gap']:.4f}  "
-               f"[{report['num_prompts']} prompts, {report['max_sequence_length']} tokens]")
-    scores = report.get("clip")
-    if scores:
-        click.echo(f"CLIP score teacher {scores['clip_score_teacher']:.2f}  student {scores['clip_score_student']:.2f}  "
-                   f"image similarity {scores['image_similarity']:.4f}  [{scores['num_images']} images, "
-                   f"{scores['steps']} steps, {scores['model']}]")
-        click.echo(f"  {'category':<16} {'gap':>7} {'clip T':>7} {'clip S':>7} {'img sim':>7}")
-    for cat, gap in report["per_category"].items():
-        line = f"  {cat:<16} {gap:.4f}" if not scores else f"  {cat:<16} {gap:>7.4f}"
-        if scores:
-            c = scores["per_category"].get(cat)
-            line += (f" {c['clip_score_teacher']:>7.2f} {c['clip_score_student']:>7.2f} {c['image_similarity']:>7.4f}"
-                     if c else f" {'-':>7} {'-':>7} {'-':>7}")
-        click.echo(line)
-    if report.get("grid"):
-        click.echo(f"grid (teacher | student): {report['grid']}")
+    options = SuiteOptions(max_prompts=max_prompts, images=images, max_len=max_sequence_length, resolution=resolution,
+                           guidance=guidance, steps=steps, seed=seed, batch_size=batch_size, device=device, clip=clip,
+                           clip_pretrained=clip_pretrained, ocr=ocr, inception_weights=inception_weights,
+                           reference_images=reference_images, keep_images=bool(html_path or save_grid), progress=not quiet)
+    result = evaluate_suite(list(students), teacher, data, options)
+    report = result.report
+    if save_grid and result.image_prompts:
+        from train.evaluate import save_grid as write_grid
+
+        report["grid"] = str(write_grid(list(zip(*result.images.values())), save_grid))
+    if html_path:
+        report["html"] = str(write_eval_html(report, result.image_prompts, result.images, html_path))
+    click.echo(json.dumps(report, indent=2) if as_json else format_table(report))
+    if not as_json:
+        for key, what in (("grid", "grid (teacher | students)"), ("html", "HTML report")):
+            if report.get(key):
+                click.echo(f"{what}: {report[key]}")
 
 
 EXPORT_HELP = """Export a trained student.

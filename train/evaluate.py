@@ -1,5 +1,5 @@
 """The conditioning gap (defined below), teacher-vs-student image pairs (preview grids, CLIP metrics), and
-`evaluate_student` behind `train eval`.
+loading a student checked against a teacher. `train eval` runs these per model in train/eval_suite.py.
 
     gap = sum ||f(x,t,S(p)) - f(x,t,T(p))||^2  /  sum ||f(x,t,T(p)) - f(x,t,0)||^2
 
@@ -156,28 +156,30 @@ GRID_MIN_CELL = 128  # px: smaller images (the tiny teachers draw 32 px) are enl
 GRID_LINE = 14  # px per label line (PIL's default font is 11 px high)
 
 
-def save_grid(rows: list[tuple[Any, Any]], path: str | Path, labels: list[str] | None = None) -> Path:
-    """PNG grid, one row per pair: the teacher's image left, the student's right. With `labels` (the
-    validation previews) a header names the columns ("teacher", "student") and each pair has a caption
-    line above it (its prompt, cut to the grid's width), images enlarged to GRID_MIN_CELL px for the text
-    to fit. Without, the images alone at their own size (`train eval --save-grid`: pixels as sampled,
-    to crop and score again)."""
+def save_grid(rows: list[tuple[Any, ...]], path: str | Path, labels: list[str] | None = None,
+              names: tuple[str, ...] = ("teacher", "student")) -> Path:
+    """PNG grid, one row per tuple of images: the teacher's image left, then the student's (or each
+    student's: `train eval` with several). With `labels` (the validation previews) a header names the
+    columns (`names`) and each row has a caption line above it (its prompt, cut to the grid's width),
+    images enlarged to GRID_MIN_CELL px for the text to fit. Without, the images alone at their own size
+    (`train eval --save-grid`: pixels as sampled, to crop and score again)."""
     from PIL import Image, ImageDraw
 
     w, h = rows[0][0].size
+    columns = len(rows[0])
     scale = max(1, -(-GRID_MIN_CELL // w)) if labels else 1  # whole multiples keep small images sharp (nearest)
     cw, ch = w * scale, h * scale
     band = GRID_LINE + 4 if labels else 0
-    grid = Image.new("RGB", (2 * cw, band + (ch + band) * len(rows)), "white")
+    grid = Image.new("RGB", (columns * cw, band + (ch + band) * len(rows)), "white")
     draw = ImageDraw.Draw(grid)
-    for col, name in enumerate(("teacher", "student") if labels else ()):
+    for col, name in enumerate(names if labels else ()):
         draw.text((col * cw + cw // 2, 2), name, fill="black", anchor="ma")
-    for r, (a, b) in enumerate(rows):
+    for r, images in enumerate(rows):
         top = band + r * (ch + band)
         if labels:
-            draw.text((3, top + 2), _fit(draw, labels[r], 2 * cw - 6), fill="black")
-        grid.paste(a.resize((cw, ch), Image.NEAREST) if scale > 1 else a, (0, top + band))
-        grid.paste(b.resize((cw, ch), Image.NEAREST) if scale > 1 else b, (cw, top + band))
+            draw.text((3, top + 2), _fit(draw, labels[r], columns * cw - 6), fill="black")
+        for col, image in enumerate(images):
+            grid.paste(image.resize((cw, ch), Image.NEAREST) if scale > 1 else image, (col * cw, top + band))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
@@ -228,61 +230,20 @@ def clip_report(clip: Any, prompts: list[dict[str, str]], pairs: list[tuple[Any,
     return summary(np.ones(len(prompts), bool)) | {"per_category": {c: summary(cats == c) for c in sorted(set(cats))}}
 
 
-def evaluate_student(student_path: str | Path, teacher_source: str, data: str, max_prompts: int = 256,
-                     max_len: int | None = None, resolution: int | None = None, guidance: float = 3.5,
-                     batch_size: int = 8, device: str | None = None, clip: str | None = None,
-                     clip_pretrained: str | None = None, images: int = 8, steps: int = 20, seed: int = 0,
-                     grid_path: str | Path | None = None) -> dict[str, Any]:
-    """Held-out conditioning gap of a saved student against a teacher, overall and per category.
-
-    With `clip` (an open_clip model name or 'local-dir:...', weights `clip_pretrained`) it also samples
-    the first `images` held-out prompts with the teacher's T5 and with the student in its place (same
-    seed, `steps` steps) and adds report["clip"]: CLIP scores of both and their image similarity, overall
-    and per category (clip_report). `grid_path` gets those pairs as a teacher|student PNG.
-    """
+def load_checked_student(teacher: Teacher, student_path: str | Path) -> tuple[Path, torch.nn.Module, dict[str, Any]]:
+    """(student folder, student, its notes) from anything resolve_student_dir accepts, checked against
+    `teacher`: the width it projects to and the token ids it reads must be the teacher's; a student of
+    another family is a warning (both read 4096-wide T5 text, so nothing else would say so)."""
     from core.errors import ConfigError
-    from train.data import load_prompts, split_heldout
     from train.runs import load_student_dir, resolve_student_dir
     from train.student import check_vocab
-    from train.teachers.registry import load_teacher
 
-    if clip_pretrained and not clip:
-        raise ConfigError("--clip-pretrained needs --clip (the open_clip model it belongs to)")
-    if images < 1 or steps < 1:
-        raise ConfigError(f"images and steps must be at least 1 (got {images} images, {steps} steps)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     folder = resolve_student_dir(student_path)  # once: a run folder's checkpoint search warns
     student, tokenizer, meta = load_student_dir(folder)
-    teacher = load_teacher(teacher_source, device=device)
     if student.config.project_out_dim != teacher.width:
         raise ConfigError(f"the student projects to {student.config.project_out_dim}, the teacher reads {teacher.width}")
     check_vocab(tokenizer, teacher.tokenizer, str(student_path))
-    if meta.get("teacher_kind") not in (None, teacher.kind):  # both read 4096-wide T5 text: nothing else would fail
+    if meta.get("teacher_kind") not in (None, teacher.kind):
         warnings.warn(f"the student was distilled from a {meta['teacher_kind']} teacher; scoring it against "
                       f"{teacher.kind} measures a transfer, not its training")
-    max_len = max_len or meta.get("max_sequence_length") or 77
-    resolution = resolution or meta.get("resolution") or 512
-    if meta.get("max_sequence_length") and max_len != meta["max_sequence_length"]:
-        warnings.warn(f"evaluating at {max_len} tokens; the student was trained at {meta['max_sequence_length']}")
-    prompts = split_heldout(load_prompts(data), max_prompts)
-    embedder = None
-    if clip:  # load it before the slow part, so a wrong model name fails at once
-        from filters.lib.embed import build_embedder
-
-        embedder = build_embedder("clip", model=clip, pretrained=clip_pretrained, batch_size=batch_size,
-                                  device=device, progress=False)
-    student = student.to(device).float()
-    evaluator = GapEvaluator(teacher, prompts, max_len, resolution, guidance=guidance, batch_size=batch_size)
-    report = evaluator(student)
-    report.update({"student": str(folder), "teacher": teacher_source, "resolution": resolution})
-    if embedder is not None or grid_path:
-        shown = prompts[:images]
-        texts = [p["text"] for p in shown]
-        pairs = image_pairs(teacher, student, texts, teacher.encode(texts, max_len), max_len, resolution, steps,
-                            guidance, [seed], batch_size=batch_size)
-        if grid_path:
-            report["grid"] = str(save_grid(pairs, grid_path))
-        if embedder is not None:
-            report["clip"] = {"model": embedder.name, "steps": steps, "seed": seed,
-                              **clip_report(embedder, shown, pairs)}
-    return report
+    return folder, student, meta
