@@ -311,6 +311,12 @@ def _stream(data: dict[str, Any], seed: int, steps: list[_PlannedStep], ctx: Con
     return records, source_stats
 
 
+def read_prompts(uri: str) -> list[str]:
+    """The prompts of a file, folder or curated set as a source reads them (for the decontaminate step's
+    eval sets); rows that ingest would reject are left out. The criterion only labels records: any will do."""
+    return [record.text for record, why in iter_source(SourceSpec(uri=uri), CRITERIA[0]) if why is None]
+
+
 def _chunks(items, size: int):
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
@@ -326,7 +332,8 @@ def build(recipe_name: str, data: dict[str, Any], out_dir: Path, progress: bool 
     cluster) on, and balance, run on the records left. Rejected rows are written out as they are dropped."""
     started = time.perf_counter()
     seed = int(data.get("seed", 0))
-    ctx = Context(seed=seed, cache_dir=cache_dir(), progress=progress, embedder_spec=dict(data.get("embedder") or {}))
+    ctx = Context(seed=seed, cache_dir=cache_dir(), progress=progress, embedder_spec=dict(data.get("embedder") or {}),
+                  read_prompts=read_prompts)
     steps = _plan_steps(data)
     n_stream = next((i for i, s in enumerate(steps) if not s.step.rowwise), len(steps))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -33,12 +34,16 @@ class StepResult:
 @dataclass
 class Context:
     """What a step may need beyond its records: the seed, a cache folder, whether to
-    show progress, and a shared embedder (built lazily from the recipe's `embedder`)."""
+    show progress, a shared embedder (built lazily from the recipe's `embedder`), and a reader of
+    prompt files."""
 
     seed: int = 0
     cache_dir: Path | None = None
     progress: bool = True
     embedder_spec: dict[str, Any] = field(default_factory=dict)
+    # The prompts of a file, folder or curated set, as the project's sources read them. Those readers live
+    # in curate/, which filters may not import, so the pipeline hands its reader down here.
+    read_prompts: Callable[[str], list[str]] | None = None
     _embedder: Any = None
 
     @property
@@ -51,8 +56,12 @@ class Context:
 
     def embed(self, records: list[Prompt]) -> np.ndarray:
         """(n, d) float32, L2-normalised, one row per record, cached on disk by text."""
+        return self.embed_texts([r.text for r in records])
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """As `embed`, for texts that are not records (an evaluation set's, say)."""
         self.embedder.progress = self.progress  # the context's setting now, not when the embedder was built
-        return self.embedder.encode([r.text for r in records])
+        return self.embedder.encode(texts)
 
 
 class Step:
