@@ -177,3 +177,32 @@ def test_weights_that_are_missing_or_wrong_are_notes_and_bad_paths_fail_fast(flu
         res = runner.invoke(main, base + extra)
         assert res.exit_code == 2 and res.stderr.startswith(message), res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_held_out_prompts_the_student_was_trained_on_are_counted_and_warned_about(flux_students, tmp_path):
+    from train.data import load_prompts, split_heldout, training_prompts
+    from train.teachers.registry import load_teacher
+    from train.tiny import tiny_teacher_path
+
+    teacher = load_teacher(str(tiny_teacher_path("flux")))
+    notes = {"training_data": [["builtin:tiny"]], "heldout": {"data": None, "num_prompts": 4}}
+    trained = save_random_student(teacher, tmp_path / "trained", 3)
+    meta_file = trained / "t5shrink.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), **notes}))
+    seen = set(training_prompts(notes))
+    heldout = split_heldout(load_prompts("builtin:tiny"), 12)
+    exact = sum(p["text"] in seen for p in heldout)
+    assert 0 < exact < 12  # the trainer held out 4 of them: the rest it trained on
+
+    untold = str(flux_students[0])  # saved without notes on its training data
+    res = CliRunner().invoke(main, ["eval", "--student", str(trained), "--student", untold, "--teacher", "tiny:flux",
+                                    "--data", "builtin:tiny", "--max-prompts", "12", "--json", "--quiet"])
+    assert res.exit_code == 0, res.output
+    rows = {m["name"]: m for m in json.loads(res.stdout)["models"]}
+    found = rows[str(trained)]["training_overlap"]
+    assert found["checked"] and found["prompts"] == 12 and found["by_kind"]["exact"] == exact
+    assert found["overlapping"] == sum(found["by_kind"].values()) >= exact and found["examples"][0] in seen
+    assert rows[untold]["training_overlap"] == {"checked": False,
+                                                "note": "its notes (t5shrink.json) do not name its training data"}
+    assert "training_overlap" not in rows["teacher"]
+    assert f"warning: {found['overlapping']} of the 12 held-out prompts are in the training data" in res.stderr

@@ -288,6 +288,11 @@ def test_tiny_recipe_shrinks_the_gap_5x_and_exports_into_flux(tiny, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000006", "step-00000012"]
     meta = json.loads((out / "student" / "t5shrink.json").read_text())
     assert meta["max_sequence_length"] == 77 and meta["teacher_kind"] == "flux"
+    # its training data, as the trainer split it: every prompt of the stages but the held-out ones
+    from train.data import load_prompts, training_prompts
+
+    pool = {p["text"] for p in load_prompts("builtin:tiny")}
+    assert meta["training_data"] == [["builtin:tiny"]] and 0 < len(set(training_prompts(meta))) < len(pool)
 
     runner = CliRunner()
     for fmt in ("diffusers", "distillt5", "comfyui"):

@@ -76,8 +76,9 @@ def load_stage_data(spec: Any) -> list[Prompt]:
 
 
 def data_sources(spec: Any) -> list[str]:
-    """The sources a stage's `data` names, local ones as absolute paths: what a student records of its
-    training data, so that `train eval` can tell held-out prompts it was trained on wherever it runs."""
+    """The sources a stage's `data` (or validation.data) names, local ones as absolute paths: what a student
+    records of its training data, so that `train eval` can tell the held-out prompts it was trained on
+    (training_prompts) wherever it runs."""
     items = spec if isinstance(spec, list) else [spec]
     sources = [str(item["path"]) if isinstance(item, dict) else str(item) for item in items]
     return [str(Path(s).expanduser().resolve()) if Path(s).expanduser().exists() else s for s in sources]
@@ -129,6 +130,17 @@ def heldout_split(stage_rows: list[list[Prompt]], val_data: str | None, num_prom
         heldout = split_heldout(pool, min(num_prompts, max(1, len({r["text"] for r in pool}) // 10)))
     held = {p["text"] for p in heldout}
     return heldout, [[r for r in rows if r["text"] not in held] for rows in stage_rows]
+
+
+def training_prompts(meta: dict[str, Any]) -> list[str] | None:
+    """The prompts a student was trained on, rebuilt from its notes (training_data and heldout, as the
+    trainer split them), or None when its notes do not say."""
+    stages, heldout = meta.get("training_data"), meta.get("heldout")
+    if not isinstance(stages, list) or not stages or not isinstance(heldout, dict):
+        return None
+    _, train_rows = heldout_split([load_stage_data(sources) for sources in stages], heldout.get("data"),
+                                  int(heldout.get("num_prompts", 0)))
+    return [r["text"] for rows in train_rows for r in rows]
 
 
 class PromptStream:

@@ -395,7 +395,9 @@ class Trainer:
                      "t5_slot": self.teacher.t5_slot, "max_sequence_length": self.val_len, "resolution": self.val_res,
                      "guidance": self.cfg["teacher"]["guidance"], "recipe": self.recipe_name,
                      "recipe_hash": self.state["recipe_hash"],
-                     "training_data": sorted({src for s in self.stages for src in data_sources(s["data"])})}
+                     "training_data": [data_sources(s["data"]) for s in self.stages],
+                     "heldout": {"data": data_sources(self.val["data"])[0] if self.val["data"] else None,
+                                 "num_prompts": self.val["num_prompts"]}}
         if any(s["max_sequence_length"] != self.val_len for s in self.stages):
             warnings.warn("stages use different max_sequence_length; inference should use the last stage's "
                           f"({self.val_len}), which is what the student records")

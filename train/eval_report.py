@@ -50,7 +50,24 @@ def format_table(report: dict[str, Any]) -> str:
     for row in [headers, *rows]:
         lines.append("  ".join(x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(row, widths))).rstrip())
     lines += [f"{name}: {note_line(info)}" for name, info in report["metrics"].items()]
+    lines += [f"training overlap, {name}: {line}" for name, line in overlap_lines(report)]
     return "\n".join(lines)
+
+
+def overlap_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(student, how many held-out prompts it was trained on) for each student row."""
+    out = []
+    for m in report["models"]:
+        found = m.get("training_overlap")
+        if found is None:
+            continue
+        if not found["checked"]:
+            out.append((m["name"], f"not checked: {found['note']}"))
+        else:
+            kinds = ", ".join(f"{k} {n}" for k, n in found["by_kind"].items())
+            out.append((m["name"], f"{found['overlapping']} of {found['prompts']} held-out prompts"
+                                   + (f" ({kinds})" if kinds else "")))
+    return out
 
 
 def note_line(info: dict[str, Any]) -> str:
@@ -97,6 +114,7 @@ def _metric_table(report: dict[str, Any]) -> str:
     body = "".join("<tr>" + "".join(f'<td{"" if i < 2 else " class=r"}>{e(x)}</td>' for i, x in enumerate(row)) + "</tr>"
                    for row in rows)
     notes = "".join(f"<li><b>{e(name)}</b>: {e(note_line(info))}</li>" for name, info in report["metrics"].items())
+    notes += "".join(f"<li><b>training overlap, {e(name)}</b>: {e(line)}</li>" for name, line in overlap_lines(report))
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div><ul class="note">{notes}</ul>'
 
 

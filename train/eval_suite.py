@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from core.errors import one_line
 from train.evaluate import GapEvaluator, clip_report, load_checked_student, sample
 from train.teachers.base import Teacher
 
@@ -444,7 +445,33 @@ def evaluate_suite(students: list[str], teacher_source: str, data: str, options:
     cache = ImageCache(teacher_identity(teacher_source))
     result = run_suite(teacher, encoders, prompts, sampling, tools, options, cache)
     result.report.update(teacher=teacher_source, data=data)
+    for row, meta in zip(result.report["models"][1:], metas):
+        row["training_overlap"] = training_overlap(prompts, meta)
+        if row["training_overlap"].get("overlapping"):
+            found = row["training_overlap"]
+            warnings.warn(f"{found['overlapping']} of the {found['prompts']} held-out prompts are in the training data "
+                          f"of {row['name']} or close rewordings of it ({found['by_kind']}); its scores on them flatter it "
+                          "(hold them out with curate's decontaminate step, or evaluate on other prompts)")
     return result
+
+
+def training_overlap(prompts: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """How many held-out prompts a student was trained on, or on a close rewording of (counted as curation's
+    decontaminate step counts them: equal after normalisation, or most word trigrams shared), from the
+    training data its notes name; `checked` false, with a note, when they name none."""
+    from filters.lib.contamination import EvalIndex
+    from train.data import training_prompts
+
+    try:
+        seen = training_prompts(meta)
+    except (OSError, ValueError) as exc:  # moved or deleted since training; ConfigError is a ValueError
+        return {"checked": False, "note": f"its training data cannot be read ({one_line(exc, 160)})"}
+    if seen is None:
+        return {"checked": False, "note": "its notes (t5shrink.json) do not name its training data"}
+    matches = EvalIndex(seen).match([p["text"] for p in prompts])
+    kinds = Counter(m.kind.removeprefix("eval_") for m in matches if m)
+    return {"checked": True, "prompts": len(prompts), "overlapping": sum(kinds.values()), "by_kind": dict(kinds),
+            "examples": [p["text"] for p, m in zip(prompts, matches) if m][:3]}
 
 
 def run_suite(teacher: Teacher, encoders: list[Encoder], prompts: list[dict[str, Any]], sampling: Sampling,
