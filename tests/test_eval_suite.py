@@ -205,4 +205,4 @@ def test_held_out_prompts_the_student_was_trained_on_are_counted_and_warned_abou
     assert rows[untold]["training_overlap"] == {"checked": False,
                                                 "note": "its notes (t5shrink.json) do not name its training data"}
     assert "training_overlap" not in rows["teacher"]
-    assert f"warning: {found['overlapping']} of the 12 held-out prompts are in the training data" in res.stderr
+    assert f"warning: {found['overlapping']} of the 12 held-out prompts (exact {exact}" in res.stderr

@@ -449,9 +449,10 @@ def evaluate_suite(students: list[str], teacher_source: str, data: str, options:
         row["training_overlap"] = training_overlap(prompts, meta)
         if row["training_overlap"].get("overlapping"):
             found = row["training_overlap"]
-            warnings.warn(f"{found['overlapping']} of the {found['prompts']} held-out prompts are in the training data "
-                          f"of {row['name']} or close rewordings of it ({found['by_kind']}); its scores on them flatter it "
-                          "(hold them out with curate's decontaminate step, or evaluate on other prompts)")
+            kinds = ", ".join(f"{kind} {n}" for kind, n in found["by_kind"].items())
+            warnings.warn(f"{found['overlapping']} of the {found['prompts']} held-out prompts ({kinds}) were in the "
+                          f"training data of {row['name']}, or close rewordings of prompts there; its scores on them "
+                          "flatter it (hold them out with curate's decontaminate step, or evaluate on other prompts)")
     return result
 
 
