@@ -206,3 +206,16 @@ def test_held_out_prompts_the_student_was_trained_on_are_counted_and_warned_abou
                                                 "note": "its notes (t5shrink.json) do not name its training data"}
     assert "training_overlap" not in rows["teacher"]
     assert f"warning: {found['overlapping']} of the 12 held-out prompts (exact {exact}" in res.stderr
+
+
+def test_hub_clip_weights_offline_are_a_note_and_a_mistyped_model_an_error(tmp_path, monkeypatch):
+    from train.eval_suite import SuiteOptions, load_clip
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    clip, info = load_clip(SuiteOptions(clip="RN50", clip_pretrained="openai"), "cpu")
+    assert clip is None and info["model"] is None
+    assert info["note"].startswith("skipped: the CLIP weights RN50/openai could not be loaded")
+    with pytest.raises(ValueError, match=r"--clip RN05: not an open_clip model; did you mean 'RN50'"):
+        load_clip(SuiteOptions(clip="RN05"), "cpu")
+    with pytest.raises(RuntimeError, match="could not load open_clip"):  # local weights the user named: an error
+        load_clip(SuiteOptions(clip="local-dir:" + str(tmp_path / "none")), "cpu")

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from core.errors import one_line
+from core.errors import ConfigError, did_you_mean, one_line
 from train.evaluate import GapEvaluator, clip_report, load_checked_student, sample
 from train.teachers.base import Teacher
 
@@ -386,20 +386,12 @@ class Tools:
 
 
 def load_tools(options: SuiteOptions, device: str, resolution: int, feature_module: torch.nn.Module | None = None) -> Tools:
-    """CLIP, OCR and the FID/KID extractor, each loaded or skipped with a note. A named --clip that does
-    not load is an error (a typo to hear about at once); missing OCR or Inception weights are notes."""
+    """CLIP, OCR and the FID/KID extractor, each loaded or skipped with a note: missing OCR, Inception or
+    hub CLIP weights are notes; local CLIP weights the user named that do not load are an error."""
     from train.metrics.ocr import load_ocr
 
     tools = Tools()
-    if options.clip:
-        from filters.lib.embed import build_embedder
-
-        tools.clip = build_embedder("clip", model=options.clip, pretrained=options.clip_pretrained,
-                                    batch_size=options.batch_size, device=device, progress=False)
-        tools.info["clip"] = {"model": tools.clip.name, "note": None}
-    else:
-        tools.info["clip"] = {"model": None, "note": "skipped: no --clip model given (e.g. --clip ViT-L-14 "
-                                                     "--clip-pretrained openai, or local-dir:FOLDER)"}
+    tools.clip, tools.info["clip"] = load_clip(options, device)
     tools.ocr, note = load_ocr(options.ocr)
     tools.info["ocr"] = {"engine": getattr(tools.ocr, "name", None), "note": note if tools.ocr is None else None}
     tools.extractor, tools.info["fid_kid"] = feature_extractor(options.inception_weights, feature_module)
@@ -407,6 +399,35 @@ def load_tools(options: SuiteOptions, device: str, resolution: int, feature_modu
         tools.reference = load_reference_images(options.reference_images, resolution)
         tools.info["fid_kid"]["reference_images"] = {"folder": options.reference_images, "count": len(tools.reference)}
     return tools
+
+
+def load_clip(options: SuiteOptions, device: str) -> tuple[Any, dict[str, Any]]:
+    """The open_clip embedder for CLIP scores and image similarity, or None and a note: when no --clip is
+    given, or when its weights come from a hub that cannot be reached (offline). A local folder or file
+    named as the weights that does not load is an error, as any other path the user got wrong."""
+    from filters.lib.embed import build_embedder
+
+    if not options.clip:
+        return None, {"model": None, "note": "skipped: no --clip model given (e.g. --clip ViT-L-14 "
+                                             "--clip-pretrained openai, or local-dir:FOLDER)"}
+    local = options.clip.startswith("local-dir:") or Path(str(options.clip_pretrained or "")).expanduser().is_file()
+    if not local and not options.clip.startswith("hf-hub:"):
+        import open_clip
+
+        if options.clip not in open_clip.list_models():  # a typo is an error, not a skipped metric
+            raise ConfigError(f"--clip {options.clip}: not an open_clip model"
+                              f"{did_you_mean(options.clip, open_clip.list_models())} (see open_clip.list_models())")
+    try:
+        clip = build_embedder("clip", model=options.clip, pretrained=options.clip_pretrained,
+                              batch_size=options.batch_size, device=device, progress=False)
+    except Exception as exc:  # a download refused offline, a missing repo, a gated one: all "not available"
+        if local:
+            raise
+        weights = f"{options.clip}/{options.clip_pretrained}" if options.clip_pretrained else options.clip
+        return None, {"model": None, "note": f"skipped: the CLIP weights {weights} could not be loaded "
+                                             f"({one_line(exc, 160)}); they need the network, or give local "
+                                             "weights (--clip local-dir:FOLDER or --clip-pretrained FILE)"}
+    return clip, {"model": clip.name, "note": None}
 
 
 def choose_sampling(options: SuiteOptions, metas: list[dict[str, Any]]) -> Sampling:
@@ -424,7 +445,6 @@ def choose_sampling(options: SuiteOptions, metas: list[dict[str, Any]]) -> Sampl
 def evaluate_suite(students: list[str], teacher_source: str, data: str, options: SuiteOptions,
                    feature_module: torch.nn.Module | None = None) -> SuiteResult:
     """Load the teacher, the students and the metrics' models, then run_suite on the held-out prompts."""
-    from core.errors import ConfigError
     from train.teachers.registry import load_teacher
 
     if options.clip_pretrained and not options.clip:
