@@ -1,7 +1,7 @@
 """`curate`: build, tag, inspect and compare distillation prompt sets.
 
 The commands only parse arguments and call one plain function each (pipeline.build,
-tagging.Tag, report.summarize, report_diff.diff), so tests call those functions directly.
+filters.tag.Tag, report.summarize, report_diff.diff), so tests call those functions directly.
 """
 
 from __future__ import annotations

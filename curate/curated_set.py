@@ -170,8 +170,17 @@ def _fsync_dir(path: Path) -> None:
 
 
 def is_curated_set(path: Path) -> bool:
-    """Whether `path` is a curated set: a folder holding manifest.json (the writer puts it there last)."""
-    return (Path(path) / MANIFEST).is_file()
+    """Whether `path` is a curated set: a folder holding data/ and manifest.json (the writer puts it there
+    last), unless that manifest names another format (another tool's manifest.json beside prompt files).
+    A manifest that cannot be read counts as a set's, so that read_manifest says what is wrong with it."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file() or not (path / PARTS[0]).is_dir():
+        return False
+    try:
+        fmt = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return True
+    return fmt is None or str(fmt).startswith(FORMAT.split("/")[0])
 
 
 def read_manifest(set_dir: Path) -> dict[str, Any]:

@@ -120,10 +120,9 @@ def test_two_students_end_to_end_json_table_html_and_the_image_cache(flux_studen
     assert report["metrics"]["fid_kid"]["note"].startswith("skipped: no Inception-v3 weights")
     assert report["metrics"]["clip"]["model"].startswith("clip:") and report["metrics"]["clip"]["note"] is None
     ocr = report["metrics"]["ocr"]
-    assert (ocr["engine"] is None) == bool(ocr["note"])  # rapidocr ran, or the row says why not
-    if ocr["engine"]:
-        text = report["models"][1]["per_category"]["text_rendering"]
-        assert 0 <= text["ocr_word_accuracy"] <= 1 and len(report["models"][1]["ocr_readings"]) == settings["text_prompts"]
+    assert ocr == {"engine": "rapidocr", "note": None}  # a dependency: it must load
+    text = report["models"][1]["per_category"]["text_rendering"]
+    assert 0 <= text["ocr_word_accuracy"] <= 1 and len(report["models"][1]["ocr_readings"]) == settings["text_prompts"]
 
     page = html.read_text()
     assert report["html"] == str(html) and page.count("data:image/png;base64,") == 3 * 6
@@ -173,6 +172,10 @@ def test_weights_that_are_missing_or_wrong_are_notes_and_bad_paths_fail_fast(flu
         (["--inception-weights", str(tmp_path / "none.pth")], f"error: --inception-weights {tmp_path / 'none.pth'}: no such file"),
         (["--html", str(tmp_path)], f"error: --html {tmp_path}: is a folder"),
         (["--student", str(flux_students[0])], f"error: --student {flux_students[0]} is given twice"),
+        (["--clip", "ViT-B-32", "--clip-pretrained", str(tmp_path / "v.pt")], f"error: --clip-pretrained {tmp_path / 'v.pt'}: no such file"),
+        (["--ocr", "tesseract"], "error: Invalid value for '--ocr'"),
+        (["--reference-images", str(tmp_path)], f"error: --reference-images {tmp_path}: no readable image"),
+        (["--max-prompts", "0"], "error: Invalid value for '--max-prompts'"),
     ):
         res = runner.invoke(main, base + extra)
         assert res.exit_code == 2 and res.stderr.startswith(message), res.stderr
@@ -219,3 +222,43 @@ def test_hub_clip_weights_offline_are_a_note_and_a_mistyped_model_an_error(tmp_p
         load_clip(SuiteOptions(clip="RN05"), "cpu")
     with pytest.raises(RuntimeError, match="could not load open_clip"):  # local weights the user named: an error
         load_clip(SuiteOptions(clip="local-dir:" + str(tmp_path / "none")), "cpu")
+
+
+class _Trap:
+    """A pickle that would create a file when loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_inception_weights_are_never_unpickled_beyond_tensors(tmp_path):
+    from train.eval_suite import feature_extractor
+
+    marker, weights = tmp_path / "ran", tmp_path / "inception.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": _Trap(marker)}, weights)
+    extractor, info = feature_extractor(str(weights), None)
+    assert extractor is None and info["note"].startswith(f"skipped: Inception-v3 weights {weights} did not load")
+    assert not marker.exists()
+
+
+def test_an_image_cache_that_cannot_be_written_only_stops_caching(tmp_path):
+    import warnings
+
+    from PIL import Image
+
+    from train.eval_suite import ImageCache
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cache = ImageCache("t", blocker / "eval-images")  # under a file: nothing can be made there
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for key in ("a" * 64, "b" * 64):
+            cache.put(key, Image.new("RGB", (4, 4)))
+    assert not cache.writable and cache.get("a" * 64) is None
+    assert [str(w.message) for w in caught] == [f"image cache: cannot write to {blocker / 'eval-images'} (Not a "
+                                                "directory); images are no longer cached (set T5SHRINK_CACHE to a "
+                                                "writable folder)"]

@@ -154,3 +154,16 @@ def test_a_nested_path_that_does_not_exist_is_not_looked_up_on_the_hub(tmp_path)
     for uri in ("path/to/prompts/", "some_folder/"):
         with pytest.raises(SourceError, match="no such file or folder"):
             read_source(SourceSpec(uri=uri), "quality")
+
+
+def test_another_tools_manifest_beside_prompt_files_is_not_a_curated_set(tmp_path):
+    from curate.curated_set import is_curated_set
+
+    for name, manifest, with_data in (("theirs", {"format": "other-tool/2"}, True), ("bare", {"name": "x"}, False)):
+        folder = tmp_path / name
+        (folder / "data").mkdir(parents=True) if with_data else folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        (folder / "prompts.txt").write_text("a red cube\na blue sphere\n")
+        assert not is_curated_set(folder)
+        result = read_source(SourceSpec(uri=str(folder)), criterion="semantic")
+        assert [r.text for r in result.records] == ["a red cube", "a blue sphere"]  # read, not silently empty

@@ -13,6 +13,7 @@ import click
 
 from core.cli import OneLineErrors, recipes_command
 from train.export import EXPORT_FORMATS, format_list
+from train.metrics.ocr import OCR_ENGINES
 
 
 def _quiet_libraries() -> None:
@@ -167,7 +168,8 @@ def resume_command(prog: str | None, recipe: str, data: str | None, teacher: str
 @click.option("--teacher", required=True, help="Teacher pipeline folder, hub id, or tiny:flux / tiny:sd3.")
 @click.option("--data", required=True, help="Held-out prompts: curated-set folder or .txt/.jsonl/.parquet file.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a table.")
-@click.option("--max-prompts", default=256, show_default=True, help="Use at most this many prompts (the gap's).")
+@click.option("--max-prompts", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Use at most this many prompts (the gap's).")
 @click.option("--max-sequence-length", default=None, type=int, help="Token length [the first student's training length].")
 @click.option("--resolution", default=None, type=int, help="Image size [the first student's training resolution].")
 @click.option("--guidance", default=3.5, show_default=True, help="FLUX guidance input (SD3: guidance scale of the images).")
@@ -175,7 +177,8 @@ def resume_command(prog: str | None, recipe: str, data: str | None, teacher: str
 @click.option("--device", default=None, help="torch device [cuda when there is one, else cpu].")
 @click.option("--clip", default=None, help="open_clip model (name or local-dir:FOLDER): CLIP scores and image similarity.")
 @click.option("--clip-pretrained", default=None, help="open_clip weights tag or file [openai for named models].")
-@click.option("--ocr", default="rapidocr", show_default=True, help="OCR engine for the text-rendering scores.")
+@click.option("--ocr", default="rapidocr", show_default=True, type=click.Choice(list(OCR_ENGINES)),
+              help="OCR engine for the text-rendering scores.")
 @click.option("--inception-weights", default=None, type=click.Path(dir_okay=False),
               help="Inception-v3 weights file for FID/KID (torch-fidelity's weights-inception-2015-12-05-6726825d.pth).")
 @click.option("--reference-images", default=None, type=click.Path(file_okay=False),
@@ -217,6 +220,9 @@ def eval_cmd(students: tuple[str, ...], teacher: str, data: str, as_json: bool, 
     for value, what in ((inception_weights, "--inception-weights"), (reference_images, "--reference-images")):
         if value and not Path(value).exists():
             raise FileNotFoundError(f"{what} {value}: no such file or folder")
+    pretrained_file = clip_pretrained and ("/" in clip_pretrained or Path(clip_pretrained).suffix)  # tags have neither
+    if pretrained_file and not Path(clip_pretrained).expanduser().is_file():
+        raise FileNotFoundError(f"--clip-pretrained {clip_pretrained}: no such file")
     if html_path:
         check_html_path(Path(html_path))
     _quiet_libraries()

@@ -138,6 +138,9 @@ def training_prompts(meta: dict[str, Any]) -> list[str] | None:
     stages, heldout = meta.get("training_data"), meta.get("heldout")
     if not isinstance(stages, list) or not stages or not isinstance(heldout, dict):
         return None
+    for source in [s for sources in stages for s in sources] + [heldout.get("data")] * bool(heldout.get("data")):
+        if source != "builtin:tiny" and not Path(source).exists():  # a hub id: never fetched behind the user's back
+            raise FileNotFoundError(f"{source} is not on this machine (training data is never downloaded to check it)")
     _, train_rows = heldout_split([load_stage_data(sources) for sources in stages], heldout.get("data"),
                                   int(heldout.get("num_prompts", 0)))
     return [r["text"] for rows in train_rows for r in rows]

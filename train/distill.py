@@ -195,8 +195,6 @@ def average_gradients(model: torch.nn.Module) -> None:
         offset += p.numel()
 
 
-
-
 # ---- the run ------------------------------------------------------------------------------------
 
 
@@ -269,9 +267,12 @@ class Trainer:
         self.setup_validation()
         self.offload_text_encoders()
         self.logger = Logger(self.output, self.cfg["log"]["tensorboard"], self.main)
-        self.gap_initial = self.first_gap()
-        self.loop()
-        return self.finish()
+        try:  # whatever stops the run, the log file and tensorboard's writer thread are closed
+            self.gap_initial = self.first_gap()
+            self.loop()
+            return self.finish()
+        finally:
+            self.logger.close()
 
     # -- setup, in this order --
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from core.errors import ConfigError, did_you_mean, one_line
+from train.cache import teacher_cache_id
 from train.evaluate import GapEvaluator, clip_report, load_checked_student, sample
 from train.teachers.base import Teacher
 
@@ -127,15 +128,6 @@ def content_hash(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def teacher_identity(source: str) -> str:
-    """A local teacher folder by path and fingerprint (a folder rebuilt in place gets new images), a hub id
-    as itself (its snapshot is fixed by the hub's revision)."""
-    from filters.lib.embed import fingerprint
-
-    path = Path(source).expanduser()
-    return f"{path.resolve()}#{fingerprint(path)}" if path.is_dir() else source
-
-
 # ---- images, cached -------------------------------------------------------------------------------
 
 
@@ -149,6 +141,7 @@ class ImageCache:
 
         self.teacher_id = teacher_id
         self.root = Path(root) if root is not None else cache_dir() / "eval-images"
+        self.writable = True
 
     def key(self, encoder: Encoder, prompt: str, sampling: Sampling) -> str:
         fields = {"teacher": self.teacher_id, "encoder": encoder.identity, "prompt": prompt, **sampling.__dict__}
@@ -167,11 +160,20 @@ class ImageCache:
             return None
 
     def put(self, key: str, image: Any) -> None:
+        """Store an image; a folder that cannot be written (read-only, full) only turns storing off, with
+        one warning, as every cache of the project does."""
         from core.fileio import atomic_write_bytes
 
+        if not self.writable:
+            return
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        atomic_write_bytes(self.path(key), buffer.getvalue())
+        try:
+            atomic_write_bytes(self.path(key), buffer.getvalue())
+        except OSError as exc:
+            self.writable = False
+            warnings.warn(f"image cache: cannot write to {self.root} ({exc.strerror or one_line(exc, 160)}); "
+                          "images are no longer cached (set T5SHRINK_CACHE to a writable folder)")
 
 
 @torch.no_grad()
@@ -284,8 +286,6 @@ def feature_extractor(inception_weights: str | None, custom: torch.nn.Module | N
     """(extractor or None, {"features": what FID/KID run on, "note": why skipped}). A custom module wins;
     otherwise Inception-v3 (torch-fidelity's port of the TF FID weights) from `inception_weights` or from
     torch's hub cache, where torch-fidelity keeps a downloaded copy. Offline without either: skipped."""
-    from core.errors import one_line
-
     if custom is not None:
         return custom, {"features": f"custom extractor {type(custom).__name__}", "note": None}
     path = Path(inception_weights) if inception_weights else Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
@@ -293,13 +293,30 @@ def feature_extractor(inception_weights: str | None, custom: torch.nn.Module | N
         return None, {"features": None, "note": "skipped: no Inception-v3 weights (torch-fidelity downloads them, "
                                                 f"which needs the network); pass --inception-weights PATH ({INCEPTION_FILE})"}
     try:
-        from torchmetrics.image.fid import NoTrainInceptionV3
-
-        module = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                    feature_extractor_weights_path=str(path))
+        module = _inception(path)
     except Exception as exc:  # a wrong or damaged file: the other metrics still run
         return None, {"features": None, "note": f"skipped: Inception-v3 weights {path} did not load ({one_line(exc, 200)})"}
     return module, {"features": f"Inception-v3 pool3 (2048-d), torch-fidelity weights {path}", "note": None}
+
+
+def _inception(path: Path) -> torch.nn.Module:
+    """torch-fidelity's Inception-v3 with the weights at `path`. torch-fidelity would torch.load the file with
+    weights_only=False (a pickle can run code), so it is read here with weights_only=True, checked to hold
+    tensors only, and handed over as a file of just those."""
+    import tempfile
+
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    from train.weights import load_torch
+
+    state = load_torch(path, "Inception-v3 weights")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a state dict of tensors")
+    with tempfile.TemporaryDirectory() as tmp:
+        checked = Path(tmp) / INCEPTION_FILE
+        torch.save(state, checked)
+        return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                  feature_extractor_weights_path=str(checked))
 
 
 @torch.no_grad()
@@ -331,7 +348,7 @@ def distance_scores(features: torch.Tensor, teacher: torch.Tensor, reference: to
 
 def load_reference_images(folder: str | Path, resolution: int) -> list[Any]:
     """The image files directly in `folder`, as RGB at the sampled resolution: both sets then reach the
-    extractor alike."""
+    extractor alike. A folder without one readable image is an error (FID against nothing)."""
     from PIL import Image
 
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -342,6 +359,9 @@ def load_reference_images(folder: str | Path, resolution: int) -> list[Any]:
                 images.append(image.convert("RGB").resize((resolution, resolution), Image.BICUBIC))
         except OSError as exc:
             warnings.warn(f"--reference-images: skipped {file} ({exc})")
+    if not images:
+        raise ConfigError(f"--reference-images {folder}: no readable image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+                          "directly in it")
     return images
 
 
@@ -462,7 +482,9 @@ def evaluate_suite(students: list[str], teacher_source: str, data: str, options:
     sampling = choose_sampling(options, metas)
     tools = load_tools(options, device, sampling.resolution, feature_module)  # before the slow part
     prompts = heldout_prompts(data, options.max_prompts)
-    cache = ImageCache(teacher_identity(teacher_source))
+    # the teacher as its embedding cache knows it (a folder by content, with its dtype), and the device:
+    # images drawn in bf16 on a GPU are not the CPU's float32 ones
+    cache = ImageCache(f"{teacher_cache_id(teacher.source, teacher.dtype)}:{teacher.device.type}")
     result = run_suite(teacher, encoders, prompts, sampling, tools, options, cache)
     result.report.update(teacher=teacher_source, data=data)
     for row, meta in zip(result.report["models"][1:], metas):

@@ -280,10 +280,13 @@ class Logger:
                             self.tb.add_scalar(f"{key}/{sub}", v, record["step"])
 
     def close(self) -> None:
+        """Close the log (again: a no-op)."""
         if self.file:
             self.file.close()
+            self.file = None
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
 
 
 # ---- finding and loading a student --------------------------------------------------------------------
