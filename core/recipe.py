@@ -285,11 +285,14 @@ def type_label(schema: Any) -> str:
     return {int: "integer", float: "number", str: "string", bool: "true/false"}.get(schema, "any")
 
 
-def render_keys(rows: list[tuple[str, str, Any]]) -> str:
-    """The rows as aligned text: key, type, and the default when there is one."""
+def render_keys(rows: list[tuple[str, str, Any]], helps: dict[str, str] | None = None) -> str:
+    """The rows as aligned text: key, type, the default when there is one, and then, indented on a line of
+    its own, what the key is for when `helps` says."""
     width = max((len(key) for key, _, _ in rows), default=0)
     lines = []
     for key, kind, default in rows:
         shown = "" if default is None else f"  (default: {json.dumps(default)})"
         lines.append(f"{key:<{width}}  {kind}{shown}")
+        if helps and helps.get(key):
+            lines.append(f"{'':<{width}}    {helps[key]}")
     return "\n".join(lines)

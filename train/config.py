@@ -1,4 +1,4 @@
-"""Training recipes: the keys (KEYS: type, default, range, help, each declared once), and resolving a
+"""Training recipes: the keys (KEYS: type, default, range and help, each declared once), and resolving a
 recipe plus command-line overrides.
 
 A recipe names the teacher, the student, the optimiser, validation, and a list of stages, each with
@@ -211,10 +211,19 @@ def check_ranges(values: dict[str, Any], keys: dict[str, Any] = KEYS, prefix: st
 
 
 def recipe_keys() -> str:
-    """Every key a training recipe takes, with its type and default (`train recipes --keys`)."""
+    """Every key a training recipe takes, with its type, default and what it is for (`train recipes --keys`)."""
     from core.recipe import render_keys, schema_keys
 
-    return render_keys(schema_keys(SCHEMA, {**DEFAULTS, "stages": STAGE_DEFAULTS}))
+    return render_keys(schema_keys(SCHEMA, {**DEFAULTS, "stages": STAGE_DEFAULTS}), _helps(KEYS))
+
+
+def _helps(keys: Any, prefix: str = "") -> dict[str, str]:
+    """Each key's help by its dotted name, as schema_keys names it (a stage's keys under stages.<i>.)."""
+    if isinstance(keys, Key):
+        return {prefix.rstrip("."): keys.help} if keys.help else {}
+    if isinstance(keys, list):
+        return _helps(keys[0], prefix + "<i>.")
+    return {k: v for name, entry in keys.items() for k, v in _helps(entry, f"{prefix}{name}.").items()}
 
 
 def _merge(base: dict, over: dict) -> dict:
