@@ -63,8 +63,9 @@ def test_the_teachers_own_t5_as_a_student_scores_like_the_teacher(kind, tiny_cli
     student's own SD3 unconditional branch): gap 0, the same images (similarity 1, FID ~0), and a random
     student beside it scores worse. KID with 4 images: its subset size shrinks to fit."""
     from filters.lib.embed import build_embedder
-    from train.eval_suite import (Encoder, ImageCache, Sampling, SuiteOptions, Tools, feature_extractor,
-                                  heldout_prompts, run_suite, student_encoder, teacher_encoder)
+    from train.eval_suite import (Encoder, ImageCache, Sampling, SuiteOptions, Tools, heldout_prompts, run_suite,
+                                  student_encoder, teacher_encoder)
+    from train.metrics.fid import feature_extractor
     from train.teachers.registry import load_teacher
     from train.tiny import tiny_teacher_path
 
@@ -160,7 +161,7 @@ def test_a_new_student_beside_cached_ones_draws_only_its_own_images(flux_student
 
 
 def test_weights_that_are_missing_or_wrong_are_notes_and_bad_paths_fail_fast(flux_students, tmp_path):
-    from train.eval_suite import feature_extractor
+    from train.metrics.fid import feature_extractor
 
     bad = tmp_path / "inception.pth"
     bad.write_bytes(b"not a checkpoint")
@@ -235,7 +236,7 @@ class _Trap:
 
 
 def test_inception_weights_are_never_unpickled_beyond_tensors(tmp_path):
-    from train.eval_suite import feature_extractor
+    from train.metrics.fid import feature_extractor
 
     marker, weights = tmp_path / "ran", tmp_path / "inception.pth"
     torch.save({"Conv2d_1a_3x3.conv.weight": _Trap(marker)}, weights)
