@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError, describe_value
-from core.recipe import apply_overrides, load_recipe, recipe_hash, validate
+from core.recipe import apply_overrides, load_recipe, validate
 
 NUM = (int, float)
 
@@ -322,10 +322,6 @@ def t5_config_fields() -> set[str]:
 
 def total_steps(cfg: dict[str, Any]) -> int:
     return sum(s["steps"] for s in cfg["stages"])
-
-
-def config_hash(cfg: dict[str, Any]) -> str:
-    return recipe_hash(cfg)
 
 
 # ---- paths: checked before torch loads, so a typo is reported in a second ----------------------------

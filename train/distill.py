@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from core.errors import ConfigError
+from core.recipe import recipe_hash
 from train.cache import EmbeddingCache, teacher_cache_id
-from train.config import choose_cpu_threads, config_hash, t5_config_fields, total_steps
+from train.config import choose_cpu_threads, t5_config_fields, total_steps
 from train.data import PromptStream, data_sources, heldout_split, load_stage_data
 from train.evaluate import GapEvaluator, preview_grid
 from train.runs import (Logger, TrainingError, check_output, checkpoint_path, log_path, mark_run_folder, preview_path,
@@ -343,7 +344,7 @@ class Trainer:
         a run that --max-steps extended."""
         planned, output = total_steps(self.cfg), self.output
         self.state = {"format": STATE_FORMAT, "step": 0, "positions": [0] * len(self.stages), "bad_steps": 0,
-                      "recipe_hash": config_hash(self.cfg)}
+                      "recipe_hash": recipe_hash(self.cfg)}
         if not self.resume:
             return
         loaded = resume_checkpoint(output, self.student, self.optimizer, self.accelerator)
@@ -363,7 +364,7 @@ class Trainer:
             warnings.warn(f"--resume: --max-steps {self.max_steps} changes the run's length ({length} steps), so "
                           "its lr schedule and stage bounds change too; the resumed run will not match an "
                           "uninterrupted one")
-        if state.get("recipe_hash") != config_hash(self.cfg):
+        if state.get("recipe_hash") != recipe_hash(self.cfg):
             warnings.warn("--resume: the recipe differs from the checkpoint's; continuing with the new one")
         if self.main:
             print(f"resuming from {ckpt} (step {state['step']})", file=sys.stderr, flush=True)
