@@ -25,7 +25,7 @@ import importlib
 import json
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +104,17 @@ class TensorCache:
     def read(self, keys: np.ndarray) -> list[tuple[np.ndarray, dict[str, Any]]]:
         """The cached rows of `keys`, one part a shard: (their positions in `keys`, {tensor name: their rows}).
         Keys that are not cached, or whose shard turns out damaged, are in no part."""
+        return list(self.iter_read(keys))
+
+    def iter_read(self, keys: np.ndarray) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+        """As `read`, one shard's part at a time: a caller that stores each part as it comes holds one
+        shard's rows, not every row asked for."""
         positions, shards, rows = self._lookup(keys)
-        parts = []
         for shard in np.unique(shards):
             pick = shards == shard
             tensors = self._load(int(shard))
             if tensors is not None:
-                parts.append((positions[pick], {name: t[rows[pick].tolist()] for name, t in tensors.items()}))
-        return parts
+                yield positions[pick], {name: t[rows[pick].tolist()] for name, t in tensors.items()}
 
     def write(self, keys: np.ndarray, tensors: Mapping[str, Any]) -> None:
         """Store the rows of `tensors` (n, ...) under the n `keys` as one shard: a no-op once writing has

@@ -55,8 +55,20 @@ class Context:
         return self._embedder
 
     def embed(self, records: list[Prompt]) -> np.ndarray:
-        """(n, d) float32, L2-normalised, one row per record, cached on disk by text."""
-        return self.embed_texts([r.text for r in records])
+        """(n, d) float32, L2-normalised, one row per record, cached on disk by text. A pool of
+        filters.lib.spill.SPILL_MIN_ROWS records or more comes back spilled: memory-mapped from a temp file
+        under the cache folder, so a whole-pool step holds its vectors on disk (see filters/lib/spill.py)."""
+        from filters.lib.spill import SPILL_MIN_ROWS, spilled_array
+
+        texts = [r.text for r in records]
+        if len(texts) < SPILL_MIN_ROWS:
+            return self.embed_texts(texts)
+        self.embedder.progress = self.progress
+        return self.embedder.encode(texts, out=spilled_array((len(texts), self.embedder.dim), self.spill_dir()))
+
+    def spill_dir(self) -> Path | None:
+        """Where spilled arrays' (unlinked) temp files go: <cache>/spill, or the system temp folder."""
+        return self.cache_dir / "spill" if self.cache_dir is not None else None
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """As `embed`, for texts that are not records (an evaluation set's, say)."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from filters.base import Context, Step, StepResult, register
 from filters.lib.kmeans import kmeans_labels
+from filters.lib.spill import take_rows
 
 if TYPE_CHECKING:
     from core.records import Prompt
@@ -55,7 +56,8 @@ class Cluster(Step):
         for crit in sorted(groups):
             idx = groups[crit]
             k = max(1, round(math.sqrt(len(idx)))) if self.k == "auto" else min(self.k, len(idx))
-            rows = x if len(idx) == len(records) else x[idx]  # no copy of 1.5 GB when there is one group
+            # One group clusters x itself; a criterion's rows are copied out, spilled like x when large.
+            rows = x if len(idx) == len(records) else take_rows(x, np.asarray(idx), ctx.spill_dir())
             labels = kmeans_labels(rows, k, self.niter, ctx.seed, self.max_points_per_centroid)
             for i, label in zip(idx, labels.tolist()):
                 records[i].cluster = offset + label

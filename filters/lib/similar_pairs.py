@@ -8,6 +8,8 @@ from typing import Callable
 
 import numpy as np
 
+from filters.lib.spill import PASS_ROWS, release_pages
+
 _QUERY_CHUNK = 8192  # bounds the range-search result buffers
 
 
@@ -35,12 +37,11 @@ def _concat(parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _ivf_pairs(x: np.ndarray, threshold: float, nlist: int, nprobe: int, seed: int):
-    from filters.lib.kmeans import spherical_kmeans
+    from filters.lib.kmeans import search_in_chunks, spherical_kmeans
 
-    n, d = x.shape
     # 64 points per centroid and 10 iterations: the cells need only be compact, not optimal.
     km = spherical_kmeans(x, nlist, niter=10, seed=seed, max_points_per_centroid=64)
-    sims, probe = km.index.search(x, min(nprobe, nlist))
+    sims, probe = search_in_chunks(km.index, x, min(nprobe, nlist))
     # Skip probes that provably hold no duplicate. If cos(x, y) >= t then |x - y| <= r =
     # sqrt(2 - 2t), and y can only be nearer centroid c_k than x's home c_1 if
     # <x, c_1> - <x, c_k> <= r |c_k - c_1|. No recall is lost; on clustered data most
@@ -56,10 +57,16 @@ def _ivf_pairs(x: np.ndarray, threshold: float, nlist: int, nprobe: int, seed: i
     asked_at = np.searchsorted(probe.ravel()[asked], np.arange(nlist + 1))
     asked //= probe.shape[1]  # flat position -> row
     parts = []
+    gathered = 0  # rows of a spilled x read since its pages were last released
     for cell in range(nlist):
         members, queries = home[home_at[cell] : home_at[cell + 1]], asked[asked_at[cell] : asked_at[cell + 1]]
         if len(members) and len(queries):
             parts.append(_range_pairs(x[members], members, x[queries], queries, threshold))
+            gathered += len(members) + len(queries)
+        if gathered >= PASS_ROWS:
+            release_pages(x)
+            gathered = 0
+    release_pages(x)
     return _concat(parts)
 
 
