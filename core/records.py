@@ -167,6 +167,15 @@ def normalize_text(text: str) -> str:
     return text.strip(_EDGE_PUNCT).strip()
 
 
+_WORD_RUN = re.compile(r"\w+")
+
+
+def words(text: str) -> list[str]:
+    """The normalised text's words (runs of \\w), in order: what semantic dedup and decontamination compare
+    when they ask whether two prompts are the same words rearranged, or share word n-grams."""
+    return _WORD_RUN.findall(normalize_text(text))
+
+
 def dedup_key(text: str) -> str:
     """Like normalize_text, but "A and B" equals "B and A": the two halves of a
     single top-level ' and ' are sorted, as compositional pairs are order-free."""

@@ -22,25 +22,18 @@ criterion, the cleanest copy (lowest records.normalization_cost), then the small
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core.errors import describe_value
-from core.records import dedup_key
+from core.records import dedup_key, words
 from filters.base import Context, Step, StepResult, register
 from filters.lib.similar_pairs import keep_first, similar_pairs
 
 if TYPE_CHECKING:
     from core.records import Prompt
-
-_WORD = re.compile(r"\w+")
-
-
-def _bag(text: str) -> list[str]:
-    return sorted(_WORD.findall(text.lower()))
 
 
 @register
@@ -77,7 +70,7 @@ class DedupSemantic(Step):
     def _may_merge(self, a: Prompt, b: Prompt) -> bool:
         if self.same_rendered_text and not a.same_rendered_text(b):
             return False
-        if self.keep_rearrangements and _bag(a.text) == _bag(b.text):
+        if self.keep_rearrangements and sorted(words(a.text)) == sorted(words(b.text)):
             return dedup_key(a.text) == dedup_key(b.text)  # "A and B" / "B and A" is still one prompt
         return True
 

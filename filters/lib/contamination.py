@@ -25,17 +25,15 @@ reading 'open'" / "... 'closed'"): the words to render are what text-rendering e
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-from core.records import dedup_key, normalize_text
+from core.records import dedup_key, words
 from filters.lib.rendered_text import extract_rendered_text
 
-_WORD = re.compile(r"\w+")
 _SIMILARITY_ROWS = 2048  # prompts compared with the whole eval set at once: 2048 x m float32
 
 
@@ -48,17 +46,13 @@ class Contamination(NamedTuple):
 def word_ngrams(text: str, n: int) -> set[str]:
     """The word n-grams of the normalised text (case, quotes and punctuation ignored), read around the
     text as a circle: as many n-grams as words, each word in n of them (see the module doc)."""
-    words = _WORD.findall(normalize_text(text))
-    cycle = words + words[: n - 1]
-    return {" ".join(cycle[i : i + n]) for i in range(len(words))}
+    found = words(text)
+    cycle = found + found[: n - 1]
+    return {" ".join(cycle[i : i + n]) for i in range(len(found))}
 
 
 def _same_rendered_text(a: str, b: str) -> bool:
     return extract_rendered_text(a) == extract_rendered_text(b)
-
-
-def _bag(text: str) -> list[str]:
-    return sorted(_WORD.findall(normalize_text(text)))
 
 
 class EvalIndex:
@@ -135,7 +129,7 @@ class EvalIndex:
         above = np.flatnonzero(sims >= self.semantic_threshold)
         for i in above[np.argsort(-sims[above], kind="stable")].tolist():
             other = self.texts[i]
-            if _bag(text) == _bag(other) or not _same_rendered_text(text, other):
+            if sorted(words(text)) == sorted(words(other)) or not _same_rendered_text(text, other):
                 continue  # same-key rearrangements ("A and B") were eval_exact already
             return Contamination("eval_semantic", other, min(float(sims[i]), 1.0))
         return None
