@@ -49,16 +49,19 @@ def write_prompts(path: Path, n: int, seed: int = 0) -> None:
             handle.write(f"a {' '.join(rng.choice(_WORDS) for _ in range(5))} scene, photo number {i}\n")
 
 
-def build_peak(pool: Path, out: Path, size: int, keep: set[str]) -> tuple[float, float, dict]:
-    """(peak RSS in MiB, seconds, manifest) of one build in a child process."""
-    overrides = [f"--set=steps.{s}=null" for s in MODEL_STEPS if s not in keep]
+def build_peak(pool: Path, out: Path, size: int, steps_off: list[str], recipe: str = "quality",
+               cache: Path | None = None) -> tuple[float, float, dict]:
+    """(peak RSS in MiB, seconds, manifest) of one `curate build` in a child process, the pool as its quality
+    source, `steps_off` switched off, and $T5SHRINK_CACHE at `cache` when given."""
+    overrides = [f"--set=steps.{s}=null" for s in steps_off]
     script = ("import resource, sys; from curate.cli import main\n"
               "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"T5SHRINK_CACHE": str(cache)} if cache else {})}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", script, "build", "--recipe", "quality", "--source", f"quality={pool}",
+    done = subprocess.run([sys.executable, "-c", script, "build", "--recipe", recipe, "--source", f"quality={pool}",
                            "--size", str(size), "--output", str(out), "--quiet", *overrides],
-                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(f"build failed: {done.stderr.strip()}")
@@ -81,7 +84,8 @@ def main() -> None:
         for n in sizes:
             pool = Path(tmp) / f"pool-{n}.txt"
             write_prompts(pool, n)
-            peak, seconds, manifest = build_peak(pool, Path(tmp) / f"out-{n}", args.set_size, keep)
+            peak, seconds, manifest = build_peak(pool, Path(tmp) / f"out-{n}", args.set_size,
+                                                 [s for s in MODEL_STEPS if s not in keep])
             pool.unlink()
             growth = "" if first is None else f"{(peak - first[1]) * 2**20 / (n - first[0]):21,.0f}"
             first = first or (n, peak)

@@ -16,17 +16,13 @@ smallest size's peak (what grows with the pool).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.build_memory import write_prompts  # noqa: E402
+from bench.build_memory import build_peak, write_prompts  # noqa: E402
 
 SPACY_STEPS = ("tag", "visual")
 
@@ -49,24 +45,6 @@ def fill_embedding_cache(pool: Path, cache: Path, seed: int = 0) -> None:
         store.write(text_keys(part), {"vectors": vectors})
 
 
-def build_peak(recipe: str, pool: Path, out: Path, cache: Path, size: int) -> tuple[float, float, dict]:
-    """(peak RSS in MiB, seconds, manifest) of one build in a child process."""
-    overrides = [f"--set=steps.{s}=null" for s in SPACY_STEPS]
-    script = ("import resource, sys; from curate.cli import main\n"
-              "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
-              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)\n")
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", script, "build", "--recipe", recipe, "--source", f"quality={pool}",
-                           "--size", str(size), "--output", str(out), "--quiet", *overrides],
-                          capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "T5SHRINK_CACHE": str(cache)})
-    seconds = time.perf_counter() - started
-    if done.returncode:
-        raise SystemExit(f"build failed: {done.stderr.strip()}")
-    peak_kib = int(done.stderr.strip().splitlines()[-1])
-    return peak_kib / 1024, seconds, json.loads((out / "manifest.json").read_text())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="20000,50000,100000", help="input rows per build")
@@ -84,7 +62,8 @@ def main() -> None:
             pool, cache = Path(tmp) / f"pool-{n}.txt", Path(tmp) / f"cache-{n}"
             write_prompts(pool, n)
             fill_embedding_cache(pool, cache)
-            peak, seconds, manifest = build_peak(args.recipe, pool, Path(tmp) / f"out-{n}", cache, args.set_size)
+            peak, seconds, manifest = build_peak(pool, Path(tmp) / f"out-{n}", args.set_size, list(SPACY_STEPS),
+                                                 args.recipe, cache)
             growth = "" if first is None else f"{(peak - first[1]) * 2**20 / (n - first[0]):17,.0f}"
             first = first or (n, peak)
             semantic = next((s["dropped"] for s in manifest["steps"] if s["name"] == "dedup_semantic"), 0)
