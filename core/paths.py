@@ -1,7 +1,9 @@
-"""Where things are: the cache folder, and the one "not found" rule for every path-or-hub-id argument."""
+"""Where things are: the cache folder, the one "not found" rule for every path-or-hub-id argument, and the
+content fingerprint of a local model that every cache keys it by."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -13,6 +15,23 @@ SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")  # the prompt files t
 def cache_dir() -> Path:
     """Where embeddings and tiny teachers are cached: $T5SHRINK_CACHE or ~/.cache/t5shrink."""
     return Path(os.environ.get("T5SHRINK_CACHE", Path.home() / ".cache" / "t5shrink"))
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """Short hash of a local checkpoint (configs in full; weights by size and their first
+    and last 64 KiB), so two different checkpoints never share cached embeddings."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha1()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(65536))
+            if size > 65536:
+                fh.seek(max(65536, size - 65536))
+                h.update(fh.read())
+    return h.hexdigest()[:10]
 
 
 def local_path_or_hub_id(value: str, what: str) -> Path | None:

@@ -25,7 +25,7 @@ from train.teachers.base import Cond
 def teacher_cache_id(source: str, dtype: torch.dtype) -> str:
     """The teacher part of every cache key. A local folder is also fingerprinted by content (as the
     curation embedding cache does), so a checkpoint replaced in place never reads stale embeddings."""
-    from filters.lib.embed import fingerprint
+    from core.paths import fingerprint
 
     content = fingerprint(source) if Path(source).exists() else "hub"
     return f"{source}#{content}:{dtype}"

@@ -335,13 +335,10 @@ def check_teacher_path(source: str) -> None:
         local_path_or_hub_id(source, "teacher")
 
 
-def stage_sources(cfg: dict[str, Any]) -> list[str]:
-    """Every data source the recipe reads: each stage's (a path, or a list of paths / {path, repeat})."""
-    out = []
-    for stage in cfg["stages"]:
-        for item in stage["data"] if isinstance(stage["data"], list) else [stage["data"]]:
-            out.append(str(item.get("path")) if isinstance(item, dict) else str(item))
-    return out
+def data_sources(spec: Any) -> list[str]:
+    """The sources a stage's `data` (or validation.data) names: a path, or a list of paths / {path, repeat}."""
+    items = spec if isinstance(spec, list) else [spec]
+    return [str(item.get("path")) if isinstance(item, dict) else str(item) for item in items]
 
 
 def check_sources(cfg: dict[str, Any]) -> None:
@@ -351,7 +348,7 @@ def check_sources(cfg: dict[str, Any]) -> None:
     from core.paths import local_path_or_hub_id
 
     check_teacher_path(cfg["teacher"]["path"])
-    for source in stage_sources(cfg):
+    for source in (s for stage in cfg["stages"] for s in data_sources(stage["data"])):
         if source != "builtin:tiny":
             local_path_or_hub_id(source, "data")
     if cfg["validation"]["data"] and cfg["validation"]["data"] != "builtin:tiny":

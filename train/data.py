@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from core.errors import ConfigError
+from train.config import data_sources
 
 Prompt = dict[str, str]  # {"text": ..., "category": ...}
 NO_CATEGORY = "all"
@@ -75,13 +76,11 @@ def load_stage_data(spec: Any) -> list[Prompt]:
     return rows
 
 
-def data_sources(spec: Any) -> list[str]:
-    """The sources a stage's `data` (or validation.data) names, local ones as absolute paths: what a student
-    records of its training data, so that `train eval` can tell the held-out prompts it was trained on
-    (training_prompts) wherever it runs."""
-    items = spec if isinstance(spec, list) else [spec]
-    sources = [str(item["path"]) if isinstance(item, dict) else str(item) for item in items]
-    return [str(Path(s).expanduser().resolve()) if Path(s).expanduser().exists() else s for s in sources]
+def recorded_sources(spec: Any) -> list[str]:
+    """train.config.data_sources(spec), local ones as absolute paths: what a student records of its training
+    data, so that `train eval` can tell the held-out prompts it was trained on (training_prompts) wherever
+    it runs."""
+    return [str(Path(s).expanduser().resolve()) if Path(s).expanduser().exists() else s for s in data_sources(spec)]
 
 
 def _rank(text: str) -> str:

@@ -40,7 +40,7 @@ from core.errors import ConfigError
 from core.recipe import recipe_hash
 from train.cache import EmbeddingCache, teacher_cache_id
 from train.config import choose_cpu_threads, t5_config_fields, total_steps
-from train.data import PromptStream, data_sources, heldout_split, load_stage_data
+from train.data import PromptStream, heldout_split, load_stage_data, recorded_sources
 from train.evaluate import GapEvaluator, preview_grid
 from train.runs import (Logger, TrainingError, check_output, checkpoint_path, log_path, mark_run_folder, preview_path,
                         resume_checkpoint, save_checkpoint, save_final_student, student_path, truncate_log,
@@ -397,8 +397,8 @@ class Trainer:
                      "t5_slot": self.teacher.t5_slot, "max_sequence_length": self.val_len, "resolution": self.val_res,
                      "guidance": self.cfg["teacher"]["guidance"], "recipe": self.recipe_name,
                      "recipe_hash": self.state["recipe_hash"],
-                     "training_data": [data_sources(s["data"]) for s in self.stages],
-                     "heldout": {"data": data_sources(self.val["data"])[0] if self.val["data"] else None,
+                     "training_data": [recorded_sources(s["data"]) for s in self.stages],
+                     "heldout": {"data": recorded_sources(self.val["data"])[0] if self.val["data"] else None,
                                  "num_prompts": self.val["num_prompts"]}}
         if any(s["max_sequence_length"] != self.val_len for s in self.stages):
             warnings.warn("stages use different max_sequence_length; inference should use the last stage's "

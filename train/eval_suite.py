@@ -110,20 +110,10 @@ def teacher_encoder(teacher: Teacher) -> Encoder:
 
 def student_encoder(teacher: Teacher, path: str, device: str) -> tuple[Encoder, dict[str, Any]]:
     """A student as a report row (named by the path given), and its notes (t5shrink.json)."""
+    from core.paths import fingerprint  # the content rule every cache of the project keys models by
+
     folder, student, meta = load_checked_student(teacher, path)
-    return Encoder(path, student.to(device).float().eval(), f"student-{content_hash(folder)}", str(folder)), meta
-
-
-def content_hash(folder: Path) -> str:
-    """sha256 over the names and bytes of a folder's files: two students share cached images only when
-    their weights are the same bytes."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in Path(folder).iterdir() if p.is_file()):
-        digest.update(file.name.encode() + b"\0")
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+    return Encoder(path, student.to(device).float().eval(), f"student-{fingerprint(folder)}", str(folder)), meta
 
 
 # ---- images, cached -------------------------------------------------------------------------------

