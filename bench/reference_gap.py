@@ -45,7 +45,10 @@ from train.teachers.registry import load_teacher  # noqa: E402
 
 
 def train_reference(teacher, prompts, steps: int, batch_size: int, resolution: int, max_len: int = 77,
-                    sampling_steps: int = 20, lr: float = 1e-4, zero_pooled: bool = True, seed: int = 0):
+                    sampling_steps: int = 20, lr: float = 1e-4, zero_pooled: bool = True, seed: int = 0,
+                    after_update=None):
+    """The reference loop for `steps` updates; `after_update(student, updates_so_far)` is called after each
+    one (bench/distill_efficiency.py measures the gap curve with it)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     student = build_student("config", teacher.width, teacher.vocab_size, base_config=teacher.t5_config,
@@ -63,15 +66,17 @@ def train_reference(teacher, prompts, steps: int, batch_size: int, resolution: i
         ids = teacher.tokenize(texts, max_len).to(teacher.device)
         guidance = rng.choice(guidance_grid)
         x = teacher.noise(len(texts), resolution, torch.Generator().manual_seed(seed * 100_003 + done))
-        done += reference_trajectory(student, opt, teacher, tcond, ids, x, max_len, sampling_steps, guidance,
-                                     max_updates=steps - done)
+        done = reference_trajectory(student, opt, teacher, tcond, ids, x, max_len, sampling_steps, guidance,
+                                    max_updates=steps - done, after_update=after_update, done=done)
     return student
 
 
 def reference_trajectory(student, optimizer, teacher, tcond, ids, x, max_len: int, n_steps: int, guidance: float,
-                         clip: float | None = None, max_updates: int | None = None) -> int:
+                         clip: float | None = None, max_updates: int | None = None, after_update=None,
+                         done: int = 0) -> int:
     """One trajectory of the reference loop: the student re-run and an optimizer step at every denoising
-    step (clip: max student grad norm, None as published). Stops after max_updates; returns the updates made."""
+    step (clip: max student grad norm, None as published). Stops after max_updates; returns `done` plus the
+    updates made, and calls after_update(student, that count) after each."""
     updates = 0
     for t in teacher.timesteps(n_steps, x):
         if max_updates is not None and updates >= max_updates:
@@ -86,9 +91,11 @@ def reference_trajectory(student, optimizer, teacher, tcond, ids, x, max_len: in
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         updates += 1
+        if after_update is not None:
+            after_update(student, done + updates)
         with torch.no_grad():
             x = teacher.step(teacher.velocity(x, t, target, guidance, max_len), t, x)
-    return updates
+    return done + updates
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """bench/train_step.py and bench/fp8_linears.py at tiny scale on CPU: both loop shapes run, the JSON holds
-times and ratios; the float8 comparison holds its memory claims."""
+times and ratios; the float8 comparison holds its memory claims. bench/distill_efficiency.py gives ours and
+the reference the same compute."""
 
 from __future__ import annotations
 
@@ -88,3 +89,24 @@ def test_fp8_linears_halve_the_weights_and_keep_no_more_for_backward(capsys):
     if "torchao float8" in report:  # float8 training linears keep their inputs for the weight gradient
         assert report["torchao float8"]["saved_mib"] > bf16["saved_mib"]
     assert "train.fp8" in capsys.readouterr().out
+
+
+def test_equal_compute_harness_gives_both_loops_the_same_prompt_passes(tmp_path, capsys):
+    bench = load_bench("distill_efficiency")
+    out, again = tmp_path / "eq.json", tmp_path / "again.json"
+    argv = ["--teachers", "tiny:sd3", "--seeds", "0", "--budgets", "64,128", "--threads", "1"]
+    bench.main(argv + ["--ref-lrs", "1e-3,1e-2", "--json", str(out)])
+    table = capsys.readouterr().out
+    (run,) = json.loads(out.read_text())["results"]
+    for budget in ("64", "128"):
+        ours = run["ours"][budget]
+        assert ours["passes"] == int(budget) and ours["curve"][-1][0] == int(budget)
+        assert 0 < ours["gap"] < 1.5 and ours["seconds"] > 0
+    for ref in run["reference"]:  # a gap measured at every budget, after exactly that many passes
+        assert {int(budget) for budget, _, _ in ref["curve"]} >= {64, 128}
+        assert all(later[1] >= earlier[1] for earlier, later in zip(ref["curve"], ref["curve"][1:]))  # seconds grow
+    assert "ours / ref" in table and "reference lr 0.01" in table
+    # the reference does not depend on ours' recipe: a second run reuses its curves instead of training it again
+    bench.main(argv + ["--ref-lrs", "", "--reference", str(out), "--set", "optim.lr=1e-3", "--json", str(again)])
+    (rerun,) = json.loads(again.read_text())["results"]
+    assert rerun["reference"] == run["reference"] and rerun["ours"]["64"]["gap"] != run["ours"]["64"]["gap"]
