@@ -138,8 +138,8 @@ def distill_trajectory(student: torch.nn.Module, teacher: Teacher, parts: list[M
     recipe does. Otherwise one `update(loss)` after the trajectory with the K steps' gradients averaged: the
     student then runs once per micro-batch and its output is a leaf for the K transformer passes (the
     student graphs of all micro-batches are held until the end). At equal compute and learning rate,
-    per-step updates reach a given gap with fewer transformer passes (bench/distill_efficiency.py), so it
-    is the default. `update` returns False when the update was skipped as non-finite: the trajectory is
+    per-step updates reach a given gap with fewer transformer passes (bench/distill_efficiency.py
+    --set distill.update=trajectory), so it is the default. `update` returns False when the update was skipped as non-finite: the trajectory is
     abandoned then, since non-finite latents would stay so."""
     k, last = len(train_idx), max(train_idx)
     prompts = sum(len(p.ids) for p in parts)
@@ -576,10 +576,11 @@ class Trainer:
 
     def validate(self) -> dict[str, Any]:
         """The held-out gap now (logged, and shown on the bar), and a preview grid when validation.images."""
-        val = self.val
+        val, started = self.val, time.perf_counter()
         report = self.evaluator(self.student)
         self.latest_gap = report["gap"]
-        self.logger.log({"step": self.step, "val_gap": report["gap"], "val_gap_per_category": report["per_category"]})
+        self.logger.log({"step": self.step, "val_gap": report["gap"], "val_gap_per_category": report["per_category"],
+                         "val_s": round(time.perf_counter() - started, 2)})
         if val["images"] and self.main:
             texts = [p["text"] for p in self.heldout[: val["image_prompts"]]]
             preview_grid(self.teacher, self.student, texts, self.teacher_cond(texts, self.val_len).to(self.device),
