@@ -9,8 +9,8 @@ On CPU everything is float32 without autocast (what the trainer does there).
 
 Configurations (same batch / resolution / tokens; each has a fresh student + AdamW). An iteration is one
 regressed denoising step and one optimizer update in both loops: the trainer's default (distill.update:
-step) makes the same updates as the reference; bench/distill_efficiency.py shows why (at equal compute it
-beats one update per trajectory).
+step) makes the same updates as the reference; bench/distill_efficiency.py --set distill.update=trajectory
+shows why (at equal compute it beats one update per trajectory).
   reference        T5-XXL + CLIP encode again, teacher transformer forward (no_grad), student forward +
                    transformer forward + backward into the student, AdamW step; T5-XXL resident.
   ours             train.distill.distill_trajectory's step (update: step): teacher embeddings from the

@@ -107,7 +107,8 @@ KEYS: dict[str, Any] = {
     },
     "optim": {
         "lr": Key(NUM, 1.0e-4, numbers(lambda v: v > 0, "a number > 0")),
-        "betas": Key([NUM], [0.9, 0.999]),
+        "betas": Key([NUM], [0.7, 0.95], help="not the usual 0.9, 0.999: shorter Adam memories learn more per "
+                     "prompt-pass here (README: Benchmarks, learning per unit of compute)"),
         "eps": Key(NUM, 1.0e-8),
         "weight_decay": Key(NUM, 1.0e-3, numbers(lambda v: v >= 0, "a number >= 0")),
         "warmup_steps": Key(int, 0, COUNT),
