@@ -35,6 +35,7 @@ class Cluster(Step):
     """
 
     kind = "cluster"
+    embeds = True
 
     def __init__(self, k: int | str = "auto", niter: int = 20, per_criterion: bool = True,
                  max_points_per_centroid: int = 64):
