@@ -9,6 +9,7 @@
   twins, all in its component, so the union of the partitions' answers is the answer on the whole pool.
 
 Records outside a step's criteria pass through untouched, as curate.pipeline._PlannedStep runs them.
+Partitions move between workers through `shuffle`, a hash shuffle in plain Ray tasks.
 """
 
 from __future__ import annotations
@@ -24,6 +25,35 @@ from curate.ray_rows import decode, kept_records, order_bytes, result_table
 from filters.base import Context, Step, StepResult
 
 
+def shuffle(ds, assign, reduce, parts: int, *args):
+    """A hash shuffle in plain Ray tasks: each block of `ds` is split by assign(table, parts, *args) -> one
+    partition index per row, then reduce(partition table, *args) -> table runs once per partition; returns
+    the dataset of the reduced tables. (Ray Data's groupby takes seconds a stage to set up its shuffle
+    actors; these tasks take milliseconds. A task whose worker dies runs again: Ray retries tasks.)
+    An ObjectRef among `args` reaches the functions as its value."""
+    import ray
+    import ray.data
+
+    split = ray.remote(_split)
+    pieces = [split.options(num_returns=parts).remote(block, assign, parts, *args) for block in ds.to_arrow_refs()]
+    pieces = [[p] for p in pieces] if parts == 1 else pieces
+    out = [ray.remote(_reduce).remote(reduce, args, *[p[j] for p in pieces]) for j in range(parts)]
+    return ray.data.from_arrow_refs(out)
+
+
+def _split(table: pa.Table, assign, parts: int, *args):
+    part = np.asarray(assign(table, parts, *args), np.int64)
+    tables = tuple(table.filter(pa.array(part == j)) for j in range(parts))
+    return tables if parts > 1 else tables[0]
+
+
+def _reduce(reduce, args: tuple, *tables: pa.Table) -> pa.Table:
+    import ray
+
+    args = [ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args]
+    return reduce(pa.concat_tables(tables), *args)
+
+
 def _part_of_seq(seq: bytes, parts: int) -> int:
     return zlib.crc32(seq) % parts
 
@@ -32,26 +62,23 @@ def _in(planned, record: Prompt) -> bool:
     return planned.criteria is None or record.criterion in planned.criteria
 
 
-def _exact_parts(batch: pa.Table, planned, parts: int) -> pa.Table:
-    part = [int.from_bytes(planned.step.digest(r)[:8], "big") % parts if _in(planned, r) else _part_of_seq(s, parts)
+def _exact_parts(batch: pa.Table, parts: int, planned, data) -> list[int]:
+    return [int.from_bytes(planned.step.digest(r)[:8], "big") % parts if _in(planned, r) else _part_of_seq(s, parts)
             for r, _, s in decode(batch)]
-    return batch.append_column("part", pa.array(part, pa.int64()))
 
 
 def _run_planned(group: pa.Table, planned, data: dict[str, Any]) -> pa.Table:
     """The planned step on one partition's records, in the local engine's order."""
     from curate.pipeline import make_context
 
-    records, seqs = kept_records(group.drop_columns(["part"]))
+    records, seqs = kept_records(group)
     result = planned.run(records, make_context(data, progress=False))
     return result_table(records, seqs, result.kept, result.dropped)
 
 
 def dedup_exact(ds, planned, data: dict[str, Any], parts: int):
     """dedup_exact over a dataset of kept rows: kept and dropped rows out."""
-    ds = ds.map_batches(_exact_parts, batch_format="pyarrow", fn_kwargs={"planned": planned, "parts": parts})
-    return ds.groupby("part", num_partitions=parts).map_groups(
-        _run_planned, batch_format="pyarrow", fn_kwargs={"planned": planned, "data": data})
+    return shuffle(ds, _exact_parts, _run_planned, parts, planned, data)
 
 
 BAND_SCHEMA = pa.schema([("bkey", pa.uint64()), ("seq", pa.binary()), ("order", pa.binary())])
@@ -70,13 +97,19 @@ def _band_rows(batch: pa.Table, planned) -> pa.Table:
     return pa.table({"bkey": pa.array(bkey.ravel(), pa.uint64()), "seq": seqs, "order": orders}, schema=BAND_SCHEMA)
 
 
-def _bucket_pairs(group: pa.Table) -> pa.Table:
-    """The candidate pairs of one band bucket, as the local engine's window finds them."""
+def _band_parts(bands: pa.Table, parts: int) -> np.ndarray:
+    with np.errstate(over="ignore"):  # a multiplicative hash: spreads keys whose low bits agree
+        return (bands.column("bkey").to_numpy() * np.uint64(0x9E3779B97F4A7C15) >> np.uint64(40)) % np.uint64(parts)
+
+
+def _bucket_pairs(bands: pa.Table) -> pa.Table:
+    """The candidate pairs of a partition's band buckets, as the local engine's window finds them: in
+    each bucket, records in the local engine's order."""
     from filters.dedup_near import bucket_pairs
 
-    group = group.sort_by("order")
-    lo, hi = bucket_pairs(np.zeros(group.num_rows, np.uint32), np.ones(group.num_rows, bool))
-    seq = np.array(group.column("seq").to_pylist(), dtype=object)
+    bands = bands.sort_by("order")
+    lo, hi = bucket_pairs(bands.column("bkey").to_numpy(), np.ones(bands.num_rows, bool))
+    seq = np.array(bands.column("seq").to_pylist(), dtype=object)
     return pa.table({"lo": seq[lo].tolist(), "hi": seq[hi].tolist()}, schema=PAIR_SCHEMA)
 
 
@@ -97,10 +130,8 @@ def _components(pairs: set[tuple[bytes, bytes]], parts: int) -> dict[bytes, int]
     return {x: _part_of_seq(root(x), parts) for x in parent}
 
 
-def _near_parts(batch: pa.Table, part_of, parts: int) -> pa.Table:
-    part_of = _get(part_of)
-    part = [part_of.get(s, _part_of_seq(s, parts)) for s in batch.column("seq").to_pylist()]
-    return batch.append_column("part", pa.array(part, pa.int64()))
+def _near_parts(batch: pa.Table, parts: int, part_of: dict[bytes, int], *_) -> list[int]:
+    return [part_of.get(s, _part_of_seq(s, parts)) for s in batch.column("seq").to_pylist()]
 
 
 class _GivenPairs(Step):
@@ -117,43 +148,27 @@ class _GivenPairs(Step):
         return self.near.decide(records, lo, hi, hashes, ends)
 
 
-def _decide_near(group: pa.Table, planned, earlier) -> pa.Table:
+def _decide_near(group: pa.Table, part_of, earlier, planned) -> pa.Table:
     from curate.pipeline import _PlannedStep
 
-    records, seqs = kept_records(group.drop_columns(["part"]))
-    given = _GivenPairs(planned.step, _get(earlier), {id(r): s for r, s in zip(records, seqs)})
+    records, seqs = kept_records(group)
+    given = _GivenPairs(planned.step, earlier, {id(r): s for r, s in zip(records, seqs)})
     result = _PlannedStep(planned.name, given, planned.criteria).run(records, Context(progress=False))
     return result_table(records, seqs, result.kept, result.dropped)
 
 
 def dedup_near(ds, planned, parts: int):
-    """dedup_near over a dataset of kept rows (materialized: it is read twice): kept and dropped rows out."""
+    """dedup_near over a dataset of kept rows (materialized: it is read twice): kept and dropped rows out,
+    and the number of candidate pairs."""
     import ray
 
-    bands = ds.map_batches(_band_rows, batch_format="pyarrow", fn_kwargs={"planned": planned})
-    found = bands.groupby("bkey", num_partitions=parts).map_groups(_bucket_pairs, batch_format="pyarrow")
+    bands = ds.map_batches(_band_rows, batch_format="pyarrow", fn_kwargs={"planned": planned}).materialize()
+    found = shuffle(bands, _band_parts, _bucket_pairs, parts)
     pairs: set[tuple[bytes, bytes]] = set()
     for batch in found.iter_batches(batch_format="pyarrow"):
         pairs.update(zip(batch.column("lo").to_pylist(), batch.column("hi").to_pylist()))
     earlier: dict[bytes, list[bytes]] = {}
     for a, b in pairs:
         earlier.setdefault(b, []).append(a)
-    part_of, earlier = [ray.put(_components(pairs, parts))], [ray.put(earlier)]  # in a list: passed as a ref
-    ds = ds.map_batches(_near_parts, batch_format="pyarrow", fn_kwargs={"part_of": part_of, "parts": parts})
-    return ds.groupby("part", num_partitions=parts).map_groups(
-        _decide_near, batch_format="pyarrow", fn_kwargs={"planned": planned, "earlier": earlier}), len(pairs)
-
-
-def _get(boxed: list) -> Any:
-    """A broadcast value: the object behind the one ref in `boxed` (fetched once per worker process)."""
-    import ray
-
-    key = boxed[0].hex()
-    if key not in _FETCHED:
-        if len(_FETCHED) >= 4:  # a worker serves one build's stages: older values are done with
-            _FETCHED.clear()
-        _FETCHED[key] = ray.get(boxed[0])
-    return _FETCHED[key]
-
-
-_FETCHED: dict[str, Any] = {}
+    out = shuffle(ds, _near_parts, _decide_near, parts, ray.put(_components(pairs, parts)), ray.put(earlier), planned)
+    return out, len(pairs)
