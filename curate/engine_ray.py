@@ -129,7 +129,7 @@ class _Build:
 
     def say(self, message: str) -> None:
         if self.progress:
-            print(f"  {message} [{time.strftime('%X')}]", file=sys.stderr)
+            print(f"  {message}", file=sys.stderr)
 
     def read(self, streamed: list[_PlannedStep]):
         """Every row of every pool (and the streamed steps' drops), as a dataset."""
