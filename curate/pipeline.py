@@ -399,15 +399,28 @@ def finish_build(recipe_name: str, data: dict[str, Any], records: list[Prompt], 
                  started: float, log, engine: str) -> BuildResult:
     """Balance the records left after the steps (in canonical order), then write the set and its manifest:
     the end of a build, whichever engine ran the steps."""
-    seed = int(data.get("seed", 0))
     n_in = len(records)
-    kept, over, report = balance(records, data["size"], data["quotas"], _seed_for(seed, "balance"),
+    kept, over, report = balance(records, data["size"], data["quotas"], balance_seed(data),
                                  data.get("on_shortfall", "scale"))
     del records
     rejections.add(over)
+    return write_build(recipe_name, data, kept, n_in, Counter(drop.kind for _, drop in over), report, step_stats,
+                       source_stats, rejections, writer, started, log, engine)
+
+
+def balance_seed(data: dict[str, Any]) -> int:
+    """The seed balance ranks records by (both engines)."""
+    return _seed_for(int(data.get("seed", 0)), "balance")
+
+
+def write_build(recipe_name: str, data: dict[str, Any], kept: list[Prompt], n_in: int, over: Counter,
+                report: dict[str, Any], step_stats: list[dict[str, Any]], source_stats: list[dict[str, Any]],
+                rejections: _Rejections, writer: CuratedSetWriter, started: float, log, engine: str) -> BuildResult:
+    """Write the balanced set (`kept`, selected from `n_in` records; `over`: balance's drops by kind, already
+    in `rejections`) and its manifest."""
+    seed = int(data.get("seed", 0))
     step_stats = [*step_stats, {"name": "balance", "criteria": None, "in": n_in, "kept": len(kept),
-                                "dropped": len(over), "reasons": dict(Counter(drop.kind for _, drop in over)),
-                                "seconds": 0.0}]
+                                "dropped": sum(over.values()), "reasons": dict(over), "seconds": 0.0}]
     _check_shortfall(data, kept, report, rejections)
     for line in report["shortfalls"]:
         log(f"warning: shortfall: {line} (on_shortfall={data.get('on_shortfall', 'scale')})")

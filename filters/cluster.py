@@ -10,7 +10,6 @@ then 3..., and so on. Turn that off with per_criterion=False.
 from __future__ import annotations
 
 import math
-import random
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from filters.base import Context, Step, StepResult, register
 from filters.lib.kmeans import kmeans_labels
+from filters.lib.ranked import lowest, spread
 from filters.lib.spill import take_rows
 
 if TYPE_CHECKING:
@@ -69,31 +69,16 @@ class Cluster(Step):
 def cluster_balanced_sample(records: list[Prompt], n: int, seed: int) -> list[Prompt]:
     """n records spread as evenly as possible over record.cluster (records without one form
     their own group), returned in input order. Equivalent to dealing round-robin over the
-    clusters in a seed-shuffled order, each cluster's records in a seed-shuffled order:
+    clusters in hash order, each cluster's records in hash-rank order (filters/lib/ranked.py):
     small clusters are exhausted first and the rest is shared evenly by the larger ones.
-    Deterministic for a given seed and input order."""
+    Deterministic for a given seed, and independent of the input order."""
     if n >= len(records):
         return list(records)
     if n <= 0:
         return []
-    rng = random.Random(seed)
-    by_cluster: dict[int | None, list[int]] = defaultdict(list)
-    for i, rec in enumerate(records):
-        by_cluster[rec.cluster].append(i)
-    groups = [by_cluster[c] for c in sorted(by_cluster, key=lambda c: (c is None, c if c is not None else 0))]
-    rng.shuffle(groups)
-    for g in groups:
-        rng.shuffle(g)
-    # Water-filling: the largest per-cluster level L with sum(min(size, L)) <= n, then the
-    # remainder goes one each to the first clusters (in shuffled order) that still have more.
-    sizes = np.array([len(g) for g in groups])
-    lo, hi = 0, int(sizes.max())
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if np.minimum(sizes, mid).sum() <= n else (lo, mid - 1)
-    take = np.minimum(sizes, lo)
-    extra = n - int(take.sum())
-    for j in np.flatnonzero(sizes > lo)[:extra]:
-        take[j] += 1
-    chosen = sorted(i for g, t in zip(groups, take.tolist()) for i in g[:t])
-    return [records[i] for i in chosen]
+    by_cluster: dict[int | None, list[Prompt]] = defaultdict(list)
+    for rec in records:
+        by_cluster[rec.cluster].append(rec)
+    takes = spread({c: len(g) for c, g in by_cluster.items()}, n, seed)
+    chosen = {id(r) for c, group in by_cluster.items() for r in lowest(group, takes[c], seed)}
+    return [r for r in records if id(r) in chosen]
