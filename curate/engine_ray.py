@@ -16,11 +16,12 @@ object store until step 3 or 4 brings them over.
 
 from __future__ import annotations
 
+import heapq
 import pickle
 import sys
 import time
 import warnings
-from collections import Counter
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +31,10 @@ import numpy as np
 
 from core.errors import ConfigError
 from curate.curated_set import CuratedSetWriter
-from curate.pipeline import (BuildResult, _PlannedStep, _plan_steps, _Rejections, finish_build,
-                             first_whole_pool_step, make_context, plan_pools)
-from curate.ray_rows import Embed, StepChain, decode, is_kept, kept_records, order_key, pool_of, read_shards
+from curate.pipeline import (BuildResult, _PlannedStep, _plan_steps, _Rejections, balance_seed, finish_build,
+                             first_whole_pool_step, make_context, plan_pools, write_build)
+from curate.ray_rows import (Embed, StepChain, decode, encode, is_kept, kept_records, order_bytes, order_key, pool_of,
+                             read_shards)
 from filters.base import Context
 
 INSTALL = 'the ray engine needs Ray, which is not installed: pip install "t5shrink[ray]"'
@@ -122,8 +124,8 @@ class _Build:
                 result = planned.run(records, ctx)
                 records = result.kept
                 rejections.add(result.dropped)
-            if records is None:
-                records, _ = self.gather(kept, [])
+            if records is None:  # no step needed the driver: balance from counts and rank thresholds
+                return self.balance(kept, n, rejections, writer, started)
             return finish_build(self.recipe_name, self.data, records, self.step_stats(), self.source_stats(),
                                 rejections, writer, started, self.log, "ray")
 
@@ -227,6 +229,40 @@ class _Build:
                                                                    "read_prompts")}, vectors=given)
         return [r for r, _ in rows], ctx
 
+    def balance(self, kept, n: int, rejections: _Rejections, writer: CuratedSetWriter, started: float) -> BuildResult:
+        """curate.balance.balance's selection without the pool on the driver: each block counts its records
+        per quota pool and cluster; curate.balance.plan_selection turns the counts into each group's take;
+        each block sends its `take` lowest rank keys per group, whose take-th smallest is the group's
+        threshold; a filter keeps the records at or under their group's threshold. Only the selected
+        records (at most `size`) come to the driver, in rank order."""
+        from curate.balance import plan_selection
+
+        self.say(f"balance on {n:,} prompts")
+        quotas, seed = self.data["quotas"], balance_seed(self.data)
+        counts: dict = defaultdict(Counter)
+        for blob in _blobs(kept.map_batches(_balance_counts, fn_kwargs={"quotas": quotas}, batch_format="pyarrow")):
+            for (pool, cluster), count in blob.items():
+                counts[pool][cluster] += count
+        takes, report = plan_selection(counts, self.data["size"], quotas, seed, self.data.get("on_shortfall", "scale"))
+        keys: dict = defaultdict(list)
+        for blob in _blobs(kept.map_batches(_lowest_keys, fn_kwargs={"quotas": quotas, "takes": takes, "seed": seed},
+                                            batch_format="pyarrow")):
+            for group, lowest in blob.items():
+                keys[group] += lowest
+        threshold = {group: sorted(k)[takes[group[0]][group[1]] - 1] for group, k in keys.items()}
+        chosen = kept.map_batches(_choose, fn_kwargs={"quotas": quotas, "takes": takes, "seed": seed,
+                                                      "threshold": threshold}, batch_format="pyarrow")
+        selected, over = [], Counter()
+        for batch in chosen.iter_batches(batch_format="pyarrow"):
+            rows = decode(batch)
+            dropped = [(r, d) for r, d, _ in rows if d is not None]
+            rejections.add(dropped)
+            over.update(d.kind for _, d in dropped)
+            selected += [(rank_bytes(seed, r, s), r) for r, d, s in rows if d is None]
+        selected.sort(key=lambda kr: kr[0])
+        return write_build(self.recipe_name, self.data, [r for _, r in selected], n, over, report, self.step_stats(),
+                           self.source_stats(), rejections, writer, started, self.log, "ray")
+
     def step_stats(self) -> list[dict[str, Any]]:
         n = sum(c["rows"] - c["rejected"] for c in self.pool_rows)
         stats = []
@@ -263,6 +299,61 @@ class _GivenVectors(Context):
         if texts and all(t in self.vectors for t in texts):
             return np.stack([np.frombuffer(self.vectors[t], np.float32) for t in texts])
         return super().embed_texts(texts)
+
+
+def _blobs(ds):
+    for batch in ds.iter_batches(batch_format="pyarrow"):
+        yield from (pickle.loads(b) for b in batch.column("blob").to_pylist())
+
+
+def _blob_table(value):
+    import pyarrow as pa
+
+    return pa.table({"blob": [pickle.dumps(value)]})
+
+
+def _pooled(batch, quotas, takes=None):
+    """(record, seq, pool, group) of each record of a batch; pool None: no quota takes it."""
+    from curate.balance import group_of, pool_of as quota_pool
+
+    for record, _, seq in decode(batch):
+        pool = quota_pool(record, quotas)
+        yield record, seq, pool, (None if pool is None or takes is None else group_of(takes, pool, record))
+
+
+def _balance_counts(batch, quotas):
+    counts = Counter((pool, record.cluster) for record, _, pool, _ in _pooled(batch, quotas) if pool is not None)
+    return _blob_table(counts)
+
+
+def _lowest_keys(batch, quotas, takes, seed):
+    groups: dict = defaultdict(list)
+    for record, seq, pool, group in _pooled(batch, quotas, takes):
+        if pool is not None and takes[pool][group]:
+            groups[(pool, group)].append(rank_bytes(seed, record, seq))
+    return _blob_table({g: heapq.nsmallest(takes[g[0]][g[1]], keys) for g, keys in groups.items()})
+
+
+def _choose(batch, quotas, takes, seed, threshold):
+    from curate.balance import no_quota, over_quota
+
+    rows = []
+    for record, seq, pool, group in _pooled(batch, quotas, takes):
+        if pool is None:
+            rows.append((record, no_quota(record, quotas), seq))
+        elif (pool, group) in threshold and rank_bytes(seed, record, seq) <= threshold[(pool, group)]:
+            rows.append((record, None, seq))
+        else:
+            rows.append((record, over_quota(pool), seq))
+    return encode(rows)
+
+
+def rank_bytes(seed: int, record, seq: bytes) -> bytes:
+    """filters.lib.ranked.rank_key, then read order, as bytes that sort the same way (the local engine sorts
+    by rank_key records that are in canonical, then read, order)."""
+    from filters.lib.ranked import hash_rank
+
+    return hash_rank(seed, record) + order_bytes(record, seq)
 
 
 def _not_kept(batch):
