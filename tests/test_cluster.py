@@ -122,6 +122,9 @@ def test_cluster_step_recovers_topics(topical, ctx):
     first = [r.cluster for r in topical]
     build_step("cluster", {"k": 3}).run(topical, ctx)
     assert [r.cluster for r in topical] == first  # same seed, same labels
+    shuffled = [Prompt(text=r.text, criterion=r.criterion, source="t") for r in random.Random(4).sample(topical, len(topical))]
+    build_step("cluster", {"k": 3}).run(shuffled, ctx)  # trained on the same hash-ranked sample: same labels
+    assert {r.text: r.cluster for r in shuffled} == {r.text: r.cluster for r in topical}
 
 
 def test_auto_k_per_criterion_with_ids_unique_across_criteria(topical, ctx):
