@@ -38,6 +38,7 @@ from curate.ray_rows import (Embed, StepChain, decode, encode, is_kept, kept_rec
 from filters.base import Context
 
 INSTALL = 'the ray engine needs Ray, which is not installed: pip install "t5shrink[ray]"'
+DISTRIBUTED = ("dedup_exact", "dedup_near", "cluster")  # whole-pool steps that run partitioned or as maps
 PARTITION_ROWS = 250_000  # rows a dedup partition holds at most, give or take the hash's spread
 
 
@@ -112,7 +113,7 @@ class _Build:
             kept, n = self.settle(self.read(self.steps[:n_stream]), rejections, first=True)
             records = None  # set once the records come to the driver
             for planned in self.steps[n_stream:]:
-                if records is None and (planned.step.kind in ("dedup_exact", "dedup_near") or planned.step.rowwise):
+                if records is None and (planned.step.kind in DISTRIBUTED or planned.step.rowwise):
                     self.say(f"{planned.name} on {n:,} prompts")
                     began = time.perf_counter()
                     kept, n = self.settle(self.distributed(planned, kept, n), rejections)
@@ -168,7 +169,37 @@ class _Build:
             out, pairs = ray_dedup.dedup_near(kept, planned, parts)
             self.say(f"  {pairs:,} candidate pairs")
             return out
+        if planned.step.kind == "cluster":
+            return self.cluster(planned, kept)
         return self.chain(kept, [planned])
+
+    def cluster(self, planned: _PlannedStep, kept):
+        """filters.cluster.Cluster without the pool on the driver: counts per group (a map and a sum), each
+        group's training sample (its records of lowest rank: every block sends its lowest), k-means on the
+        sample's embeddings (computed in a worker) on the driver, then each record's nearest centroid in
+        a map (an actor pool: each actor loads the embedder once)."""
+        import ray
+        import ray.data
+
+        step = planned.step
+        sizes: Counter = Counter()
+        for blob in _blobs(kept.map_batches(_cluster_sizes, fn_kwargs={"planned": planned}, batch_format="pyarrow")):
+            sizes.update(blob)
+        plan = step.plan(dict(sizes))
+        samples: dict = defaultdict(list)
+        for blob in _blobs(kept.map_batches(_cluster_sample, fn_kwargs={"planned": planned, "plan": plan,
+                                                                         "seed": self.seed}, batch_format="pyarrow")):
+            for group, rows in blob.items():
+                samples[group] += rows
+        centres = {}
+        for group, (k, _, m) in plan.items():
+            texts = [text for _, text in sorted(samples[group])[:m]]
+            self.say(f"  k-means, k={k}, on {len(texts):,} of {sizes[group]:,} {group or 'all'} prompts")
+            centres[group] = step.centroids(ray.get(ray.remote(_embed_texts).remote(self.data, texts)), k, self.seed)
+        return kept.map_batches(_Assign, fn_constructor_kwargs={"planned": planned, "data": self.data, "plan": plan,
+                                                                "centres": centres},
+                                batch_size=4096, batch_format="pyarrow",
+                                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.cpus))
 
     def settle(self, ds, rejections: _Rejections, first: bool = False):
         """Run a stage: its dropped rows go to the writer, its counts to the manifest's; returns the
@@ -346,6 +377,49 @@ def _choose(batch, quotas, takes, seed, threshold):
         else:
             rows.append((record, over_quota(pool), seq))
     return encode(rows)
+
+
+def _cluster_sizes(batch, planned):
+    from curate.ray_dedup import _in
+
+    return _blob_table(Counter(planned.step.group(r) for r, _, _ in decode(batch) if _in(planned, r)))
+
+
+def _cluster_sample(batch, planned, plan, seed):
+    from curate.ray_dedup import _in
+
+    groups: dict = defaultdict(list)
+    for record, _, seq in decode(batch):
+        if _in(planned, record):
+            groups[planned.step.group(record)].append((rank_bytes(seed, record, seq), record.text))
+    return _blob_table({g: heapq.nsmallest(plan[g][2], rows) for g, rows in groups.items()})
+
+
+def _embed_texts(data, texts: list[str]) -> np.ndarray:
+    return make_context(data, progress=False).embed_texts(texts) if texts else np.zeros((0, 1), np.float32)
+
+
+class _Assign:
+    """Map (an actor): each record in the step's criteria gets its group's nearest centroid's cluster id."""
+
+    def __init__(self, planned, data, plan, centres):
+        self.planned, self.plan, self.centres = planned, plan, centres
+        self.ctx = make_context(data, progress=False)
+
+    def __call__(self, batch):
+        from curate.ray_dedup import _in
+        from filters.lib.kmeans import nearest
+
+        rows = decode(batch)
+        groups: dict = defaultdict(list)
+        for record, _, _ in rows:
+            if _in(self.planned, record):
+                groups[self.planned.step.group(record)].append(record)
+        for group, records in groups.items():
+            offset = self.plan[group][1]
+            for record, label in zip(records, nearest(self.ctx.embed(records), self.centres[group]).tolist()):
+                record.cluster = offset + label
+        return encode(rows)
 
 
 def rank_bytes(seed: int, record, seq: bytes) -> bytes:

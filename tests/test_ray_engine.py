@@ -89,8 +89,12 @@ def test_a_file_source_with_planted_copies_builds_the_same_set(ray_cluster, tmp_
     (pool / "b.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n\n")
     (pool / "c.parquet").write_bytes(b"PAR1 truncated")  # skipped with a warning, listed in the manifest
     with pytest.warns(UserWarning, match="c.parquet"):
-        local, ray_out = _both(tmp_path, "balanced", 200, sources=[f"quality={pool}"], overrides=["on_shortfall=warn"])
+        # dedup_semantic off: no step needs the driver, so cluster (a sample, then a map) and balance (counts
+        # and rank thresholds) run distributed; the balanced test above runs them on the driver
+        local, ray_out = _both(tmp_path, "balanced", 200, sources=[f"quality={pool}"],
+                               overrides=["on_shortfall=warn", "steps.dedup_semantic=null"])
     _assert_same(local, ray_out)
+    assert len({r["cluster"] for r in read_records(ray_out) if r["criterion"] == "quality"}) > 3
     reasons = Counter(r["reason"].split()[1] for r in read_records(ray_out, "rejected"))
     assert reasons["near_dup"] == 15 and reasons["exact_dup"] == 10 and reasons["malformed_json"] == 1
     assert read_manifest(ray_out)["sources"][0]["skipped_files"][0]["path"].endswith("c.parquet")
