@@ -11,8 +11,7 @@ When a pool is short, `on_shortfall` decides, and the shortfall is always report
 
 from __future__ import annotations
 
-import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,26 +77,35 @@ def _fits(plan: Plan, available: dict[tuple[str, str | None], int]) -> list[str]
     return short
 
 
-def balance(records: list[Prompt], size: int, quotas: dict[str, dict[str, Any]], seed: int,
-            on_shortfall: str = "scale") -> tuple[list[Prompt], list[tuple[Prompt, Drop]], dict[str, Any]]:
-    """Select records to fill the quotas. Returns (selected, dropped with reason, report)."""
+def pool_of(record: Prompt, quotas: dict[str, dict[str, Any]]) -> tuple[str, str | None] | None:
+    """The quota pool a record competes in: (criterion, category), or (criterion, None) for a criterion
+    without category quotas; None when no quota takes it."""
+    cats = quotas[record.criterion].get("categories") if record.criterion in quotas else None
+    if record.criterion not in quotas or (cats and record.category not in cats):
+        return None
+    return record.criterion, record.category if cats else None
+
+
+def no_quota(record: Prompt, quotas: dict[str, dict[str, Any]]) -> Drop:
+    return Drop("balance", f"no_quota for {record.criterion}/{record.category}" if record.criterion in quotas
+                else f"no_quota for criterion {record.criterion}")
+
+
+def over_quota(pool: tuple[str, str | None]) -> Drop:
+    return Drop("balance", f"over_quota {pool[0]}/{pool[1] or 'all'}")
+
+
+def plan_selection(counts: dict[tuple[str, str | None], dict[int | None, int]], size: int,
+                   quotas: dict[str, dict[str, Any]], seed: int, on_shortfall: str = "scale"
+                   ) -> tuple[dict[tuple[str, str | None], dict[int | None, int]], dict[str, Any]]:
+    """From the records' counts per pool and cluster alone: how many each pool takes from each cluster
+    (a pool whose records do not all have a cluster is one group, None), and the report. Each (pool,
+    group) then takes its records of lowest filters.lib.ranked.rank_key (see balance)."""
     if on_shortfall not in SHORTFALL_POLICIES:
         raise ConfigError(f"on_shortfall must be one of {', '.join(SHORTFALL_POLICIES)}, got {on_shortfall!r}")
-    pools: dict[tuple[str, str | None], list[Prompt]] = defaultdict(list)
-    dropped: list[tuple[Prompt, Drop]] = []
-    reasons: dict[tuple[str, str], Drop] = {}  # one per reason, not one per record (millions may go)
-    for record in records:
-        cats = quotas[record.criterion].get("categories") if record.criterion in quotas else None
-        if record.criterion not in quotas or (cats and record.category not in cats):
-            key = (record.criterion, record.category if record.criterion in quotas else "")
-            if key not in reasons:
-                reasons[key] = Drop("balance", f"no_quota for {record.criterion}/{record.category}" if key[1]
-                                    else f"no_quota for criterion {record.criterion}")
-            dropped.append((record, reasons[key]))
-            continue
-        pools[(record.criterion, record.category if cats else None)].append(record)
-    available = {key: len(pool) for key, pool in pools.items()}
+    from filters.lib.ranked import spread
 
+    available = {key: sum(c.values()) for key, c in counts.items()}
     plan = plan_quotas(size, quotas)
     shortfalls = _fits(plan, available)
     if shortfalls and on_shortfall == "error":
@@ -110,7 +118,7 @@ def balance(records: list[Prompt], size: int, quotas: dict[str, dict[str, Any]],
             low, high = (mid, high) if not _fits(plan_quotas(mid, quotas), available) else (low, mid - 1)
         plan = plan_quotas(low, quotas)
 
-    selected: list[Prompt] = []
+    takes: dict[tuple[str, str | None], dict[int | None, int]] = {}
     report: dict[str, Any] = {}
     for criterion, target in plan.criteria.items():
         cat_targets = plan.categories.get(criterion) or {None: target}
@@ -118,28 +126,57 @@ def balance(records: list[Prompt], size: int, quotas: dict[str, dict[str, Any]],
                                  "available": sum(n for (c, _), n in available.items() if c == criterion),
                                  "selected": 0, "categories": {}}
         for category, cat_target in cat_targets.items():
-            pool = pools.pop((criterion, category), [])
-            pool.sort(key=lambda r: r.id)
-            take = _select(pool, cat_target, seed)
-            chosen = {id(r) for r in take}  # by object: with dedup off, two rows can share an id
-            over = Drop("balance", f"over_quota {criterion}/{category or 'all'}")
-            dropped.extend((r, over) for r in pool if id(r) not in chosen)
-            selected.extend(take)
-            entry["selected"] += len(take)
+            sizes = dict(counts.get((criterion, category), {}))
+            have = sum(sizes.values())
+            n = min(cat_target, have)
+            clustered = sizes and None not in sizes  # spread over clusters when the pool has them
+            takes[(criterion, category)] = spread(sizes, n, seed) if clustered else {None: n}
+            entry["selected"] += n
             if category is not None:
-                entry["categories"][category] = {"target": cat_target, "available": len(pool), "selected": len(take)}
+                entry["categories"][category] = {"target": cat_target, "available": have, "selected": n}
         report[criterion] = entry
-    selected.sort(key=lambda r: r.id)
-    random.Random(seed).shuffle(selected)
-    return selected, dropped, {"quotas": report, "shortfalls": shortfalls, "planned_size": plan.size}
+    return takes, {"quotas": report, "shortfalls": shortfalls, "planned_size": plan.size}
 
 
-def _select(pool: list[Prompt], n: int, seed: int) -> list[Prompt]:
-    """n records from an id-sorted pool: spread over clusters when the pool has them."""
-    if n >= len(pool):
-        return list(pool)
-    if pool and all(r.cluster is not None for r in pool):
-        from filters.cluster import cluster_balanced_sample
+def group_of(takes: dict[tuple[str, str | None], dict[int | None, int]], pool: tuple[str, str | None],
+             record: Prompt) -> int | None:
+    """The group of a pool's record in plan_selection's takes: its cluster, or None in an unclustered pool."""
+    return record.cluster if record.cluster in takes[pool] else None
 
-        return cluster_balanced_sample(pool, n, seed)
-    return random.Random(seed).sample(pool, n)
+
+def balance(records: list[Prompt], size: int, quotas: dict[str, dict[str, Any]], seed: int,
+            on_shortfall: str = "scale") -> tuple[list[Prompt], list[tuple[Prompt, Drop]], dict[str, Any]]:
+    """Select records to fill the quotas. Returns (selected, dropped with reason, report).
+
+    Within each quota pool (and, in a clustered pool, each cluster's share: filters.lib.ranked.spread)
+    the records of lowest hash rank (filters.lib.ranked.rank_key) are selected, so the selection depends
+    on the records alone, not on their order nor on how an engine partitioned them; the selected come
+    out in rank order (a seeded shuffle). curate/engine_ray.py applies the same rule from counts and
+    rank thresholds."""
+    from filters.lib.ranked import rank_key
+
+    pools: dict[tuple[str, str | None], list[Prompt]] = defaultdict(list)
+    dropped: list[tuple[Prompt, Drop]] = []
+    reasons: dict[tuple[str, str], Drop] = {}  # one per reason, not one per record (millions may go)
+    for record in records:
+        pool = pool_of(record, quotas)
+        if pool is None:
+            key = (record.criterion, record.category if record.criterion in quotas else "")
+            dropped.append((record, reasons.setdefault(key, no_quota(record, quotas))))
+            continue
+        pools[pool].append(record)
+    counts = {pool: Counter(r.cluster for r in group) for pool, group in pools.items()}
+    takes, report = plan_selection(counts, size, quotas, seed, on_shortfall)
+
+    selected: list[Prompt] = []
+    for pool, take in takes.items():
+        groups: dict[int | None, list[Prompt]] = defaultdict(list)
+        for record in pools.pop(pool, []):
+            groups[group_of(takes, pool, record)].append(record)
+        over = over_quota(pool)
+        for group, members in groups.items():
+            members.sort(key=lambda r: rank_key(seed, r))
+            selected.extend(members[:take[group]])
+            dropped.extend((r, over) for r in members[take[group]:])
+    selected.sort(key=lambda r: rank_key(seed, r))
+    return selected, dropped, report

@@ -27,6 +27,7 @@ def main(debug: bool) -> None:
       curate recipes
       curate build --recipe balanced --size 3000 --output out
       curate build --recipe balanced --source text=my_prompts.jsonl --set steps.dedup_semantic.threshold=0.9
+      curate build --recipe balanced --size 100000 --engine ray --output out   # on Ray (pip install "t5shrink[ray]")
       curate tag prompts.txt --output tags.jsonl
       curate inspect out --html report.html
       curate diff out out_v2
@@ -46,10 +47,13 @@ main.add_command(recipes_command("curate", "curate.pipeline:recipe_keys"))
               help="Override a recipe key, e.g. --set steps.length.min_words=3 (repeatable).")
 @click.option("--source", "sources", multiple=True, metavar="CRITERION=URI",
               help="Replace a criterion's pool with a local file/folder or an HF dataset id (repeatable).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: Ray Data, the same steps and output (needs t5shrink[ray]).")
+@click.option("--ray-address", metavar="ADDR", help="With --engine ray: the cluster to join (default: start a local one).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--print-recipe", is_flag=True, help="Print the fully resolved recipe (YAML) and exit.")
 def build(recipe: str, output: Path, size: int | None, seed: int | None, overrides: tuple[str, ...],
-          sources: tuple[str, ...], quiet: bool, print_recipe: bool) -> None:
+          sources: tuple[str, ...], engine: str, ray_address: str | None, quiet: bool, print_recipe: bool) -> None:
     """Build a curated prompt set from a recipe.
 
     \b
@@ -60,6 +64,8 @@ def build(recipe: str, output: Path, size: int | None, seed: int | None, overrid
       curate build --recipe balanced --source quality=laion.parquet --set sources.quality.0.text_column=TEXT
       curate build --recipe compbench --source semantic=prompts/ --set sources.semantic.0.category_from_filename=true
       curate build --recipe balanced --set steps.dedup_near=null --print-recipe
+      curate build --recipe balanced --size 100000 --engine ray --output out
+      curate build --recipe balanced --engine ray --ray-address ray://head:10001 --output out
     """
     from curate.pipeline import build as run_build
     from curate.pipeline import resolve_recipe
@@ -72,7 +78,14 @@ def build(recipe: str, output: Path, size: int | None, seed: int | None, overrid
         return
     from curate.report import reason_counts_line
 
-    result = run_build(name, data, output, progress=not quiet)
+    if ray_address and engine != "ray":
+        raise click.UsageError("--ray-address applies to --engine ray only")
+    if engine == "ray":
+        from curate.engine_ray import build_ray
+
+        result = build_ray(name, data, output, progress=not quiet, address=ray_address)
+    else:
+        result = run_build(name, data, output, progress=not quiet)
     click.echo(f"kept {result.kept:,}, rejected {result.rejected:,} ({reason_counts_line(result.reasons) or 'none'}) "
                f"in {result.seconds:.1f}s -> {result.out_dir}")
 

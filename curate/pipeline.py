@@ -254,28 +254,57 @@ def _check_shortfall(data: dict[str, Any], kept: list[Prompt], report: dict[str,
                          + ("; fix the pool, or set on_shortfall=warn or a lower shortfall_floor" if kept else ""))
 
 
-def _pools(data: dict[str, Any], seed: int):
-    """(criterion, uri, rows, skipped files) per pool of every criterion, in recipe order; rows stream
-    as (record, None) or (record, rejection reason)."""
+@dataclass
+class Pool:
+    """One pool entry of a recipe, `sources.<criterion>[index]`, ready to read: a generator with its row
+    count and seed, or a file source."""
+
+    criterion: str
+    index: int
+    uri: str  # what the manifest and the records' `source` call it
+    entry: dict[str, Any]
+    n: int = 0  # rows a generator makes
+    seed: int = 0
+
+
+def plan_pools(data: dict[str, Any], seed: int) -> list[Pool]:
+    """Every pool of every criterion, in recipe order (a generator named for another criterion is an error)."""
     from curate.balance import plan_quotas
 
     plan = plan_quotas(data["size"], data["quotas"])
     oversample = float(data.get("oversample") or 2.0)
-    for criterion, pool in data["sources"].items():
-        for i, entry in enumerate(pool or []):
-            skipped: list[dict[str, str]] = []
-            if "generator" in entry:
-                from curate.sources.generators import CRITERION_OF, generate
+    pools = []
+    for criterion, entries in data["sources"].items():
+        for i, entry in enumerate(entries or []):
+            if "generator" not in entry:
+                pools.append(Pool(criterion, i, entry["uri"], entry))
+                continue
+            from curate.sources.generators import CRITERION_OF
 
-                if CRITERION_OF.get(entry["generator"], criterion) != criterion:
-                    raise ConfigError(f"sources.{criterion}.{i}: generator {entry['generator']!r} "
-                                      f"makes {CRITERION_OF[entry['generator']]} prompts, not {criterion}")
-                n = entry["n"] if entry.get("n") is not None else math.ceil(plan.criteria.get(criterion, 0) * oversample) + 16
-                got = generate(entry["generator"], n, _seed_for(seed, criterion, i), categories=entry.get("categories"))
-                yield criterion, f"generator:{entry['generator']}", ((r, None) for r in got), skipped
-            else:
-                spec = SourceSpec(**entry)
-                yield criterion, spec.uri, iter_source(spec, criterion, skipped), skipped
+            if CRITERION_OF.get(entry["generator"], criterion) != criterion:
+                raise ConfigError(f"sources.{criterion}.{i}: generator {entry['generator']!r} "
+                                  f"makes {CRITERION_OF[entry['generator']]} prompts, not {criterion}")
+            n = entry["n"] if entry.get("n") is not None else math.ceil(plan.criteria.get(criterion, 0) * oversample) + 16
+            pools.append(Pool(criterion, i, f"generator:{entry['generator']}", entry, n, _seed_for(seed, criterion, i)))
+    return pools
+
+
+def read_pool(pool: Pool, skipped: list[dict[str, str]], files: list[Path] | None = None):
+    """A pool's rows as (record, None) or (record, rejection reason); `files`: only these files of a
+    folder source (curate.sources.files.source_shards)."""
+    if "generator" in pool.entry:
+        from curate.sources.generators import generate
+
+        got = generate(pool.entry["generator"], pool.n, pool.seed, categories=pool.entry.get("categories"))
+        return ((r, None) for r in got)
+    return iter_source(SourceSpec(**pool.entry), pool.criterion, skipped, files)
+
+
+def _pools(data: dict[str, Any], seed: int):
+    """(criterion, uri, rows, skipped files) per pool, in recipe order (see read_pool)."""
+    for pool in plan_pools(data, seed):
+        skipped: list[dict[str, str]] = []
+        yield pool.criterion, pool.uri, read_pool(pool, skipped), skipped
 
 
 def _stream(data: dict[str, Any], seed: int, steps: list[_PlannedStep], ctx: Context, rejections: _Rejections):
@@ -323,19 +352,25 @@ def _chunks(items, size: int):
         yield chunk
 
 
+def make_context(data: dict[str, Any], progress: bool) -> Context:
+    """The steps' Context for a resolved recipe (both engines build theirs here)."""
+    return Context(seed=int(data.get("seed", 0)), cache_dir=cache_dir(), progress=progress,
+                   embedder_spec=dict(data.get("embedder") or {}), read_prompts=read_prompts)
+
+
 def build(recipe_name: str, data: dict[str, Any], out_dir: Path, progress: bool = True,
           log=lambda message: print(message, file=sys.stderr)) -> BuildResult:
     """Run a resolved recipe and write the curated set to out_dir.
 
     The leading row-wise steps (those that decide each record on its own: tag, length, aesthetic, ...)
     run on chunks as the pools are read; the steps from the first that needs every record (dedup,
-    cluster) on, and balance, run on the records left. Rejected rows are written out as they are dropped."""
+    cluster) on, and balance, run on the records left. Rejected rows are written out as they are dropped.
+    (curate.engine_ray runs the same recipe on Ray.)"""
     started = time.perf_counter()
     seed = int(data.get("seed", 0))
-    ctx = Context(seed=seed, cache_dir=cache_dir(), progress=progress, embedder_spec=dict(data.get("embedder") or {}),
-                  read_prompts=read_prompts)
+    ctx = make_context(data, progress)
     steps = _plan_steps(data)
-    n_stream = next((i for i, s in enumerate(steps) if not s.step.rowwise), len(steps))
+    n_stream = first_whole_pool_step(steps)
 
     with CuratedSetWriter(out_dir) as writer:
         rejections = _Rejections(writer)
@@ -349,31 +384,59 @@ def build(recipe_name: str, data: dict[str, Any], out_dir: Path, progress: bool 
             result = step.run(records, ctx)
             records = result.kept
             rejections.add(result.dropped)
-
-        n_in = len(records)
-        kept, over, report = balance(records, data["size"], data["quotas"], _seed_for(seed, "balance"),
-                                     data.get("on_shortfall", "scale"))
-        del records
-        rejections.add(over)
         step_stats = [s.summary() for s in steps]
-        step_stats.append({"name": "balance", "criteria": None, "in": n_in, "kept": len(kept), "dropped": len(over),
-                           "reasons": dict(Counter(drop.kind for _, drop in over)), "seconds": 0.0})
-        _check_shortfall(data, kept, report, rejections)
-        for line in report["shortfalls"]:
-            log(f"warning: shortfall: {line} (on_shortfall={data.get('on_shortfall', 'scale')})")
-        if report["shortfalls"] and data.get("on_shortfall", "scale") == "scale":
-            log(f"warning: the set was scaled to {len(kept):,} records to keep the recipe's fractions")
+        return finish_build(recipe_name, data, records, step_stats, source_stats, rejections, writer, started, log,
+                            "local")
 
-        rows_read = sum(s["rows_read"] for s in source_stats)
-        manifest = {
-            "recipe_name": recipe_name, "recipe": data, "recipe_hash": recipe_hash(data),
-            "seed": seed, "size": data["size"], "sources": source_stats, "steps": step_stats,
-            "on_shortfall": data.get("on_shortfall", "scale"), "planned_size": report["planned_size"],
-            "quotas": report["quotas"], "shortfalls": report["shortfalls"],
-            "counts": {"rows_read": rows_read, "kept": len(kept), "rejected": rejections.count},
-            "versions": _versions(), "seconds": round(time.perf_counter() - started, 3),
-        }
-        writer.finish(kept, manifest)
+
+def first_whole_pool_step(steps: list[_PlannedStep]) -> int:
+    """The position of the first step that needs every record (the ones before it stream)."""
+    return next((i for i, s in enumerate(steps) if not s.step.rowwise), len(steps))
+
+
+def finish_build(recipe_name: str, data: dict[str, Any], records: list[Prompt], step_stats: list[dict[str, Any]],
+                 source_stats: list[dict[str, Any]], rejections: _Rejections, writer: CuratedSetWriter,
+                 started: float, log, engine: str) -> BuildResult:
+    """Balance the records left after the steps (in canonical order), then write the set and its manifest:
+    the end of a build, whichever engine ran the steps."""
+    n_in = len(records)
+    kept, over, report = balance(records, data["size"], data["quotas"], balance_seed(data),
+                                 data.get("on_shortfall", "scale"))
+    del records
+    rejections.add(over)
+    return write_build(recipe_name, data, kept, n_in, Counter(drop.kind for _, drop in over), report, step_stats,
+                       source_stats, rejections, writer, started, log, engine)
+
+
+def balance_seed(data: dict[str, Any]) -> int:
+    """The seed balance ranks records by (both engines)."""
+    return _seed_for(int(data.get("seed", 0)), "balance")
+
+
+def write_build(recipe_name: str, data: dict[str, Any], kept: list[Prompt], n_in: int, over: Counter,
+                report: dict[str, Any], step_stats: list[dict[str, Any]], source_stats: list[dict[str, Any]],
+                rejections: _Rejections, writer: CuratedSetWriter, started: float, log, engine: str) -> BuildResult:
+    """Write the balanced set (`kept`, selected from `n_in` records; `over`: balance's drops by kind, already
+    in `rejections`) and its manifest."""
+    seed = int(data.get("seed", 0))
+    step_stats = [*step_stats, {"name": "balance", "criteria": None, "in": n_in, "kept": len(kept),
+                                "dropped": sum(over.values()), "reasons": dict(over), "seconds": 0.0}]
+    _check_shortfall(data, kept, report, rejections)
+    for line in report["shortfalls"]:
+        log(f"warning: shortfall: {line} (on_shortfall={data.get('on_shortfall', 'scale')})")
+    if report["shortfalls"] and data.get("on_shortfall", "scale") == "scale":
+        log(f"warning: the set was scaled to {len(kept):,} records to keep the recipe's fractions")
+
+    rows_read = sum(s["rows_read"] for s in source_stats)
+    manifest = {
+        "recipe_name": recipe_name, "recipe": data, "recipe_hash": recipe_hash(data),
+        "seed": seed, "size": data["size"], "sources": source_stats, "steps": step_stats,
+        "on_shortfall": data.get("on_shortfall", "scale"), "planned_size": report["planned_size"],
+        "quotas": report["quotas"], "shortfalls": report["shortfalls"],
+        "counts": {"rows_read": rows_read, "kept": len(kept), "rejected": rejections.count},
+        "engine": engine, "versions": _versions(), "seconds": round(time.perf_counter() - started, 3),
+    }
+    writer.finish(kept, manifest)
     reasons = Counter()
     for (_, _, kind), n in rejections.kinds.items():
         reasons[kind] += n

@@ -84,6 +84,9 @@ class Step:
 
     kind: ClassVar[str] = ""
     rowwise: ClassVar[bool] = False
+    # Whether `run` embeds its records (ctx.embed): an engine may then compute the vectors elsewhere, in
+    # parallel, and hand them in through the Context.
+    embeds: ClassVar[bool] = False
     # Its name in the recipe, which its drops carry: build_step sets it (a kind that runs twice goes by two
     # names); a step built directly goes by its kind.
     name: str = ""

@@ -10,15 +10,15 @@ then 3..., and so on. Turn that off with per_criterion=False.
 from __future__ import annotations
 
 import math
-import random
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from filters.base import Context, Step, StepResult, register
-from filters.lib.kmeans import kmeans_labels
-from filters.lib.spill import take_rows
+from filters.lib.kmeans import centroids, nearest
+from filters.lib.ranked import lowest, rank_key, spread
+from filters.lib.spill import release_pages, take_rows
 
 if TYPE_CHECKING:
     from core.records import Prompt
@@ -29,12 +29,15 @@ class Cluster(Step):
     """Sets record.cluster on every record; keeps them all, drops none.
 
     k: clusters per criterion, or "auto" for round(sqrt(n)) of that criterion's records.
-    niter: k-means iterations. max_points_per_centroid: faiss trains on at most k times this
-    many sampled points, then assigns all; 64 (faiss: 256) keeps 1M prompts, k=1000 to
-    about a minute on 2 cores, and centroids for balancing need not be precise.
+    niter: k-means iterations. max_points_per_centroid: k-means trains on the k times this many
+    records of lowest hash rank (filters/lib/ranked.py: a sample that depends on the records alone,
+    so the Ray engine trains on the same one), then every record goes to its nearest centroid;
+    64 keeps 1M prompts, k=1000 to about a minute on 2 cores, and centroids for balancing need not
+    be precise.
     """
 
     kind = "cluster"
+    embeds = True
 
     def __init__(self, k: int | str = "auto", niter: int = 20, per_criterion: bool = True,
                  max_points_per_centroid: int = 64):
@@ -45,54 +48,55 @@ class Cluster(Step):
         self.k, self.niter, self.per_criterion = k, niter, per_criterion
         self.max_points_per_centroid = max_points_per_centroid
 
+    def group(self, record: Prompt) -> str:
+        return record.criterion if self.per_criterion else ""
+
+    def plan(self, sizes: dict[str, int]) -> dict[str, tuple[int, int, int]]:
+        """Per group (a criterion, or "" for all) of the given size: (k, the offset of its cluster ids,
+        how many records of lowest rank k-means trains on). Groups in sorted order get consecutive ids."""
+        plan, offset = {}, 0
+        for group in sorted(sizes):
+            n = sizes[group]
+            k = max(1, round(math.sqrt(n))) if self.k == "auto" else min(self.k, n)
+            plan[group] = (k, offset, min(n, k * self.max_points_per_centroid))
+            offset += k
+        return plan
+
+    def centroids(self, sample: np.ndarray, k: int, seed: int) -> np.ndarray:
+        return centroids(sample, k, self.niter, seed)
+
     def run(self, records: list[Prompt], ctx: Context) -> StepResult:
         if not records:
             return StepResult(kept=[])
         x = ctx.embed(records)
         groups: dict[str, list[int]] = defaultdict(list)
         for i, rec in enumerate(records):
-            groups[rec.criterion if self.per_criterion else ""].append(i)
-        offset = 0
-        for crit in sorted(groups):
-            idx = groups[crit]
-            k = max(1, round(math.sqrt(len(idx)))) if self.k == "auto" else min(self.k, len(idx))
-            # One group clusters x itself; a criterion's rows are copied out, spilled like x when large.
+            groups[self.group(rec)].append(i)
+        for group, (k, offset, m) in self.plan({g: len(idx) for g, idx in groups.items()}).items():
+            idx = groups[group]
+            sample = sorted(idx, key=lambda i: rank_key(ctx.seed, records[i]))[:m]
+            centres = self.centroids(x[np.asarray(sample)], k, ctx.seed)
+            release_pages(x)
+            # One group assigns x itself; a criterion's rows are copied out, spilled like x when large.
             rows = x if len(idx) == len(records) else take_rows(x, np.asarray(idx), ctx.spill_dir())
-            labels = kmeans_labels(rows, k, self.niter, ctx.seed, self.max_points_per_centroid)
-            for i, label in zip(idx, labels.tolist()):
+            for i, label in zip(idx, nearest(rows, centres).tolist()):
                 records[i].cluster = offset + label
-            offset += k
         return StepResult(kept=list(records))
 
 
 def cluster_balanced_sample(records: list[Prompt], n: int, seed: int) -> list[Prompt]:
     """n records spread as evenly as possible over record.cluster (records without one form
     their own group), returned in input order. Equivalent to dealing round-robin over the
-    clusters in a seed-shuffled order, each cluster's records in a seed-shuffled order:
+    clusters in hash order, each cluster's records in hash-rank order (filters/lib/ranked.py):
     small clusters are exhausted first and the rest is shared evenly by the larger ones.
-    Deterministic for a given seed and input order."""
+    Deterministic for a given seed, and independent of the input order."""
     if n >= len(records):
         return list(records)
     if n <= 0:
         return []
-    rng = random.Random(seed)
-    by_cluster: dict[int | None, list[int]] = defaultdict(list)
-    for i, rec in enumerate(records):
-        by_cluster[rec.cluster].append(i)
-    groups = [by_cluster[c] for c in sorted(by_cluster, key=lambda c: (c is None, c if c is not None else 0))]
-    rng.shuffle(groups)
-    for g in groups:
-        rng.shuffle(g)
-    # Water-filling: the largest per-cluster level L with sum(min(size, L)) <= n, then the
-    # remainder goes one each to the first clusters (in shuffled order) that still have more.
-    sizes = np.array([len(g) for g in groups])
-    lo, hi = 0, int(sizes.max())
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if np.minimum(sizes, mid).sum() <= n else (lo, mid - 1)
-    take = np.minimum(sizes, lo)
-    extra = n - int(take.sum())
-    for j in np.flatnonzero(sizes > lo)[:extra]:
-        take[j] += 1
-    chosen = sorted(i for g, t in zip(groups, take.tolist()) for i in g[:t])
-    return [records[i] for i in chosen]
+    by_cluster: dict[int | None, list[Prompt]] = defaultdict(list)
+    for rec in records:
+        by_cluster[rec.cluster].append(rec)
+    takes = spread({c: len(g) for c, g in by_cluster.items()}, n, seed)
+    chosen = {id(r) for c, group in by_cluster.items() for r in lowest(group, takes[c], seed)}
+    return [r for r in records if id(r) in chosen]

@@ -31,12 +31,15 @@ class DedupExact(Step):
     def __init__(self, order_insensitive: bool = True) -> None:
         self.order_insensitive = order_insensitive
 
+    def digest(self, record: Prompt) -> bytes:
+        """The 16-byte digest of a record's dedup key: copies share it (an engine may partition by it)."""
+        key = (dedup_key if self.order_insensitive else normalize_text)(record.text)
+        return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
     def run(self, records: list[Prompt], ctx: Context) -> StepResult:
-        key_of = dedup_key if self.order_insensitive else normalize_text
         digests = bytearray(16 * len(records))
         for i, record in enumerate(records):
-            key = key_of(record.text).encode("utf-8", "surrogatepass")
-            digests[16 * i : 16 * i + 16] = hashlib.blake2b(key, digest_size=16).digest()
+            digests[16 * i : 16 * i + 16] = self.digest(record)
         keys = np.frombuffer(bytes(digests), dtype="V16").view("S16")
         order = np.argsort(keys, kind="stable")
         ordered = keys[order]

@@ -60,7 +60,7 @@ def _band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return (keys >> np.uint64(32)).astype(np.uint32)
 
 
-def _bucket_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def bucket_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (earlier, later) of valid prompts sharing a key, within _WINDOW in a bucket."""
     idx = np.flatnonzero(valid)
     order = idx[np.argsort(keys[idx], kind="stable")]  # stable: input order inside a bucket
@@ -121,16 +121,28 @@ class DedupNear(Step):
         return MinHashLSH(threshold=self.threshold, num_perm=self.num_perm, weights=(0.05, 0.95))
 
     def run(self, records: list[Prompt], ctx: Context) -> StepResult:
+        hashes, ends, keys = self.signatures(records, ctx.progress)
+        valid = np.diff(ends) > 0  # no words: never a near duplicate
+        pairs = [bucket_pairs(keys[:, b], valid) for b in range(keys.shape[1])]
+        del keys
+        lo = np.concatenate([p[0] for p in pairs]) if pairs else np.empty(0, np.int64)
+        hi = np.concatenate([p[1] for p in pairs]) if pairs else np.empty(0, np.int64)
+        return self.decide(records, lo, hi, hashes, ends)
+
+    def signatures(self, records: list[Prompt], progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(hashes, ends, keys): each record's sorted unique shingle hashes, back to back in `hashes`
+        (record i's are hashes[ends[i]:ends[i + 1]]; none: no words), and its (n, bands) uint32 LSH band
+        keys. Per record, so any split of the records gives the same rows."""
         from tqdm.auto import tqdm
 
         lsh = self._lsh()
         n = len(records)
-        # Each record's sorted unique shingle hashes, back to back in one array (a list of small arrays
-        # costs ~100 bytes a record more: at millions of records that is the difference).
+        # Hashes back to back in one array: a list of small arrays costs ~100 bytes a record more, and
+        # at millions of records that is the difference.
         parts: list[np.ndarray] = []
         ends = np.zeros(n + 1, np.int64)
         keys = np.zeros((n, lsh.b), np.uint32)  # 32-bit band keys: a collision only adds a candidate
-        with tqdm(total=n, desc="dedup_near", unit="prompt", disable=not ctx.progress) as bar:
+        with tqdm(total=n, desc="dedup_near", unit="prompt", disable=not progress) as bar:
             for start in range(0, n, _CHUNK):  # signatures live one chunk at a time
                 chunk = records[start : start + _CHUNK]
                 sig = np.zeros((len(chunk), self.num_perm), np.uint32)
@@ -143,13 +155,13 @@ class DedupNear(Step):
                 ends[start + 1 : start + len(chunk) + 1] = ends[start] + np.cumsum([len(h) for h in found])
                 parts.append(np.concatenate(found) if found else np.empty(0, np.uint32))
                 keys[start : start + len(chunk)] = _band_keys(sig, lsh.b, lsh.r)
-        hashes = np.concatenate(parts) if parts else np.empty(0, np.uint32)
-        del parts
-        valid = np.diff(ends) > 0  # no words: never a near duplicate
-        pairs = [_bucket_pairs(keys[:, b], valid) for b in range(lsh.b)]
-        del keys
-        lo = np.concatenate([p[0] for p in pairs]) if pairs else np.empty(0, np.int64)
-        hi = np.concatenate([p[1] for p in pairs]) if pairs else np.empty(0, np.int64)
+        return (np.concatenate(parts) if parts else np.empty(0, np.uint32)), ends, keys
+
+    def decide(self, records: list[Prompt], lo: np.ndarray, hi: np.ndarray, hashes: np.ndarray,
+               ends: np.ndarray) -> StepResult:
+        """The module rule over candidate pairs (lo[k] before hi[k], by position in `records`; repeats
+        allowed), each confirmed by the exact Jaccard of the records' shingle hashes (see signatures)."""
+        n = len(records)
         uniq = np.unique(lo.astype(np.int64) * n + hi)
         earlier: dict[int, list[int]] = defaultdict(list)  # record -> earlier records it met in a band
         for a, b in zip((uniq // n).tolist(), (uniq % n).tolist()):

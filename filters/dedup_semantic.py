@@ -57,6 +57,7 @@ class DedupSemantic(Step):
     """
 
     kind = "dedup_semantic"
+    embeds = True
 
     def __init__(self, threshold: float = 0.95, exact_max: int = 20000, nlist: int | None = None, nprobe: int = 4,
                  same_rendered_text: bool = True, keep_rearrangements: bool = True):

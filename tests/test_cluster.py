@@ -13,6 +13,7 @@ from core.errors import ConfigError
 from core.records import Prompt
 from filters.base import Context, build_step
 from filters.cluster import cluster_balanced_sample
+from filters.lib.ranked import _hash, rank_key
 
 SIZES = [600, 200, 80, 40, 20]  # a skewed fixture: one cluster holds 64%
 
@@ -55,19 +56,19 @@ def test_deterministic_for_seed_and_in_input_order():
     assert [r.id for r in a] != [r.id for r in cluster_balanced_sample(recs, 50, seed=8)]
     position = {r.id: i for i, r in enumerate(recs)}
     assert [position[r.id] for r in a] == sorted(position[r.id] for r in a)
+    shuffled = random.Random(2).sample(recs, len(recs))  # the input order changes nothing but the output's
+    assert sorted(r.id for r in cluster_balanced_sample(shuffled, 50, seed=7)) == sorted(r.id for r in a)
     assert cluster_balanced_sample(recs, 5000, seed=0) == recs and cluster_balanced_sample(recs, 0, seed=0) == []
 
 
 def _round_robin(records: list[Prompt], n: int, seed: int) -> list[Prompt]:
-    """The definition, dealt one by one (slow): the sampler must match it."""
-    rng = random.Random(seed)
+    """The definition, dealt one by one (slow): the sampler must match it. Clusters in hash order of
+    (seed, cluster), each cluster's records in rank_key order (filters/lib/ranked.py)."""
     groups: dict = {}
     for i, r in enumerate(records):
         groups.setdefault(r.cluster, []).append(i)
-    order = [groups[c] for c in sorted(groups, key=lambda c: (c is None, c if c is not None else 0))]
-    rng.shuffle(order)
-    for g in order:
-        rng.shuffle(g)
+    order = [sorted(groups[c], key=lambda i: rank_key(seed, records[i]))
+             for c in sorted(groups, key=lambda c: _hash(seed, "group", c))]
     picked: list[int] = []
     while len(picked) < n:
         for g in order:
@@ -121,6 +122,9 @@ def test_cluster_step_recovers_topics(topical, ctx):
     first = [r.cluster for r in topical]
     build_step("cluster", {"k": 3}).run(topical, ctx)
     assert [r.cluster for r in topical] == first  # same seed, same labels
+    shuffled = [Prompt(text=r.text, criterion=r.criterion, source="t") for r in random.Random(4).sample(topical, len(topical))]
+    build_step("cluster", {"k": 3}).run(shuffled, ctx)  # trained on the same hash-ranked sample: same labels
+    assert {r.text: r.cluster for r in shuffled} == {r.text: r.cluster for r in topical}
 
 
 def test_auto_k_per_criterion_with_ids_unique_across_criteria(topical, ctx):
@@ -141,3 +145,18 @@ def test_bad_cluster_keys():
             build_step("cluster", {"k": bad})
     with pytest.raises(ConfigError, match="unknown key"):
         build_step("cluster", {"clusters": 4})
+
+
+def test_balance_selects_by_rank_whatever_the_input_order():
+    from curate.balance import balance
+
+    recs = _skewed()
+    quotas = {"quality": {"fraction": 1.0}}
+    picked, dropped, _ = balance(recs, 100, quotas, seed=5)
+    again, _, _ = balance(random.Random(9).sample(recs, len(recs)), 100, quotas, seed=5)
+    assert [r.id for r in again] == [r.id for r in picked]  # same records, same (rank) order
+    assert Counter(r.cluster for r in picked) == {c: 20 for c in range(5)} and len(dropped) == len(recs) - 100
+    for r in recs:
+        r.cluster = None  # no clusters: the 100 lowest ranks of the pool
+    plain, _, _ = balance(recs, 100, quotas, seed=5)
+    assert [r.id for r in plain] == [r.id for r in sorted(recs, key=lambda r: rank_key(5, r))[:100]]

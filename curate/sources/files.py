@@ -91,19 +91,20 @@ def read_source(spec: SourceSpec, criterion: str) -> SourceResult:
     return result
 
 
-def iter_source(spec: SourceSpec, criterion: str, skipped: list[dict[str, str]] | None = None
-                ) -> Iterator[tuple[Prompt, Drop | None]]:
+def iter_source(spec: SourceSpec, criterion: str, skipped: list[dict[str, str]] | None = None,
+                files: list[Path] | None = None) -> Iterator[tuple[Prompt, Drop | None]]:
     """(record, None) for each readable row, (record, Drop("ingest", why)) for each that is not, in file
-    order. Files of a folder that cannot be read are appended to `skipped` as {"path", "reason"}."""
+    order. Files of a folder that cannot be read are appended to `skipped` as {"path", "reason"}.
+    `files`: read only these files of a folder source (a shard from `source_shards`)."""
     skipped = [] if skipped is None else skipped
     path = Path(spec.uri).expanduser()
     in_folder = path.is_dir() and not _is_hf_saved_dataset(path)
+    if files is not None:
+        return _to_records(((str(f), _guarded(f, True, skipped)) for f in files), spec, criterion, True, skipped)
     if is_curated_set(path):  # its kept prompts with their labels; never rejected/ or the manifest
         return _to_records([(spec.uri, _curated_rows(path))], spec, criterion, False, skipped, keep_labels=True)
     if in_folder:
-        files = _folder_files(path, skipped)
-        if not files:
-            raise SourceError(f"{spec.uri}: folder has no {'/'.join(SUFFIXES)} files")
+        files = _source_files(spec, path, skipped)
     elif path.is_file():
         if path.suffix not in SUFFIXES:
             raise SourceError(f"{spec.uri}: unsupported file type {path.suffix!r} (use {', '.join(SUFFIXES)})")
@@ -116,6 +117,24 @@ def iter_source(spec: SourceSpec, criterion: str, skipped: list[dict[str, str]] 
         return _to_records([(spec.uri, _read_hf(spec))], spec, criterion, False, skipped)
     parts = ((str(f), _guarded(f, in_folder, skipped)) for f in files)
     return _to_records(parts, spec, criterion, in_folder, skipped)
+
+
+def source_shards(spec: SourceSpec, skipped: list[dict[str, str]]) -> list[Path] | None:
+    """The files of a folder source, which can be read one by one and in any order (each row's reading
+    depends only on its file), for an engine that reads them in parallel; None when the source reads as
+    one stream: a single file, a curated set, an HF dataset, or a folder whose `limit` counts rows
+    across its files. Links that are not followed go to `skipped`, as iter_source puts them."""
+    path = Path(spec.uri).expanduser()
+    if spec.limit is not None or not path.is_dir() or _is_hf_saved_dataset(path) or is_curated_set(path):
+        return None
+    return _source_files(spec, path, skipped)
+
+
+def _source_files(spec: SourceSpec, path: Path, skipped: list[dict[str, str]]) -> list[Path]:
+    files = _folder_files(path, skipped)
+    if not files:
+        raise SourceError(f"{spec.uri}: folder has no {'/'.join(SUFFIXES)} files")
+    return files
 
 
 def _curated_rows(path: Path) -> Iterator[Row]:

@@ -1,4 +1,4 @@
-"""Spherical k-means (faiss) over L2-normalised rows: the cluster step's labels and dedup_semantic's IVF cells.
+"""Spherical k-means (faiss) over L2-normalised rows: the cluster step's centroids and dedup_semantic's IVF cells.
 
 Rows may be a spilled array (filters/lib/spill.py): training reads only the rows faiss samples, and the
 searches go a chunk at a time, releasing each, so the whole pool is never resident at once."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from filters.lib.spill import PASS_ROWS, release_pages
+from filters.lib.spill import PASS_ROWS, release_pages, row_chunks
 
 
 def spherical_kmeans(x: np.ndarray, k: int, niter: int, seed: int, max_points_per_centroid: int):
@@ -41,10 +41,22 @@ def search_in_chunks(index, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(sims), np.concatenate(labels)
 
 
-def kmeans_labels(x: np.ndarray, k: int, niter: int, seed: int, max_points_per_centroid: int = 256) -> np.ndarray:
-    """Nearest-centroid label per row of x after spherical k-means; k is clipped to len(x)."""
-    k = max(1, min(k, len(x)))
-    if k == 1:
-        return np.zeros(len(x), np.int64)
+def centroids(x: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
+    """(k, d) unit centroids of spherical k-means trained on every row of x, in its order (the caller
+    samples: the cluster step trains on a hash-ranked sample, so both engines train on the same rows)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return search_in_chunks(spherical_kmeans(x, k, niter, seed, max_points_per_centroid).index, x, 1)[1][:, 0]
+    if k <= 1 or len(x) <= 1:
+        return x[:1].copy()
+    return spherical_kmeans(x, min(k, len(x)), niter, seed, max_points_per_centroid=len(x)).centroids.copy()
+
+
+def nearest(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """The index of each row's nearest centroid by inner product (ties: the lowest), a chunk at a time;
+    a row's answer depends on the row alone, so an engine may assign rows in any batches."""
+    if len(centres) <= 1:
+        return np.zeros(len(x), np.int64)
+    out = np.empty(len(x), np.int64)
+    for part in row_chunks(len(x)):
+        out[part] = np.argmax(np.asarray(x[part], np.float32) @ centres.T, axis=1)
+        release_pages(x)
+    return out
