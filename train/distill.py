@@ -139,8 +139,8 @@ def distill_trajectory(student: torch.nn.Module, teacher: Teacher, parts: list[M
     student then runs once per micro-batch and its output is a leaf for the K transformer passes (the
     student graphs of all micro-batches are held until the end). At equal compute and learning rate,
     per-step updates reach a given gap with fewer transformer passes (bench/distill_efficiency.py
-    --set distill.update=trajectory), so it is the default. `update` returns False when the update was skipped as non-finite: the trajectory is
-    abandoned then, since non-finite latents would stay so."""
+    --set distill.update=trajectory), so it is the default. `update` returns False when the update was
+    skipped as non-finite: the trajectory is abandoned then, since non-finite latents would stay so."""
     k, last = len(train_idx), max(train_idx)
     prompts = sum(len(p.ids) for p in parts)
     weights = [len(p.ids) / prompts / (1 if per_step else k) for p in parts]
