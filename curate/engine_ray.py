@@ -1,14 +1,17 @@
 """`curate build --engine ray`: the same recipe, steps, quotas and output as curate.pipeline.build, run
-with Ray Data (see the README's "The Ray engine" for what runs where).
+with Ray Data (see the README's "On Ray: `--engine ray`" for what runs where).
 
 1. Read: one task per shard (a generator pool, a file, or each file of a folder), through the local
    engine's readers, so every per-row rejection rule is theirs.
 2. The leading row-wise steps: one actor pool runs them in recipe order on each batch (each actor builds
    the steps, and so loads their models, once).
 3. Whole-pool steps: dedup_exact and dedup_near partitioned (curate/ray_dedup.py); a row-wise step later
-   in the recipe as a map again; from the first other step on (dedup_semantic, cluster) the records come
-   to the driver, where the steps run as the local engine runs them, on embeddings an actor pool computed.
-4. Balance and writing: curate.pipeline.finish_build, on the driver.
+   in the recipe as a map again; cluster as k-means on a hash-ranked sample and a nearest-centroid map;
+   from dedup_semantic on, the records come to the driver, where the steps run as the local engine runs
+   them, on embeddings an actor pool computed.
+4. Balance and writing: on the driver (curate.pipeline.finish_build) once a step brought the records there;
+   otherwise balance from aggregated counts and per-group rank thresholds (filters/lib/ranked.py), so only
+   the selected rows reach the driver, which writes them (curate.pipeline.write_build).
 
 Dropped rows come to the driver as each stage finishes and go to the writer; kept rows stay in Ray's
 object store until step 3 or 4 brings them over.
