@@ -121,19 +121,15 @@ class RaySampler:
         self.thread.join()
 
 
+@contextlib.contextmanager
 def ray_cluster(cpus: int):
-    """A local Ray head with `cpus` CPUs (what --engine ray joins with --ray-address), stopped afterwards."""
-
-    @contextlib.contextmanager
-    def cluster():
-        subprocess.run(["ray", "start", "--head", f"--num-cpus={cpus}", "--include-dashboard=false",
-                        "--disable-usage-stats"], check=True, capture_output=True)
-        try:
-            yield ["--engine", "ray", "--ray-address", "auto"]
-        finally:
-            subprocess.run(["ray", "stop", "--force"], capture_output=True)
-
-    return cluster()
+    """A local Ray head with `cpus` CPUs, stopped afterwards; yields the build arguments that join it."""
+    subprocess.run(["ray", "start", "--head", f"--num-cpus={cpus}", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True)
+    try:
+        yield ["--engine", "ray", "--ray-address", "auto"]
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True)
 
 
 def main() -> None:

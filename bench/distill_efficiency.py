@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--teachers", default="tiny:flux,tiny:sd3", help="comma-separated tiny folders or tiny:<family>")
     ap.add_argument("--data", default=None, help="prompts (default: the tiny recipe's builtin:tiny)")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--budgets", default="1600,6400", help="prompt-passes with gradients (1600 = tiny --max-steps 25)")
+    ap.add_argument("--budgets", default="1600,6400", help="prompt-passes with gradients (1600 = the whole tiny recipe)")
     ap.add_argument("--ref-lrs", default="1e-3,3e-3,1e-2", help="the reference's learning-rate sweep")
     ap.add_argument("--reference", default=None,
                     help="reuse the reference curves of an earlier --json (they do not depend on ours' recipe)")
