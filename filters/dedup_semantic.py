@@ -3,10 +3,12 @@
 Cosine similarity is the inner product of the L2-normalised embeddings from ctx.embed.
 Up to `exact_max` records every pair is compared (faiss IndexFlatIP range search).
 Above it, an IVF partition: a faiss spherical k-means coarse quantizer with nlist ~ sqrt(n)
-cells; each vector lives in its nearest cell and is compared with the members of its
-`nprobe` nearest cells, exactly, by an IndexFlatIP range search per cell. That is the
-search IndexIVFFlat does, but each cell's queries go through as one matrix product (BLAS)
-instead of one scan per query: 11 s against IndexIVFFlat.range_search's 41 s for 200k
+cells, trained on the 64 x nlist records of lowest hash rank (filters/lib/ranked.py: a sample
+that depends on the records alone, so the Ray engine trains on the same one); each vector
+lives in its nearest cell and is compared with the members of its `nprobe` nearest cells,
+exactly, by an IndexFlatIP range search per cell (SemDeDup's partition by k-means cluster,
+with neighbouring cells probed too). That is the search IndexIVFFlat does, but each cell's
+queries go through as one matrix product (BLAS) instead of one scan per query: 11 s against IndexIVFFlat.range_search's 41 s for 200k
 vectors at nprobe 4 on 2 cores. Pairs whose cells are not probed are missed (recall of
 planted cos-0.97 copies among random vectors: 0.99 at 100k, 0.98 at 1M); raise nprobe for
 recall at linear cost.
@@ -30,7 +32,8 @@ import numpy as np
 from core.errors import describe_value
 from core.records import dedup_key, words
 from filters.base import Context, Step, StepResult, register
-from filters.lib.similar_pairs import keep_first, similar_pairs
+from filters.lib.ranked import rank_key
+from filters.lib.similar_pairs import ivf_size, keep_first, similar_pairs
 
 if TYPE_CHECKING:
     from core.records import Prompt
@@ -75,11 +78,24 @@ class DedupSemantic(Step):
             return dedup_key(a.text) == dedup_key(b.text)  # "A and B" / "B and A" is still one prompt
         return True
 
+    def pairs(self, x: np.ndarray, records: list[Prompt], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The search's pairs (lo, hi, cos) among records embedded as x (see the module)."""
+        sample = None
+        if len(records) > self.exact_max:
+            _, m = ivf_size(len(records), self.nlist)
+            sample = np.array(sorted(range(len(records)), key=lambda i: rank_key(seed, records[i]))[:m])
+        return similar_pairs(x, self.threshold, self.exact_max, self.nlist, self.nprobe, seed, sample)
+
     def run(self, records: list[Prompt], ctx: Context) -> StepResult:
         if len(records) < 2:
             return StepResult(kept=list(records))
         x = ctx.embed(records)
-        lo, hi, cos = similar_pairs(x, self.threshold, self.exact_max, self.nlist, self.nprobe, ctx.seed)
+        return self.decide(records, x, *self.pairs(x, records, ctx.seed))
+
+    def decide(self, records: list[Prompt], x: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+               cos: np.ndarray) -> StepResult:
+        """The keep-first rule on the search's pairs (indices into records, which x embeds); the Ray engine
+        runs it per partition of whole connected components."""
         allowed = [self._may_merge(records[a], records[b]) for a, b in zip(lo.tolist(), hi.tolist())]
         allowed = np.array(allowed, bool) if allowed else np.zeros(0, bool)
         lo, hi, cos = lo[allowed], hi[allowed], cos[allowed]

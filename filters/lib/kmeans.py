@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from filters.lib.spill import PASS_ROWS, release_pages, row_chunks
+from filters.lib.spill import release_pages, row_chunks
 
 
 def spherical_kmeans(x: np.ndarray, k: int, niter: int, seed: int, max_points_per_centroid: int):
@@ -25,20 +25,18 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int, seed: int, max_points_pe
     return km
 
 
-def search_in_chunks(index, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """index.search(x, k), a chunk of rows at a time with each released after, with the same results: chunks
-    start at multiples of faiss's BLAS query block (4096) and none is shorter than PASS_ROWS, so faiss
-    runs the same kernel on the same blocks as in one call."""
-    bounds = list(range(0, len(x), PASS_ROWS))[1:]
-    if bounds and len(x) - bounds[-1] < PASS_ROWS:
-        bounds.pop()  # a short tail joins the chunk before it
-    sims, labels = [], []
-    for start, stop in zip([0, *bounds], [*bounds, len(x)]):
-        s, i = index.search(np.ascontiguousarray(x[start:stop], dtype=np.float32), k)
+def top_k(x: np.ndarray, centres: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, indices) of each row's k nearest centroids by inner product, nearest first (ties: the
+    lowest index), a chunk of rows at a time with each released after; a row's answer depends on the row
+    alone, so an engine may compute it in any batches."""
+    sims, labels = np.empty((len(x), k), np.float32), np.empty((len(x), k), np.int64)
+    for part in row_chunks(len(x)):
+        s = np.asarray(x[part], np.float32) @ centres.T
         release_pages(x)
-        sims.append(s)
-        labels.append(i)
-    return np.concatenate(sims), np.concatenate(labels)
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < s.shape[1] else np.broadcast_to(np.arange(s.shape[1]), s.shape)
+        top = np.take_along_axis(top, np.lexsort((top, -np.take_along_axis(s, top, 1)), axis=1), 1)
+        sims[part], labels[part] = np.take_along_axis(s, top, 1), top
+    return sims, labels
 
 
 def centroids(x: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
@@ -55,8 +53,4 @@ def nearest(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     a row's answer depends on the row alone, so an engine may assign rows in any batches."""
     if len(centres) <= 1:
         return np.zeros(len(x), np.int64)
-    out = np.empty(len(x), np.int64)
-    for part in row_chunks(len(x)):
-        out[part] = np.argmax(np.asarray(x[part], np.float32) @ centres.T, axis=1)
-        release_pages(x)
-    return out
+    return top_k(x, centres, 1)[1][:, 0]

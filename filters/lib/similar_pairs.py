@@ -36,32 +36,70 @@ def _concat(parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return lo, hi, cos
 
 
-def _ivf_pairs(x: np.ndarray, threshold: float, nlist: int, nprobe: int, seed: int):
-    from filters.lib.kmeans import search_in_chunks, spherical_kmeans
+def probes(x: np.ndarray, centres: np.ndarray, nprobe: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(cells, useful) of each row of x: its `nprobe` nearest IVF cells, nearest first (its home cell, then
+    the rest; ties: the lowest cell), and which of them can hold a duplicate. A row's answer depends on the
+    row alone, so an engine may compute it in any batches.
 
-    # 64 points per centroid and 10 iterations: the cells need only be compact, not optimal.
-    km = spherical_kmeans(x, nlist, niter=10, seed=seed, max_points_per_centroid=64)
-    sims, probe = search_in_chunks(km.index, x, min(nprobe, nlist))
-    # Skip probes that provably hold no duplicate. If cos(x, y) >= t then |x - y| <= r =
-    # sqrt(2 - 2t), and y can only be nearer centroid c_k than x's home c_1 if
-    # <x, c_1> - <x, c_k> <= r |c_k - c_1|. No recall is lost; on clustered data most
-    # extra probes go (on random vectors few do).
-    c = km.centroids / np.linalg.norm(km.centroids, axis=1, keepdims=True)
-    centroid_dist = np.sqrt(np.maximum(0.0, 2 - 2 * (c @ c.T)))
+    A probe that provably holds no duplicate is skipped: if cos(x, y) >= t then |x - y| <= r =
+    sqrt(2 - 2t), and y can only be nearer centroid c_k than x's home c_1 if
+    <x, c_1> - <x, c_k> <= r |c_k - c_1|. No recall is lost; on clustered data most extra probes go
+    (on random vectors few do)."""
+    from filters.lib.kmeans import top_k
+
+    sims, cells = top_k(x, centres, min(nprobe, len(centres)))
+    centroid_dist = np.sqrt(np.maximum(0.0, 2 - 2 * (centres @ centres.T)))
     r = math.sqrt(max(0.0, 2 - 2 * threshold))
-    useful = ((sims[:, :1] - sims) <= r * centroid_dist[probe[:, :1], probe] + 1e-6).ravel()
-    home = np.argsort(probe[:, 0], kind="stable")
-    home_at = np.searchsorted(probe[home, 0], np.arange(nlist + 1))
-    asked = np.flatnonzero(useful)
-    asked = asked[np.argsort(probe.ravel()[asked], kind="stable")]
-    asked_at = np.searchsorted(probe.ravel()[asked], np.arange(nlist + 1))
-    asked //= probe.shape[1]  # flat position -> row
+    useful = (sims[:, :1] - sims) <= r * centroid_dist[cells[:, :1], cells] + 1e-6
+    return cells, useful
+
+
+def cell_pairs(members: np.ndarray, member_ids: np.ndarray, queries: np.ndarray, query_ids: np.ndarray,
+               threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs (lo, hi, cos) one IVF cell yields: each query row against the cell's member rows, ids in
+    the pool's order (members and queries in that order too), each pair once (its first finding)."""
+    lo, hi, cos = _range_pairs(members, member_ids, queries, query_ids, threshold)
+    return _first_of_each(lo, hi, cos)
+
+
+def _first_of_each(lo: np.ndarray, hi: np.ndarray, cos: np.ndarray):
+    """Each pair once, the first finding's cosine, sorted by (lo, hi) (a pair can be found from both ends)."""
+    if not len(lo):
+        return lo, hi, cos
+    _, first = np.unique(lo.astype(np.int64) * (int(hi.max()) + 1) + hi, return_index=True)
+    return lo[first], hi[first], cos[first]
+
+
+def ivf_centroids(sample: np.ndarray, nlist: int, seed: int) -> np.ndarray:
+    """The IVF cells' unit centroids: spherical k-means, 10 iterations (the cells need only be compact, not
+    optimal), on the sample's rows in their order."""
+    from filters.lib.kmeans import centroids
+
+    return centroids(sample, nlist, niter=10, seed=seed)
+
+
+def ivf_size(n: int, nlist: int | None) -> tuple[int, int]:
+    """(cells, training rows) of an IVF search over n rows: ~sqrt(n) cells unless given, 64 rows a cell."""
+    cells = min(n, nlist or max(1, round(math.sqrt(n))))
+    return cells, min(n, 64 * cells)
+
+
+def _ivf_pairs(x: np.ndarray, threshold: float, nlist: int, nprobe: int, seed: int, sample: np.ndarray):
+    centres = ivf_centroids(x[sample], nlist, seed)
+    release_pages(x)
+    cells, useful = probes(x, centres, nprobe, threshold)
+    home = np.argsort(cells[:, 0], kind="stable")
+    home_at = np.searchsorted(cells[home, 0], np.arange(len(centres) + 1))
+    asked = np.flatnonzero(useful.ravel())
+    asked = asked[np.argsort(cells.ravel()[asked], kind="stable")]
+    asked_at = np.searchsorted(cells.ravel()[asked], np.arange(len(centres) + 1))
+    asked //= cells.shape[1]  # flat position -> row
     parts = []
     gathered = 0  # rows of a spilled x read since its pages were last released
-    for cell in range(nlist):
+    for cell in range(len(centres)):
         members, queries = home[home_at[cell] : home_at[cell + 1]], asked[asked_at[cell] : asked_at[cell + 1]]
         if len(members) and len(queries):
-            parts.append(_range_pairs(x[members], members, x[queries], queries, threshold))
+            parts.append(cell_pairs(x[members], members, x[queries], queries, threshold))
             gathered += len(members) + len(queries)
         if gathered >= PASS_ROWS:
             release_pages(x)
@@ -71,20 +109,20 @@ def _ivf_pairs(x: np.ndarray, threshold: float, nlist: int, nprobe: int, seed: i
 
 
 def similar_pairs(x: np.ndarray, threshold: float, exact_max: int = 20000, nlist: int | None = None,
-                  nprobe: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs (lo, hi, cos) with lo < hi and cos >= threshold among the rows of x
-    (float32, L2-normalised): exact up to exact_max rows, IVF (see module) above."""
+                  nprobe: int = 4, seed: int = 0, sample: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (lo, hi, cos) with lo < hi and cos >= threshold among the rows of x (float32,
+    L2-normalised), sorted by (lo, hi): exact up to exact_max rows, IVF (see filters/dedup_semantic.py)
+    above, its k-means trained on the rows `sample` lists (ivf_size's count of them; None: the first rows).
+    A pair found in several cells keeps the cosine of the lowest cell's finding."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
     if n <= exact_max:
         ids = np.arange(n)
-        lo, hi, cos = _range_pairs(x, ids, x, ids, threshold)
-    else:
-        lo, hi, cos = _ivf_pairs(x, threshold, min(n, nlist or max(1, round(math.sqrt(n)))), nprobe, seed)
-    # A pair can be found from both ends (and from several probes): keep one copy.
-    key = lo.astype(np.int64) * n + hi
-    _, first = np.unique(key, return_index=True)
-    return lo[first], hi[first], cos[first]
+        return cell_pairs(x, ids, x, ids, threshold)
+    nlist, m = ivf_size(n, nlist)
+    sample = np.arange(m) if sample is None else np.asarray(sample[:m])
+    return _first_of_each(*_ivf_pairs(x, threshold, nlist, nprobe, seed, sample))
 
 
 def keep_first(earlier: dict[int, list[int]], similarity: Callable[[int, int], float],
