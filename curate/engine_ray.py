@@ -5,10 +5,11 @@ with Ray Data (see the README's "On Ray: `--engine ray`" for what runs where).
    engine's readers, so every per-row rejection rule is theirs.
 2. The leading row-wise steps: one actor pool runs them in recipe order on each batch (each actor builds
    the steps, and so loads their models, once).
-3. Whole-pool steps: dedup_exact and dedup_near partitioned (curate/ray_dedup.py); a row-wise step later
-   in the recipe as a map again; cluster as k-means on a hash-ranked sample and a nearest-centroid map;
-   from dedup_semantic on, the records come to the driver, where the steps run as the local engine runs
-   them, on embeddings an actor pool computed.
+3. Whole-pool steps: dedup_exact and dedup_near partitioned (curate/ray_dedup.py), dedup_semantic
+   partitioned by IVF cell (curate/ray_semantic.py); a row-wise step later in the recipe as a map again;
+   cluster as k-means on a hash-ranked sample and a nearest-centroid map. A whole-pool step no engine
+   knows how to partition (one a user registers) brings the records to the driver, where it and every
+   later step run as the local engine runs them, on embeddings an actor pool computed.
 4. Balance and writing: on the driver (curate.pipeline.finish_build) once a step brought the records there;
    otherwise balance from aggregated counts and per-group rank thresholds (filters/lib/ranked.py), so only
    the selected rows reach the driver, which writes them (curate.pipeline.write_build).
@@ -41,7 +42,7 @@ from curate.ray_rows import (Embed, StepChain, decode, encode, is_kept, kept_rec
 from filters.base import Context
 
 INSTALL = 'the ray engine needs Ray, which is not installed: pip install "t5shrink[ray]"'
-DISTRIBUTED = ("dedup_exact", "dedup_near", "cluster")  # whole-pool steps that run partitioned or as maps
+DISTRIBUTED = ("dedup_exact", "dedup_near", "dedup_semantic", "cluster")  # whole-pool steps that run partitioned or as maps
 PARTITION_ROWS = 250_000  # rows a dedup partition holds at most, give or take the hash's spread
 
 
@@ -172,6 +173,10 @@ class _Build:
             out, pairs = ray_dedup.dedup_near(kept, planned, parts)
             self.say(f"  {pairs:,} candidate pairs")
             return out
+        if planned.step.kind == "dedup_semantic":
+            from curate.ray_semantic import dedup_semantic
+
+            return dedup_semantic(kept, planned, self.data, self.seed, self.cpus, PARTITION_ROWS, self.say)
         if planned.step.kind == "cluster":
             return self.cluster(planned, kept)
         return self.chain(kept, [planned])

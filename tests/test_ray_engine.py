@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from curate.cli import main
 from curate.curated_set import read_manifest, read_records
 from curate.pipeline import build, resolve_recipe
-from filters.base import STEPS, Filter
+from filters.base import STEPS, Filter, Step, StepResult
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +72,10 @@ def _caption(rng: random.Random, vocabulary: list[str]) -> list[str]:
 
 def test_a_file_source_with_planted_copies_builds_the_same_set(ray_cluster, tmp_path):
     rng = random.Random(0)
-    vocabulary = [f"{a}{b}" for a in ("red", "old", "tall", "misty", "quiet", "bright") for b in
-                  ("hill", "boat", "lamp", "tower", "field", "river", "cloud", "stone", "garden", "bridge")]
+    # 200 words: with fewer, random captions share so many words that MiniLM scores them over 0.97
+    vocabulary = [f"{a}{b}" for a in "red old tall misty quiet bright small dark green frozen".split() for b in
+                  "hill boat lamp tower field river cloud stone garden bridge horse castle forest window road "
+                  "market desert ship candle mountain".split()]
     captions = [_caption(rng, vocabulary) for _ in range(60)]
     lines = [" ".join(c) for c in captions]
     near = []
@@ -82,21 +84,25 @@ def test_a_file_source_with_planted_copies_builds_the_same_set(ray_cluster, tmp_
         copy[20] = "purple"
         near.append(" ".join(copy))
     exact = [line.upper() + "." for line in lines[15:25]]  # dedup_exact's copies: case and edge punctuation
+    paraphrases = []
+    for c in captions[25:35]:  # three words dropped: 3-gram Jaccard 0.6, cosine over 0.99 (distinct: under 0.97)
+        paraphrases.append(" ".join(c[:10] + c[11:20] + c[21:30] + c[31:]))
     pool = tmp_path / "pool"
     pool.mkdir()
-    (pool / "a.txt").write_text("\n".join(lines[:40] + near[:8] + exact[:5]) + "\n")
-    rows = [{"text": t} for t in lines[40:] + near[8:] + exact[5:]] + [{"caption": "no text field"}]
+    (pool / "a.txt").write_text("\n".join(lines[:40] + near[:8] + exact[:5] + paraphrases[:5]) + "\n")
+    rows = [{"text": t} for t in lines[40:] + near[8:] + exact[5:] + paraphrases[5:]] + [{"caption": "no text field"}]
     (pool / "b.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n\n")
     (pool / "c.parquet").write_bytes(b"PAR1 truncated")  # skipped with a warning, listed in the manifest
     with pytest.warns(UserWarning, match="c.parquet"):
-        # dedup_semantic off: no step needs the driver, so cluster (a sample, then a map) and balance (counts
-        # and rank thresholds) run distributed; the balanced test above runs them on the driver
+        # dedup_semantic over IVF cells (exact_max 10); the balanced test above takes its exact search
         local, ray_out = _both(tmp_path, "balanced", 200, sources=[f"quality={pool}"],
-                               overrides=["on_shortfall=warn", "steps.dedup_semantic=null"])
+                               overrides=["on_shortfall=warn", "steps.dedup_semantic.exact_max=10",
+                                          "steps.dedup_semantic.threshold=0.98"])
     _assert_same(local, ray_out)
     assert len({r["cluster"] for r in read_records(ray_out) if r["criterion"] == "quality"}) > 3
     reasons = Counter(r["reason"].split()[1] for r in read_records(ray_out, "rejected"))
     assert reasons["near_dup"] == 15 and reasons["exact_dup"] == 10 and reasons["malformed_json"] == 1
+    assert reasons["semantic_dup"] == 10
     assert read_manifest(ray_out)["sources"][0]["skipped_files"][0]["path"].endswith("c.parquet")
 
 
@@ -128,6 +134,32 @@ def test_a_worker_killed_mid_build_changes_nothing(ray_cluster, tmp_path):
     assert marker.exists()  # a worker did die
     _assert_same(local, ray_out, ignore_step="kill_once")  # tiny, the shipped recipe, otherwise equal
     assert [s["name"] for s in read_manifest(ray_out)["steps"]][-2:] == ["kill_once", "balance"]
+
+
+class EveryOtherByEmbedding(Step):
+    """A user's whole-pool step that no engine knows how to partition: keeps every other record in the pool's
+    order, and those only when ctx.embed gives them a vector (so the Ray engine must embed for it)."""
+
+    kind = "every_other"
+    embeds = True
+
+    def run(self, records, ctx) -> StepResult:
+        x = ctx.embed(records)
+        kept = [r for i, r in enumerate(records) if i % 2 == 0 and x[i].any()]
+        return StepResult(kept=kept, dropped=[(r, self.drop("odd")) for i, r in enumerate(records) if i % 2])
+
+
+def test_a_step_registered_by_the_user_runs_on_the_driver(ray_cluster, tmp_path):
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    STEPS[EveryOtherByEmbedding.kind] = EveryOtherByEmbedding
+    try:
+        local, ray_out = _both(tmp_path, "tiny", 300, overrides=["steps.every_other={}"])
+    finally:
+        STEPS.pop(EveryOtherByEmbedding.kind)
+    _assert_same(local, ray_out)
+    assert Counter(r["step"] for r in read_records(ray_out, "rejected"))["every_other"] > 100
 
 
 def test_a_bad_source_is_the_same_one_line_error(ray_cluster, tmp_path):
