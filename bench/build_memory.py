@@ -132,6 +132,18 @@ def ray_cluster(cpus: int):
         subprocess.run(["ray", "stop", "--force"], capture_output=True)
 
 
+def same_data(tmp: Path, n: int, engine: str) -> str:
+    """Whether the build wrote byte-identical data/ files to the local engine's on the same pool ("-" for the
+    local engine itself, or when it did not run)."""
+    local, other = tmp / f"out-{n}-local" / "data", tmp / f"out-{n}-{engine}" / "data"
+    if engine == "local" or not local.is_dir():
+        return "-"
+    files = sorted(p.name for p in local.iterdir())
+    same = files == sorted(p.name for p in other.iterdir()) and all(
+        (local / f).read_bytes() == (other / f).read_bytes() for f in files)
+    return "identical" if same else "DIFFERS"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="250000,1000000,2000000", help="input rows per build")
@@ -143,7 +155,7 @@ def main() -> None:
     sizes = [int(n) for n in args.sizes.split(",")]
     print(f"curate build --recipe quality, steps off: {', '.join(s for s in MODEL_STEPS if s not in keep) or 'none'}")
     print(f"{'engine':>7} {'rows':>10} {'peak MiB':>9} {'ray max':>8} {'ray sum':>8} {'seconds':>8} {'rows/s':>7} "
-          f"{'kept':>7} {'rejected':>9}")
+          f"{'kept':>7} {'rejected':>9} {'data/ as local':>14}")
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             pool = Path(tmp) / f"pool-{n}.txt"
@@ -155,7 +167,7 @@ def main() -> None:
                                                          [s for s in MODEL_STEPS if s not in keep], extra=extra)
                 print(f"{engine:>7} {n:>10,} {peak:>9,.0f} {ray_rss.largest:>8,.0f} {ray_rss.total:>8,.0f} "
                       f"{seconds:>8.1f} {n / seconds:>7,.0f} {manifest['counts']['kept']:>7,} "
-                      f"{manifest['counts']['rejected']:>9,}", flush=True)
+                      f"{manifest['counts']['rejected']:>9,} {same_data(Path(tmp), n, engine):>14}", flush=True)
             pool.unlink()
 
 
