@@ -3,10 +3,11 @@ array as from an in-RAM one, and leaves no file behind."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
-import filters.lib.kmeans as kmeans
 import filters.lib.similar_pairs as similar_pairs
 import filters.lib.spill as spill
 from core.records import Prompt
@@ -57,7 +58,7 @@ def test_spilled_steps_give_the_in_ram_results(tmp_path, monkeypatch):
     assert len(in_ram[0]) > 300  # the planted twins are found
     # Spill every pool and pass over it in chunks of faiss's query block, as a large pool would be.
     monkeypatch.setattr(spill, "SPILL_MIN_ROWS", 0)
-    monkeypatch.setattr(kmeans, "PASS_ROWS", 4096)
+    monkeypatch.setattr(spill, "PASS_ROWS", 4096)  # kmeans' chunks
     monkeypatch.setattr(similar_pairs, "PASS_ROWS", 4096)
     assert _run_steps(x, tmp_path) == in_ram
     assert not list((tmp_path / "spill").iterdir())  # the temp files were unlinked when made
@@ -70,6 +71,29 @@ def test_spilled_array_reads_back_what_was_written_and_survives_release(tmp_path
     spill.release_pages(x[10:20])  # through a view too
     np.testing.assert_array_equal(x[999], np.arange(7992, 8000, dtype=np.float32))
     assert not list(tmp_path.iterdir())
+
+
+def _resident_mib(x: np.ndarray) -> float:
+    """MiB of x's spill file resident in this process (its mapping's Rss in /proc/self/smaps)."""
+    start = x.__array_interface__["data"][0]
+    rss, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        if "-" in line.split()[0] and ":" not in line.split()[0]:
+            low, high = (int(v, 16) for v in line.split()[0].split("-"))
+            inside = low <= start < high
+        elif inside and line.startswith("Rss:"):
+            rss += int(line.split()[1])
+    return rss / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux's /proc/self/smaps")
+def test_release_pages_takes_written_rows_out_of_resident_memory(tmp_path):
+    x = spill.spilled_array((65_536, 256), tmp_path)  # 64 MiB
+    x[:] = 1.0
+    assert _resident_mib(x) > 60
+    spill.release_pages(x[5:9])  # through a view, as the passes call it
+    assert _resident_mib(x) < 1
+    assert x[65_535, 255] == 1.0  # and the rows come back on the next read
 
 
 @pytest.mark.parametrize("n", [0, 3])

@@ -45,14 +45,15 @@ def release_pages(x: np.ndarray) -> None:
     """Drop the pages of the spill file under `x` from this process's resident memory; a no-op for an
     in-RAM array, or where the platform has no madvise."""
     base = x
-    while isinstance(base, np.ndarray):
-        base = base.base
+    while isinstance(base, (np.ndarray, memoryview)):  # numpy 2 keeps a memoryview of the mmap as the base
+        base = base.base if isinstance(base, np.ndarray) else base.obj
     if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
         base.madvise(mmap.MADV_DONTNEED)
 
 
-def row_chunks(n: int, size: int = PASS_ROWS) -> Iterator[slice]:
-    """Consecutive row slices of at most `size` rows covering range(n)."""
+def row_chunks(n: int, size: int | None = None) -> Iterator[slice]:
+    """Consecutive row slices of at most `size` (default PASS_ROWS) rows covering range(n)."""
+    size = size or PASS_ROWS
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
 
