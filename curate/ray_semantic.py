@@ -90,7 +90,7 @@ def _cell_parts(table: pa.Table, parts: int, *_) -> np.ndarray:
     return table.column("cell").to_numpy() % parts
 
 
-def _pairs_in_cells(table: pa.Table, threshold: float) -> pa.Table:
+def _pairs_in_cells(table: pa.Table, threshold: float, partners: int) -> pa.Table:
     """Each cell's pairs (similar_pairs.cell_pairs), its rows in the local engine's order."""
     from filters.lib.similar_pairs import cell_pairs
 
@@ -101,7 +101,7 @@ def _pairs_in_cells(table: pa.Table, threshold: float) -> pa.Table:
         rows = table.slice(start, stop - start)
         x, ids = _vectors(rows), np.arange(rows.num_rows)
         members = rows.column("member").to_numpy(zero_copy_only=False)
-        lo, hi, cos = cell_pairs(x[members], ids[members], x, ids, threshold)
+        lo, hi, cos = cell_pairs(x[members], ids[members], x, ids, threshold, partners)
         seq = rows.column("seq")
         out.append(pa.table({"lo": seq.take(pa.array(lo)), "hi": seq.take(pa.array(hi)), "cos": cos,
                              "cell": np.full(len(lo), cell[start])}, schema=PAIR_SCHEMA))
@@ -166,7 +166,8 @@ def dedup_semantic(ds, planned, data: dict[str, Any], seed: int, cpus: int, rows
                                                       "threshold": step.threshold}, batch_format="pyarrow")
     parts = max(cpus, -(-n * step.nprobe // rows_per_part)) if centres is not None else 1
     found: dict[tuple[bytes, bytes], tuple[int, float]] = {}
-    for batch in shuffle(cells, _cell_parts, _pairs_in_cells, parts, step.threshold).iter_batches(batch_format="pyarrow"):
+    in_cells = shuffle(cells, _cell_parts, _pairs_in_cells, parts, step.threshold, step.max_partners)
+    for batch in in_cells.iter_batches(batch_format="pyarrow"):
         for lo, hi, cos, cell in zip(*(batch.column(c).to_pylist() for c in PAIR_SCHEMA.names)):
             if (lo, hi) not in found or cell < found[lo, hi][0]:
                 found[lo, hi] = (cell, cos)

@@ -19,7 +19,6 @@ A dropped record that banding met stands for its kept twin, compared exactly too
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 
 import numpy as np
 
@@ -163,9 +162,6 @@ class DedupNear(Step):
         allowed), each confirmed by the exact Jaccard of the records' shingle hashes (see signatures)."""
         n = len(records)
         uniq = np.unique(lo.astype(np.int64) * n + hi)
-        earlier: dict[int, list[int]] = defaultdict(list)  # record -> earlier records it met in a band
-        for a, b in zip((uniq // n).tolist(), (uniq % n).tolist()):
-            earlier[b].append(a)
 
         def jaccard(a: int, b: int) -> float:
             if self.same_rendered_text and not records[a].same_rendered_text(records[b]):
@@ -174,7 +170,7 @@ class DedupNear(Step):
             inter = len(np.intersect1d(ha, hb, assume_unique=True))
             return inter / (len(ha) + len(hb) - inter)
 
-        dup_of = keep_first(earlier, jaccard, self.threshold)
+        dup_of = keep_first(uniq // n, uniq % n, jaccard, self.threshold)
         result = StepResult(kept=[r for i, r in enumerate(records) if i not in dup_of])
         for i in sorted(dup_of):
             a, jac = dup_of[i]

@@ -24,7 +24,6 @@ criterion, the cleanest copy (lowest records.normalization_cost), then the small
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -49,6 +48,10 @@ class DedupSemantic(Step):
     exact_max: up to this many records, compare all pairs exactly. nlist (None: ~sqrt(n))
     and nprobe set the IVF search above it. same_rendered_text: prompts whose rendered
     text differs are never duplicates (the quoted words are the point of text prompts).
+    max_partners: each prompt keeps at most its this many most similar prompts in each cell it
+    searches (0: all). A group of g look-alike prompts otherwise yields g^2 / 2 pairs: 1M one-template
+    prompts made tens of millions and a 5 GiB peak. The rule still finds a group's first through the
+    kept twins of the partners it keeps.
     keep_rearrangements: prompts made of the same words in another order are never merged
     unless their dedup_key matches. Mean-pooled embeddings barely see word order: with
     MiniLM "a red cube on a blue sphere" / "a blue cube on a red sphere" score 0.99 and
@@ -63,12 +66,15 @@ class DedupSemantic(Step):
     embeds = True
 
     def __init__(self, threshold: float = 0.95, exact_max: int = 20000, nlist: int | None = None, nprobe: int = 4,
-                 same_rendered_text: bool = True, keep_rearrangements: bool = True):
+                 max_partners: int = 10, same_rendered_text: bool = True, keep_rearrangements: bool = True):
         if not -1.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (-1, 1], got {threshold}")
         if nprobe < 1 or (nlist is not None and nlist < 1):
             raise ValueError("nprobe and nlist must be >= 1")
+        if max_partners < 0:
+            raise ValueError(f"max_partners must be >= 0 (0: all), got {max_partners}")
         self.threshold, self.exact_max, self.nlist, self.nprobe = threshold, exact_max, nlist, nprobe
+        self.max_partners = max_partners
         self.same_rendered_text, self.keep_rearrangements = same_rendered_text, keep_rearrangements
 
     def _may_merge(self, a: Prompt, b: Prompt) -> bool:
@@ -84,7 +90,8 @@ class DedupSemantic(Step):
         if len(records) > self.exact_max:
             _, m = ivf_size(len(records), self.nlist)
             sample = np.array(sorted(range(len(records)), key=lambda i: rank_key(seed, records[i]))[:m])
-        return similar_pairs(x, self.threshold, self.exact_max, self.nlist, self.nprobe, seed, sample)
+        return similar_pairs(x, self.threshold, self.exact_max, self.nlist, self.nprobe, seed, sample,
+                             self.max_partners)
 
     def run(self, records: list[Prompt], ctx: Context) -> StepResult:
         if len(records) < 2:
@@ -96,23 +103,21 @@ class DedupSemantic(Step):
                cos: np.ndarray) -> StepResult:
         """The keep-first rule on the search's pairs (indices into records, which x embeds); the Ray engine
         runs it per partition of whole connected components."""
-        allowed = [self._may_merge(records[a], records[b]) for a, b in zip(lo.tolist(), hi.tolist())]
-        allowed = np.array(allowed, bool) if allowed else np.zeros(0, bool)
-        lo, hi, cos = lo[allowed], hi[allowed], cos[allowed]
-        found = dict(zip(zip(lo.tolist(), hi.tolist()), cos.tolist()))
-        earlier: dict[int, list[int]] = defaultdict(list)
-        for a, b in found:
-            earlier[b].append(a)
+        allowed = np.fromiter((self._may_merge(records[a], records[b]) for a, b in _each_pair(lo, hi)), bool, len(lo))
 
         def similarity(a: int, b: int) -> float:  # a pair the search did not return: a kept twin's
-            if (a, b) in found:
-                return found[a, b]
             return float(x[a] @ x[b]) if self._may_merge(records[a], records[b]) else -math.inf
 
-        dup_of = keep_first(earlier, similarity, self.threshold)
+        dup_of = keep_first(lo[allowed], hi[allowed], similarity, self.threshold, known=cos[allowed])
         result = StepResult(kept=[r for i, r in enumerate(records) if i not in dup_of])
         for i in sorted(dup_of):
             a, c = dup_of[i]
             result.dropped.append((records[i], self.drop(f"semantic_dup of {records[a].id} cos={min(c, 1.0):.2f} "
                                                          f"{describe_value(records[a].text)}")))
         return result
+
+
+def _each_pair(lo: np.ndarray, hi: np.ndarray, chunk: int = 65_536):
+    """(lo[k], hi[k]) as Python ints, a chunk at a time (a whole list of millions of pairs would cost GiBs)."""
+    for start in range(0, len(lo), chunk):
+        yield from zip(lo[start : start + chunk].tolist(), hi[start : start + chunk].tolist())

@@ -174,17 +174,40 @@ def test_ivf_search_finds_what_exact_search_finds():
     assert (ivf[0] < ivf[1]).all() and (ivf[2] >= 0.95).all()
 
 
+@pytest.mark.parametrize("exact_max", [10**9, 0])  # exact search, IVF cells
+def test_max_partners_bounds_the_pairs_of_a_look_alike_group_and_keeps_its_first(exact_max):
+    rng = np.random.default_rng(1)
+    x, _ = _planted(2000, 0)
+    centre = x[7]
+    noise = rng.standard_normal((300, 64)).astype(np.float32)
+    group = 100 + 3 * np.arange(300)  # 300 look-alikes of row 7, spread through the pool
+    x[group] = centre + 0.05 * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rule = []
+    for partners in (0, 5):
+        lo, hi, cos = similar_pairs(x, 0.95, exact_max=exact_max, seed=0, partners=partners)
+        rule.append(keep_first(lo, hi, lambda a, b: float(x[a] @ x[b]), 0.95, known=cos))
+        assert partners == 0 or len(lo) <= 2 * 301 * partners * 4  # at most `partners` a row, per cell searched
+    assert len(lo) < 301 * 300 / 2 / 10  # all pairs: 45,150
+    assert {k: v[0] for k, v in rule[1].items()} == {k: v[0] for k, v in rule[0].items()} == {i: 7 for i in group}
+
+
 def test_keep_first_rule():
     # 0~1, 1~2 (not 0~2): 1 goes, 2 stays. 3~4 and 3~5 and 4~5: 4 and 5 both name 3.
     sim = {(0, 1): 0.97, (1, 2): 0.96, (3, 4): 0.99, (3, 5): 0.96, (4, 5): 0.995}
-    earlier = {1: [0], 2: [1], 4: [3], 5: [3, 4]}
-    dup = keep_first(earlier, lambda a, b: sim.get((a, b), 0.0), 0.95)
+    lo, hi = np.array([4, 0, 1, 3, 3, 4]), np.array([5, 1, 2, 4, 5, 5])  # any order, repeats allowed
+    dup = keep_first(lo, hi, lambda a, b: sim.get((a, b), 0.0), 0.95)
     assert {k: v[0] for k, v in dup.items()} == {1: 0, 4: 3, 5: 3}
     # The search paired 2 only with 1, a dropped copy of 0: 0, its kept twin, is compared too. 3 is paired
     # only with 2 as well, but is not close enough to 0: it stays (no cascade through dropped copies).
     sim = {(0, 1): 0.99, (1, 2): 0.99, (0, 2): 0.97, (2, 3): 0.99, (0, 3): 0.90}
-    dup = keep_first({1: [0], 2: [1], 3: [2]}, lambda a, b: sim.get((a, b), 0.0), 0.95)
+    dup = keep_first(np.array([0, 1, 2]), np.array([1, 2, 3]), lambda a, b: sim.get((a, b), 0.0), 0.95)
     assert dup == {1: (0, 0.99), 2: (0, 0.97)}
+    # A similarity the search measured is taken as it is; only the kept twin's is measured afterwards.
+    dup = keep_first(np.array([0, 1]), np.array([1, 2]), lambda a, b: sim.get((a, b), 0.0), 0.95,
+                     known=np.array([0.96, 0.5]))
+    assert dup == {1: (0, 0.96), 2: (0, 0.97)}
+    assert keep_first(np.zeros(0, int), np.zeros(0, int), lambda a, b: 1.0, 0.5) == {}
 
 
 def test_bad_keys_fail_loudly():

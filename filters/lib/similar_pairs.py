@@ -10,11 +10,11 @@ import numpy as np
 
 from filters.lib.spill import PASS_ROWS, release_pages
 
-_QUERY_CHUNK = 8192  # bounds the range-search result buffers
+_QUERY_CHUNK = 2048  # bounds the range-search result buffers (a chunk x its cell's members, at worst)
 
 
 def _range_pairs(base: np.ndarray, base_ids: np.ndarray, queries: np.ndarray, query_ids: np.ndarray,
-                 threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 threshold: float, partners: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     import faiss
 
     index = faiss.IndexFlatIP(base.shape[1])
@@ -25,8 +25,19 @@ def _range_pairs(base: np.ndarray, base_ids: np.ndarray, queries: np.ndarray, qu
         q = np.repeat(query_ids[s : s + _QUERY_CHUNK], np.diff(lims).astype(np.int64))
         r = base_ids[hits]
         other = q != r
-        out.append((np.minimum(q, r)[other], np.maximum(q, r)[other], sims[other]))
+        q, r, sims = q[other], r[other], sims[other]
+        if partners:
+            q, r, sims = _most_similar(q, r, sims, partners)
+        out.append((np.minimum(q, r), np.maximum(q, r), sims))
     return _concat(out)
+
+
+def _most_similar(q: np.ndarray, r: np.ndarray, sims: np.ndarray, k: int):
+    """Of the hits (q, r, sims), grouped by query q, each query's k most similar (ties: the lowest r)."""
+    order = np.lexsort((r, -sims, q))
+    q, r, sims = q[order], r[order], sims[order]
+    keep = np.arange(len(q)) - np.searchsorted(q, q) < k  # each hit's rank among its query's
+    return q[keep], r[keep], sims[keep]
 
 
 def _concat(parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -55,10 +66,11 @@ def probes(x: np.ndarray, centres: np.ndarray, nprobe: int, threshold: float) ->
 
 
 def cell_pairs(members: np.ndarray, member_ids: np.ndarray, queries: np.ndarray, query_ids: np.ndarray,
-               threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               threshold: float, partners: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pairs (lo, hi, cos) one IVF cell yields: each query row against the cell's member rows, ids in
-    the pool's order (members and queries in that order too), each pair once (its first finding)."""
-    lo, hi, cos = _range_pairs(members, member_ids, queries, query_ids, threshold)
+    the pool's order (members and queries in that order too), each query keeping its `partners` most
+    similar (0: all), each pair once (its first finding)."""
+    lo, hi, cos = _range_pairs(members, member_ids, queries, query_ids, threshold, partners)
     return _first_of_each(lo, hi, cos)
 
 
@@ -84,7 +96,8 @@ def ivf_size(n: int, nlist: int | None) -> tuple[int, int]:
     return cells, min(n, 64 * cells)
 
 
-def _ivf_pairs(x: np.ndarray, threshold: float, nlist: int, nprobe: int, seed: int, sample: np.ndarray):
+def _ivf_pairs(x: np.ndarray, threshold: float, nlist: int, nprobe: int, seed: int, sample: np.ndarray,
+               partners: int):
     centres = ivf_centroids(x[sample], nlist, seed)
     release_pages(x)
     cells, useful = probes(x, centres, nprobe, threshold)
@@ -99,7 +112,7 @@ def _ivf_pairs(x: np.ndarray, threshold: float, nlist: int, nprobe: int, seed: i
     for cell in range(len(centres)):
         members, queries = home[home_at[cell] : home_at[cell + 1]], asked[asked_at[cell] : asked_at[cell + 1]]
         if len(members) and len(queries):
-            parts.append(cell_pairs(x[members], members, x[queries], queries, threshold))
+            parts.append(cell_pairs(x[members], members, x[queries], queries, threshold, partners))
             gathered += len(members) + len(queries)
         if gathered >= PASS_ROWS:
             release_pages(x)
@@ -109,33 +122,46 @@ def _ivf_pairs(x: np.ndarray, threshold: float, nlist: int, nprobe: int, seed: i
 
 
 def similar_pairs(x: np.ndarray, threshold: float, exact_max: int = 20000, nlist: int | None = None,
-                  nprobe: int = 4, seed: int = 0, sample: np.ndarray | None = None
+                  nprobe: int = 4, seed: int = 0, sample: np.ndarray | None = None, partners: int = 0
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs (lo, hi, cos) with lo < hi and cos >= threshold among the rows of x (float32,
     L2-normalised), sorted by (lo, hi): exact up to exact_max rows, IVF (see filters/dedup_semantic.py)
     above, its k-means trained on the rows `sample` lists (ivf_size's count of them; None: the first rows).
-    A pair found in several cells keeps the cosine of the lowest cell's finding."""
+    A pair found in several cells keeps the cosine of the lowest cell's finding. partners > 0: each row
+    keeps only its `partners` most similar in each cell it searches (a pair stands when either end keeps
+    it), so a group of g look-alike rows yields ~g x partners pairs instead of g^2 / 2."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
     if n <= exact_max:
         ids = np.arange(n)
-        return cell_pairs(x, ids, x, ids, threshold)
+        return cell_pairs(x, ids, x, ids, threshold, partners)
     nlist, m = ivf_size(n, nlist)
     sample = np.arange(m) if sample is None else np.asarray(sample[:m])
-    return _first_of_each(*_ivf_pairs(x, threshold, nlist, nprobe, seed, sample))
+    return _first_of_each(*_ivf_pairs(x, threshold, nlist, nprobe, seed, sample, partners))
 
 
-def keep_first(earlier: dict[int, list[int]], similarity: Callable[[int, int], float],
-               threshold: float) -> dict[int, tuple[int, float]]:
-    """The rule of both dedup steps: {dropped index: (kept index, similarity)}. `earlier[b]` lists the
-    records before b that the search paired it with. Records are settled in input order, each against
-    the kept ones, most similar first (ties: the earliest). A dropped record among b's partners stands
-    for its kept twin, which is compared too: an approximate search that paired b only with copies of
-    a group's first still finds the first (the same rule, more recall)."""
+def keep_first(lo: np.ndarray, hi: np.ndarray, similarity: Callable[[int, int], float], threshold: float,
+               known: np.ndarray | None = None) -> dict[int, tuple[int, float]]:
+    """The rule of both dedup steps: {dropped index: (kept index, similarity)}. (lo[k], hi[k]) are the
+    pairs the search found, lo before hi (repeats allowed); known[k], when given, is their similarity as
+    the search measured it, else similarity(a, b) measures it. Records are settled in input order, each
+    against the kept ones, most similar first (ties: the earliest). A dropped record among b's partners
+    stands for its kept twin, which is compared too: an approximate search that paired b only with copies
+    of a group's first still finds the first (the same rule, more recall). The pairs stay in arrays: as
+    Python tuples they cost ~200 bytes each, gigabytes for a large pool of look-alike prompts."""
     dup_of: dict[int, tuple[int, float]] = {}
-    for b in sorted(earlier):
-        partners = {dup_of[a][0] if a in dup_of else a for a in earlier[b]}  # all kept and before b
-        best = max(((similarity(a, b), -a) for a in partners), default=(-math.inf, 0))
+    if not len(hi):
+        return dup_of
+    order = np.lexsort((lo, hi))
+    lo, hi = lo[order], hi[order]
+    known = known[order] if known is not None else None
+    edges = np.flatnonzero(np.diff(hi)) + 1
+    for start, stop in zip(np.r_[0, edges].tolist(), np.r_[edges, len(hi)].tolist()):
+        b, met = int(hi[start]), lo[start:stop].tolist()
+        measured = dict(zip(met, known[start:stop].tolist())) if known is not None else {}
+        partners = {dup_of[a][0] if a in dup_of else a for a in met}  # all kept and before b
+        best = max(((measured[a] if a in measured else similarity(a, b), -a) for a in partners),
+                   default=(-math.inf, 0))
         if best[0] >= threshold:
             dup_of[b] = (-best[1], best[0])
     return dup_of
