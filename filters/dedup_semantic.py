@@ -23,6 +23,7 @@ criterion, the cleanest copy (lowest records.normalization_cost), then the small
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ from core.records import dedup_key, words
 from filters.base import Context, Step, StepResult, register
 from filters.lib.ranked import rank_key
 from filters.lib.similar_pairs import ivf_size, keep_first, similar_pairs
+from filters.lib.spill import release_pages
 
 if TYPE_CHECKING:
     from core.records import Prompt
@@ -105,10 +107,15 @@ class DedupSemantic(Step):
         runs it per partition of whole connected components."""
         allowed = np.fromiter((self._may_merge(records[a], records[b]) for a, b in _each_pair(lo, hi)), bool, len(lo))
 
+        reads = itertools.count(1)
+
         def similarity(a: int, b: int) -> float:  # a pair the search did not return: a kept twin's
+            if next(reads) % 8192 == 0:
+                release_pages(x)  # twins are read from all over a spilled x: keep them from piling up in RSS
             return float(x[a] @ x[b]) if self._may_merge(records[a], records[b]) else -math.inf
 
         dup_of = keep_first(lo[allowed], hi[allowed], similarity, self.threshold, known=cos[allowed])
+        release_pages(x)
         result = StepResult(kept=[r for i, r in enumerate(records) if i not in dup_of])
         for i in sorted(dup_of):
             a, c = dup_of[i]
