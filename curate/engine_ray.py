@@ -37,8 +37,8 @@ from core.errors import ConfigError
 from curate.curated_set import CuratedSetWriter
 from curate.pipeline import (BuildResult, _PlannedStep, _plan_steps, _Rejections, balance_seed, finish_build,
                              first_whole_pool_step, make_context, plan_pools, write_build)
-from curate.ray_rows import (Embed, StepChain, decode, encode, is_kept, kept_records, order_bytes, order_key, pool_of,
-                             read_shards)
+from curate.ray_rows import (Embed, StepChain, decode, encode, is_kept, kept_records, order_key, pool_of,
+                             rank_bytes, read_shards)
 from filters.base import Context
 
 INSTALL = 'the ray engine needs Ray, which is not installed: pip install "t5shrink[ray]"'
@@ -428,14 +428,6 @@ class _Assign:
             for record, label in zip(records, nearest(self.ctx.embed(records), self.centres[group]).tolist()):
                 record.cluster = offset + label
         return encode(rows)
-
-
-def rank_bytes(seed: int, record, seq: bytes) -> bytes:
-    """filters.lib.ranked.rank_key, then read order, as bytes that sort the same way (the local engine sorts
-    by rank_key records that are in canonical, then read, order)."""
-    from filters.lib.ranked import hash_rank
-
-    return hash_rank(seed, record) + order_bytes(record, seq)
 
 
 def _not_kept(batch):

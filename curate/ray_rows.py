@@ -142,3 +142,10 @@ class Embed:
         return pa.table({"text": texts, "vec": [v.astype("float32").tobytes() for v in vectors]},
                         schema=pa.schema([("text", pa.string()), ("vec", pa.binary())]))
 
+
+def rank_bytes(seed: int, record, seq: bytes) -> bytes:
+    """filters.lib.ranked.rank_key, then read order, as bytes that sort the same way (the local engine sorts
+    by rank_key records that are in canonical, then read, order)."""
+    from filters.lib.ranked import hash_rank
+
+    return hash_rank(seed, record) + order_bytes(record, seq)

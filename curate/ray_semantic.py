@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from core.records import Prompt
 from curate.ray_dedup import _components, _in, _near_parts, shuffle
-from curate.ray_rows import SCHEMA, decode, is_kept, kept_records, order_bytes, result_table
+from curate.ray_rows import SCHEMA, decode, is_kept, kept_records, order_bytes, rank_bytes, result_table
 from filters.base import Context, Step, StepResult
 
 CELL_SCHEMA = pa.schema([("cell", pa.int64()), ("member", pa.bool_()), ("order", pa.binary()), ("seq", pa.binary()),
@@ -35,7 +35,7 @@ PAIR_SCHEMA = pa.schema([("lo", pa.binary()), ("hi", pa.binary()), ("cos", pa.fl
 
 class _Points:
     """Map (an actor): the rows with, for kept records in the step's criteria, `vec` (float32 bytes),
-    `order` (order_bytes) and `rank` (engine_ray.rank_bytes); empty bytes elsewhere."""
+    `order` (order_bytes) and `rank` (rank_bytes); empty bytes elsewhere."""
 
     def __init__(self, planned, data: dict[str, Any], seed: int):
         from curate.pipeline import make_context
@@ -43,8 +43,6 @@ class _Points:
         self.planned, self.seed, self.ctx = planned, seed, make_context(data, progress=False)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from curate.engine_ray import rank_bytes
-
         rows = decode(batch)
         points = [i for i, (r, d, _) in enumerate(rows) if d is None and _in(self.planned, r)]
         x = self.ctx.embed([rows[i][0] for i in points]) if points else np.zeros((0, 1), np.float32)
