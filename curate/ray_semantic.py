@@ -90,12 +90,14 @@ def _cell_parts(table: pa.Table, parts: int, *_) -> np.ndarray:
 
 def _pairs_in_cells(table: pa.Table, threshold: float, partners: int) -> pa.Table:
     """Each cell's pairs (similar_pairs.cell_pairs), its rows in the local engine's order."""
-    from filters.lib.similar_pairs import cell_pairs
+    from filters.lib.similar_pairs import cell_pairs, runs
 
+    if not table.num_rows:
+        return PAIR_SCHEMA.empty_table()
     out = []
     table = table.sort_by([("cell", "ascending"), ("order", "ascending")])
     cell = table.column("cell").to_numpy()
-    for start, stop in zip(*_runs(cell)):
+    for start, stop in zip(*runs(cell)):
         rows = table.slice(start, stop - start)
         x, ids = _vectors(rows), np.arange(rows.num_rows)
         members = rows.column("member").to_numpy(zero_copy_only=False)
@@ -104,12 +106,6 @@ def _pairs_in_cells(table: pa.Table, threshold: float, partners: int) -> pa.Tabl
         out.append(pa.table({"lo": seq.take(pa.array(lo)), "hi": seq.take(pa.array(hi)), "cos": cos,
                              "cell": np.full(len(lo), cell[start])}, schema=PAIR_SCHEMA))
     return pa.concat_tables(out) if out else PAIR_SCHEMA.empty_table()
-
-
-def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, stops) of the runs of equal values in a sorted array."""
-    edges = np.flatnonzero(np.diff(values)) + 1
-    return np.r_[0, edges], np.r_[edges, len(values)]
 
 
 class _GivenPairs(Step):

@@ -140,6 +140,12 @@ def similar_pairs(x: np.ndarray, threshold: float, exact_max: int = 20000, nlist
     return _first_of_each(*_ivf_pairs(x, threshold, nlist, nprobe, seed, sample, partners))
 
 
+def runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, stops) of the runs of equal values in a sorted, non-empty array."""
+    edges = np.flatnonzero(np.diff(values)) + 1
+    return np.r_[0, edges], np.r_[edges, len(values)]
+
+
 def keep_first(lo: np.ndarray, hi: np.ndarray, similarity: Callable[[int, int], float], threshold: float,
                known: np.ndarray | None = None) -> dict[int, tuple[int, float]]:
     """The rule of both dedup steps: {dropped index: (kept index, similarity)}. (lo[k], hi[k]) are the
@@ -155,8 +161,7 @@ def keep_first(lo: np.ndarray, hi: np.ndarray, similarity: Callable[[int, int], 
     order = np.lexsort((lo, hi))
     lo, hi = lo[order], hi[order]
     known = known[order] if known is not None else None
-    edges = np.flatnonzero(np.diff(hi)) + 1
-    for start, stop in zip(np.r_[0, edges].tolist(), np.r_[edges, len(hi)].tolist()):
+    for start, stop in zip(*(bounds.tolist() for bounds in runs(hi))):
         b, met = int(hi[start]), lo[start:stop].tolist()
         measured = dict(zip(met, known[start:stop].tolist())) if known is not None else {}
         partners = {dup_of[a][0] if a in dup_of else a for a in met}  # all kept and before b
