@@ -8,8 +8,8 @@ that depends on the records alone, so the Ray engine trains on the same one); ea
 lives in its nearest cell and is compared with the members of its `nprobe` nearest cells,
 exactly, by an IndexFlatIP range search per cell (SemDeDup's partition by k-means cluster,
 with neighbouring cells probed too). That is the search IndexIVFFlat does, but each cell's
-queries go through as one matrix product (BLAS) instead of one scan per query: 11 s against IndexIVFFlat.range_search's 41 s for 200k
-vectors at nprobe 4 on 2 cores. Pairs whose cells are not probed are missed (recall of
+queries go through as one matrix product (BLAS) instead of one scan per query: 11 s against
+IndexIVFFlat.range_search's 41 s for 200k vectors at nprobe 4 on 2 cores. Pairs whose cells are not probed are missed (recall of
 planted cos-0.97 copies among random vectors: 0.99 at 100k, 0.98 at 1M); raise nprobe for
 recall at linear cost.
 
@@ -34,7 +34,7 @@ from core.records import dedup_key, words
 from filters.base import Context, Step, StepResult, register
 from filters.lib.ranked import rank_key
 from filters.lib.similar_pairs import ivf_size, keep_first, similar_pairs
-from filters.lib.spill import release_pages
+from filters.lib.spill import release_pages, row_chunks
 
 if TYPE_CHECKING:
     from core.records import Prompt
@@ -124,7 +124,7 @@ class DedupSemantic(Step):
         return result
 
 
-def _each_pair(lo: np.ndarray, hi: np.ndarray, chunk: int = 65_536):
+def _each_pair(lo: np.ndarray, hi: np.ndarray):
     """(lo[k], hi[k]) as Python ints, a chunk at a time (a whole list of millions of pairs would cost GiBs)."""
-    for start in range(0, len(lo), chunk):
-        yield from zip(lo[start : start + chunk].tolist(), hi[start : start + chunk].tolist())
+    for part in row_chunks(len(lo)):
+        yield from zip(lo[part].tolist(), hi[part].tolist())
