@@ -9,9 +9,9 @@ lives in its nearest cell and is compared with the members of its `nprobe` neare
 exactly, by an IndexFlatIP range search per cell (SemDeDup's partition by k-means cluster,
 with neighbouring cells probed too). That is the search IndexIVFFlat does, but each cell's
 queries go through as one matrix product (BLAS) instead of one scan per query: 11 s against
-IndexIVFFlat.range_search's 41 s for 200k vectors at nprobe 4 on 2 cores. Pairs whose cells are not probed are missed (recall of
-planted cos-0.97 copies among random vectors: 0.99 at 100k, 0.98 at 1M); raise nprobe for
-recall at linear cost.
+IndexIVFFlat.range_search's 41 s for 200k vectors at nprobe 4 on 2 cores. Pairs whose cells
+are not probed are missed (recall of planted cos-0.97 copies among random vectors: 0.99 at
+100k, 0.98 at 1M); raise nprobe for recall at linear cost.
 
 Rule (keep_first, shared with dedup_near): records are visited in input order and compared
 only with records already kept. A record is dropped when some earlier kept record has
