@@ -18,6 +18,7 @@ from typing import Any
 
 from core.errors import ConfigError, describe_value
 from core.recipe import apply_overrides, load_recipe, validate
+from train.presets import STUDENT_PRESETS, apply_preset
 
 NUM = (int, float)
 
@@ -97,6 +98,9 @@ KEYS: dict[str, Any] = {
         "compile": Key(bool, False, help="torch.compile the transformer block by block (regional compilation)"),
     },
     "student": {
+        "preset": Key(str, None, one_of(*STUDENT_PRESETS), nullable=True,
+                      help="a shipped student (`train presets`): its architecture, and its hub weights unless "
+                           "init is config (random) or a local folder"),
         "init": Key(str, "google/flan-t5-base",
                     help='"config", a T5 name/path (e.g. google/flan-t5-base), or a student folder'),
         "config": Key({"*": (int, float, str)}, {},
@@ -268,6 +272,7 @@ def resolve(
         resolved.append(stage)
     cfg["stages"] = resolved
     check_ranges(cfg)
+    apply_preset(cfg["student"])
     n, k = cfg["distill"]["sampling_steps"], cfg["distill"]["train_steps"]
     if k is not None and k > n:
         raise ConfigError(f"distill.train_steps must be in 1..sampling_steps ({n}), got {k}")
