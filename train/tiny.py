@@ -233,7 +233,34 @@ def tiny_teacher_path(kind: str) -> Path:
         raise ValueError(f"unknown tiny teacher {kind!r} (known: {', '.join(BUILDERS)})")
     from core.paths import cache_dir
 
+    from filelock import FileLock  # huggingface_hub's own dependency
+
     path = cache_dir() / f"tiny-{kind}-v{TINY_VERSION}"
-    if not (path / "model_index.json").exists():
-        BUILDERS[kind](path)
+    if (path / "model_index.json").exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if _distributed_rank() > 0:  # transformers writes weights on rank 0 only, so rank 0 builds and the rest wait
+        return _wait_for(path / "model_index.json")
+    # separate runs may reach this together: one builds, the rest wait for it, rather than each swapping in
+    # its own copy while another loads from the folder
+    with FileLock(str(path.parent / f".{path.name}.lock")):
+        if not (path / "model_index.json").exists():
+            BUILDERS[kind](path)
     return path
+
+
+def _distributed_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _wait_for(marker: Path, timeout_s: float = 600) -> Path:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{marker.parent}: rank 0 did not finish building the tiny teacher in {timeout_s:.0f} s")
+        time.sleep(0.2)
+    return marker.parent
