@@ -35,7 +35,7 @@ def criterion_color(name: str, known: Sequence[str] = ()) -> str:
     return _EXTRA_COLORS[index % len(_EXTRA_COLORS)]
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -44,7 +44,7 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     # No "Software" chunk: it carries a URL and the matplotlib version, and without it
     # the same summary gives byte-identical PNGs.
@@ -61,7 +61,7 @@ def _legend(target, crits: Sequence[str], **kwargs) -> None:
     target.legend(handles=handles, fontsize=7, frameon=False, **kwargs)
 
 
-def _style(ax) -> None:
+def style_axes(ax) -> None:
     ax.spines["top"].set_visible(False)
     ax.spines["right"].set_visible(False)
     ax.tick_params(labelsize=8)
@@ -75,7 +75,7 @@ def category_bars(summary: dict[str, Any]) -> bytes:
     order = list(summary["category_order"])
     cats.sort(key=lambda c: order.index(c) if c in order else len(order))
     crits = list(summary["categories"])
-    fig = _new_figure(6.4, 0.38 * max(len(cats), 3) + 1.1)
+    fig = new_figure(6.4, 0.38 * max(len(cats), 3) + 1.1)
     ax = fig.add_subplot()
     y = np.arange(len(cats))[::-1]
     left = np.zeros(len(cats))
@@ -95,8 +95,8 @@ def category_bars(summary: dict[str, Any]) -> bytes:
     if crits:
         _legend(ax, crits, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(crits))
     ax.set_title("Prompts per category, by criterion", fontsize=9, pad=18)
-    _style(ax)
-    return _png(fig)
+    style_axes(ax)
+    return png_bytes(fig)
 
 
 def _target_rows(summary: dict[str, Any]) -> list[tuple[str, str, int, int]]:
@@ -129,7 +129,7 @@ def _share_bars(ax, summary: dict[str, Any], crits: list[str]) -> None:
     ax.set_xlabel("share of the set (%)", fontsize=8)
     ax.set_title("Criterion split: kept vs recipe target", fontsize=9, pad=16)
     _legend(ax, crits, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(crits))
-    _style(ax)
+    style_axes(ax)
 
 
 def _quota_bars(ax, rows: list[tuple[str, str, int, int]], crits: list[str]) -> None:
@@ -145,7 +145,7 @@ def _quota_bars(ax, rows: list[tuple[str, str, int, int]], crits: list[str]) -> 
     ax.set_xlim(0, max(125.0, float(ratios.max(initial=0)) * 1.25))
     ax.set_xlabel("kept, % of target (dashed: on target; labels: kept / target)", fontsize=8)
     ax.set_title("Quotas: kept vs target per criterion and category", fontsize=9)
-    _style(ax)
+    style_axes(ax)
 
 
 def targets_plot(summary: dict[str, Any]) -> bytes | None:
@@ -155,14 +155,14 @@ def targets_plot(summary: dict[str, Any]) -> bytes | None:
     rows = _target_rows(summary)
     if not crits and not rows:
         return None
-    fig = _new_figure(6.4, 1.9 + 0.27 * max(len(rows), 2) + (0.6 if rows else 0))
+    fig = new_figure(6.4, 1.9 + 0.27 * max(len(rows), 2) + (0.6 if rows else 0))
     grid = fig.add_gridspec(2 if crits and rows else 1, 1, height_ratios=[1.3, 0.27 * max(len(rows), 2)]
                             if crits and rows else None, hspace=0.55)
     if crits:
         _share_bars(fig.add_subplot(grid[0]), summary, crits)
     if rows:
         _quota_bars(fig.add_subplot(grid[-1]), rows, list(summary["criteria"]))
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _stacked_hist(ax, hist: dict[str, Any], crits: list[str]) -> None:
@@ -195,23 +195,23 @@ def score_histograms(summary: dict[str, Any]) -> bytes | None:
     keys = list(scores)
     ncols = min(3, len(keys))
     nrows = math.ceil(len(keys) / ncols)
-    fig = _new_figure(3.3 * ncols + 0.4, 2.5 * nrows + 0.3)
+    fig = new_figure(3.3 * ncols + 0.4, 2.5 * nrows + 0.3)
     for i, key in enumerate(keys):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         _stacked_hist(ax, scores[key]["histogram"], crits)
         ax.set_title(f"{key}  (median {scores[key]['median']:.3g}, n={scores[key]['count']})", fontsize=8)
         ax.set_xlabel(f"{key} score", fontsize=8)
         ax.set_ylabel("prompts", fontsize=8)
-        _style(ax)
+        style_axes(ax)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     _legend(fig, crits, loc="upper center", ncol=len(crits))
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def length_histogram(summary: dict[str, Any]) -> bytes:
     length = summary["length"]
     crits = list(summary["criteria"])
-    fig = _new_figure(6.4, 3.0)
+    fig = new_figure(6.4, 3.0)
     ax = fig.add_subplot()
     if length["count"]:
         _stacked_hist(ax, length["histogram"], crits)
@@ -222,14 +222,14 @@ def length_histogram(summary: dict[str, Any]) -> bytes:
     ax.set_ylabel("prompts", fontsize=8)
     ax.set_title(f"Prompt length in {length['unit']} (dashed: median {length.get('median', 0):g})", fontsize=9,
                  pad=18 if length["count"] else 6)
-    _style(ax)
-    return _png(fig)
+    style_axes(ax)
+    return png_bytes(fig)
 
 
 def embedding_map(coords: np.ndarray, labels: Sequence[str], explained: Sequence[float], caption: str) -> bytes:
     """2-D scatter of PCA coordinates, coloured by criterion."""
     known = [c for c in CRITERIA if c in set(labels)] + sorted(set(labels) - set(CRITERIA))
-    fig = _new_figure(6.4, 5.2)
+    fig = new_figure(6.4, 5.2)
     ax = fig.add_subplot()
     labels_arr = np.asarray(labels)
     for crit in known:
@@ -241,8 +241,8 @@ def embedding_map(coords: np.ndarray, labels: Sequence[str], explained: Sequence
     ax.set_title(caption, fontsize=9)
     if known:
         ax.legend(fontsize=7, frameon=False, markerscale=3)
-    _style(ax)
-    return _png(fig)
+    style_axes(ax)
+    return png_bytes(fig)
 
 
 def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -55,3 +55,16 @@ needs_cpu_float8 = pytest.mark.skipif(
 # torch.compile on the CPU (inductor) builds C++: a machine without a compiler cannot run those tests
 needs_cpp_compiler = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
                                         reason="torch.compile on the CPU needs a C++ compiler")
+
+
+def published_keys(num_layers: int) -> set[str]:
+    """The published DistillT5 key set, written out by hand (not derived from our model)."""
+    keys = {"encoder.shared.weight", "encoder.encoder.final_layer_norm.weight",
+            "final_projection.0.weight", "final_projection.3.weight",
+            "encoder.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"}
+    for i in range(num_layers):
+        b = f"encoder.encoder.block.{i}.layer"
+        keys |= {f"{b}.0.SelfAttention.{w}.weight" for w in "qkvo"}
+        keys |= {f"{b}.0.layer_norm.weight", f"{b}.1.layer_norm.weight"}
+        keys |= {f"{b}.1.DenseReluDense.{w}.weight" for w in ("wi_0", "wi_1", "wo")}
+    return keys

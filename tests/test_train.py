@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from shared_helpers import needs_cpp_compiler, needs_cpu_float8
+from shared_helpers import needs_cpp_compiler, needs_cpu_float8, published_keys
 
 from train.cli import main
 
@@ -117,19 +117,6 @@ def test_null_switches_off_and_t5_aliases_are_t5_fields():
 
 
 # ---- student ------------------------------------------------------------------------------------
-
-
-def published_keys(num_layers: int) -> set[str]:
-    """The published DistillT5 key set, written out by hand (not derived from our model)."""
-    keys = {"encoder.shared.weight", "encoder.encoder.final_layer_norm.weight",
-            "final_projection.0.weight", "final_projection.3.weight",
-            "encoder.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"}
-    for i in range(num_layers):
-        b = f"encoder.encoder.block.{i}.layer"
-        keys |= {f"{b}.0.SelfAttention.{w}.weight" for w in "qkvo"}
-        keys |= {f"{b}.0.layer_norm.weight", f"{b}.1.layer_norm.weight"}
-        keys |= {f"{b}.1.DenseReluDense.{w}.weight" for w in ("wi_0", "wi_1", "wo")}
-    return keys
 
 
 def published_state(vocab=50, d=16, heads=2, dkv=8, dff=24, layers=2, out=24, buckets=32, seed=0) -> dict:

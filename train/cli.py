@@ -276,6 +276,81 @@ def export(checkpoint: str, output: str, fmt: str, dtype: str) -> None:
     click.echo(f"exported ({fmt}): {path}")
 
 
+@main.command()
+@click.option("--recipe", default=None, help="Training recipe every student shares (name or .yaml path).")
+@click.option("--student", "students", multiple=True, metavar="SPEC",
+              help="A preset (see `train presets`) or 'LABEL: KEY=VALUE ...'; repeat for each student.")
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Series folder (a run folder per student).")
+@click.option("--data", default=None, help="Curated-set folder or file for all stages of all students.")
+@click.option("--teacher", default=None, help="Teacher pipeline folder, hub id, or tiny:flux / tiny:sd3.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe key for every student.")
+@click.option("--max-steps", default=None, type=click.IntRange(min=1), help="Stop each student after N steps.")
+@click.option("--tolerance", default=0.05, show_default=True, type=click.FloatRange(min=0),
+              help="Pick the smallest student whose gap is within this fraction of the best.")
+@click.option("--lengths", default=None, help="Token lengths to time encodes at, e.g. 77,512 [the training length].")
+@click.option("--no-compile", is_flag=True, help="Time eager encodes only (torch.compile takes a while per student).")
+@click.option("--eval-data", default=None, help="Also score every student with `train eval` on these prompts.")
+@click.option("--resume", is_flag=True, help="Continue the series in --output (no other options needed).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def series(recipe: str | None, students: tuple[str, ...], output: str, data: str | None, teacher: str | None,
+           sets: tuple[str, ...], max_steps: int | None, tolerance: float, lengths: str | None, no_compile: bool,
+           eval_data: str | None, resume: bool, quiet: bool) -> None:
+    """Distil several students with one recipe, teacher and budget, then compare them: a scaling report
+    (OUT/scaling.md, .json, .png) of each student's parameters, size on disk, encode latency and peak
+    memory (CPU, and GPU when present; eager and compiled) and held-out gap per category, and the
+    smallest student within --tolerance of the best. Students train one after another, each a normal
+    `train run` into OUT/<label> (data-parallel under torchrun / accelerate launch); --resume picks up
+    where the series stopped, and reruns only the report when every student is done.
+
+    \b
+    Examples:
+      train series --recipe flux-t5-base --student flan-t5-small --student flan-t5-base \\
+                   --student flan-t5-large --output runs/flux-series --tolerance 0.1
+      train series --recipe tiny --output runs/tiny-series \\
+                   --student "d16: student.config.d_model=16" --student "d32: student.config.d_model=32"
+      train series --output runs/flux-series --resume --tolerance 0.2
+    """
+    from train.series import Series, SeriesStudent, open_series, run_series
+
+    given = None
+    if recipe or students:
+        if not (recipe and students):
+            raise click.UsageError("--recipe and --student go together (or --resume alone)")
+        given = Series(recipe, tuple(SeriesStudent.parse(s) for s in students), tuple(sets), data, teacher, max_steps)
+    elif sets or data or teacher or max_steps:
+        raise click.UsageError("--set, --data, --teacher and --max-steps belong to a new series (with --recipe)")
+    try:
+        token_lengths = [int(x) for x in lengths.split(",")] if lengths else None
+    except ValueError:
+        raise click.BadParameter(f"{lengths!r}: a comma-separated list of token counts", param_hint="--lengths") from None
+    out = Path(output)
+    plan = open_series(out, given, resume)  # every student's recipe checked before torch loads
+    _quiet_libraries()
+    from train.distill import Interrupted
+
+    try:
+        report = run_series(plan, out, tolerance, token_lengths, not no_compile, eval_data, progress=not quiet)
+    except Interrupted as stop:
+        _exit_interrupted(f"interrupted at step {stop.step}; checkpoint written to {stop.checkpoint}",
+                          f"{_prog()} series --output {shlex.quote(str(out))} --resume")
+    if not report:  # not rank 0 of a launched series
+        return
+    click.echo((out / "scaling.md").read_text(encoding="utf-8"), nl=False)
+    click.echo(f"recommended: {report['recommendation']['pick']}  (report: {out / 'scaling.md'})")
+
+
+def _prog() -> str:
+    return click.get_current_context().find_root().info_name or "train"
+
+
+@main.command()
+def presets() -> None:
+    """The shipped student presets (`--set student.preset=NAME`, `train series --student NAME`)."""
+    from train.presets import preset_table
+
+    click.echo(preset_table())
+
+
 main.add_command(recipes_command("train", "train.config:recipe_keys"))
 
 
