@@ -272,3 +272,19 @@ def test_a_launched_series_trains_each_student_data_parallel(tmp_path):
         a = load_file(str(tmp_path / "one" / label / "student" / "model.safetensors"))
         b = load_file(str(tmp_path / "two" / label / "student" / "model.safetensors"))
         assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a), label
+
+
+def test_series_with_eval_data_scores_every_student_with_the_suite(tmp_path):
+    out = tmp_path / "series"
+    result = CliRunner().invoke(main, ["series", "--recipe", "tiny", "--output", str(out), "--max-steps", "3", "--quiet",
+                                       "--no-compile", "--set", "validation.num_prompts=8", "--eval-data", "builtin:tiny",
+                                       "--student", TINY_STUDENTS[0], "--student", TINY_STUDENTS[1]])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "scaling.json").read_text())
+    suite = json.loads((out / "eval.json").read_text())
+    assert report["quality"] == "eval" and report["teacher_gap"] == suite["models"][0]["overall"]["gap"]
+    rows = {m["name"]: m for m in suite["models"][1:]}
+    for s in report["students"]:
+        assert s["gap"] == rows[s["run"]]["overall"]["gap"]
+        assert s["metrics"]["ocr_word_accuracy"] == rows[s["run"]]["overall"]["ocr_word_accuracy"]
+    assert "Image metrics" in (out / "scaling.md").read_text()
