@@ -333,6 +333,8 @@ def series(recipe: str | None, students: tuple[str, ...], output: str, data: str
     except Interrupted as stop:
         _exit_interrupted(f"interrupted at step {stop.step}; checkpoint written to {stop.checkpoint}",
                           f"{_prog()} series --output {shlex.quote(str(out))} --resume")
+    except KeyboardInterrupt:  # while loading or measuring: the finished runs and checkpoints stay
+        _exit_interrupted("interrupted", f"{_prog()} series --output {shlex.quote(str(out))} --resume")
     if not report:  # not rank 0 of a launched series
         return
     click.echo((out / "scaling.md").read_text(encoding="utf-8"), nl=False)
