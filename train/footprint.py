@@ -69,7 +69,15 @@ def _status_kib(field: str) -> int | None:
 
 
 def _reset_peak_rss() -> bool:
-    """Make the process's peak resident set (VmHWM) its current one; False where that is not possible."""
+    """Make the process's peak resident set (VmHWM) its current one; False where that is not possible.
+    Memory freed but kept by malloc is handed back first, so the warm-up's leftovers do not count as the
+    baseline (they would hide what an encode takes)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -107,7 +115,9 @@ def encode_footprint(encoder: torch.nn.Module, lengths: Sequence[int], vocab_siz
                      repeats: int = 5, batch_size: int = 1) -> dict[str, Any]:
     """Encode latency (median ms) and peak memory (MiB: weights + what the encode adds) at each token
     length, on the encoder's own device and dtype. compiled: torch.compile'd first; `compile_s` is the
-    time the first call of each length took (the compile itself)."""
+    time the first call of each length took (the compile itself; after the first length, dynamo may
+    compile a dynamic-shape graph, which the bench measured as fast as one per length)."""
+    encoder.eval()  # dropout off: what serving runs
     device = next(encoder.parameters()).device
     model = torch.compile(encoder) if compiled else encoder
     weights = weights_bytes(encoder)
