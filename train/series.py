@@ -170,13 +170,14 @@ def measure_student(run: Path, lengths: list[int], compile_too: bool) -> dict[st
     from train.runs import student_path
     from train.student import DistillT5EncoderModel
 
-    cache = run / FOOTPRINT_FILE
-    key = {"lengths": lengths, "compile": compile_too, "cuda": torch.cuda.is_available(), "torch": torch.__version__}
+    cache, folder = run / FOOTPRINT_FILE, student_path(run)
+    weights = (folder / "model.safetensors").stat()  # a student trained again is measured again
+    key = {"lengths": lengths, "compile": compile_too, "cuda": torch.cuda.is_available(), "torch": torch.__version__,
+           "weights": [weights.st_size, weights.st_mtime_ns]}
     if cache.exists():
         found = json.loads(cache.read_text(encoding="utf-8"))
         if found.get("key") == key:
             return found
-    folder = student_path(run)
     student = DistillT5EncoderModel.from_pretrained(folder)
     config = student.config
     result: dict[str, Any] = {

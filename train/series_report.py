@@ -110,9 +110,13 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Image metrics (evaluation suite, overall):", "", _row(["student", *IMAGE_METRICS]),
                   _row(["---"] * (len(IMAGE_METRICS) + 1))]
         lines += [_row([s["label"], *(_gap_cell((s["metrics"] or {}).get(m)) for m in IMAGE_METRICS)]) for s in students]
+    dtypes = {mode: e["dtype"] for s in students for mode, e in s["encode"].items() if "dtype" in e}
     threads = {e.get("threads") for s in students for e in s["encode"].values() if e.get("threads")}
-    if threads:
-        lines += ["", f"CPU timings on {', '.join(map(str, sorted(threads)))} thread(s), batch 1, median of 5 after warm-up."]
+    if dtypes:
+        lines += ["", "Encodes: one prompt (batch 1), median of 5 after warm-up; "
+                  + ", ".join(f"{mode} in {dtype}" for mode, dtype in sorted(dtypes.items()))
+                  + (f"; CPU on {', '.join(map(str, sorted(threads)))} thread(s)" if threads else "")
+                  + ". Peak = weights + what an encode adds."]
     return "\n".join(lines) + "\n"
 
 
