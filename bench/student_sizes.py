@@ -75,6 +75,7 @@ def build(size: str, device: str, dtype_name: str):
     import torch
     from transformers import T5Config, T5EncoderModel
 
+    from bench.train_step import materialize
     from train.student import DistillT5EncoderModel
 
     preset = preset_for(size)
@@ -83,19 +84,8 @@ def build(size: str, device: str, dtype_name: str):
                       **({"project_out_dim": HEAD_WIDTH} if preset.student else {}))
     with torch.device("meta"):
         model = DistillT5EncoderModel(config) if preset.student else T5EncoderModel(config)
-    torch.nn.Module.to(model, dtype)
-    ties: dict[int, list] = {}  # to_empty unties shared parameters (T5's embedding): restored below
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            ties.setdefault(id(p), []).append((module, name))
-    model.to_empty(device=device)
-    for group in ties.values():
-        for module, name in group[1:]:
-            setattr(module, name, getattr(*group[0]))
     torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.fill_(1.0) if p.ndim == 1 else p.normal_(std=0.02)  # T5's norms have weights only
+    materialize(model, torch.device(device), dtype)  # to_empty, the tied embedding restored, N(0, 0.02), norms 1
     return model.eval().requires_grad_(False), config.vocab_size
 
 
