@@ -669,8 +669,8 @@ def _captured_figures(monkeypatch) -> list:
     from curate import plots
 
     figures = []
-    real_png = plots._png
-    monkeypatch.setattr(plots, "_png", lambda fig: figures.append(fig) or real_png(fig))
+    real_png = plots.png_bytes
+    monkeypatch.setattr(plots, "png_bytes", lambda fig: figures.append(fig) or real_png(fig))
     return figures
 
 

@@ -196,6 +196,7 @@ def test_series_refuses_bad_input_before_training(tmp_path):
         (["--student", "flan-t5-tiny"], "not a preset"),
         (["--student", "t5-v1_1-xxl"], "T5-XXL is the teacher's own encoder"),
         (["--student", "a b: student.config.d_model=8"], "names a folder"),
+        (["--student", "scaling.md: student.config.d_model=8"], "names a folder"),
         (["--student", "x: student.config.d_model=8", "--student", "x: student.config.d_model=16"], "given twice"),
         (["--student", "x: student.config.dmodel=8"], "student x: unknown key student.config.dmodel"),
         (["--student", "x: optim.lr=-1"], "student x: optim.lr must be a number > 0"),

@@ -30,6 +30,7 @@ from core.fileio import atomic_write_text
 
 SERIES_FILE = "series.json"
 FOOTPRINT_FILE = "footprint.json"
+REPORT_FILES = (SERIES_FILE, "scaling.json", "scaling.md", "scaling.png", "eval.json")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -51,8 +52,9 @@ class SeriesStudent:
                 raise ConfigError(f"--student {spec!r}: not a preset ({', '.join(STUDENT_PRESETS)}){hint}; "
                                   "or give LABEL: KEY=VALUE ... (e.g. 'narrow: student.config.d_model=16')")
             return cls(label, (f"student.preset={label}",))
-        if not LABEL_RE.match(label):
-            raise ConfigError(f"--student {spec!r}: the label {label!r} names a folder; use letters, digits, '.', '_', '-'")
+        if not LABEL_RE.match(label) or label in REPORT_FILES:
+            raise ConfigError(f"--student {spec!r}: the label {label!r} names a folder beside "
+                              f"{', '.join(REPORT_FILES)}; use another of letters, digits, '.', '_', '-'")
         try:
             items = tuple(shlex.split(sets))
         except ValueError as exc:
