@@ -55,7 +55,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @main.command()
 @click.option("--recipe", required=True, help="Shipped recipe name (see `train recipes`) or a .yaml path.")
 @click.option("--data", default=None, help="Curated-set folder or .txt/.jsonl/.parquet file for ALL stages.")
-@click.option("--teacher", default=None, help="Teacher pipeline folder, hub id, or tiny:flux / tiny:sd3.")
+@click.option("--teacher", default=None, help="Teacher pipeline folder, hub id, or tiny:<family> (tiny:flux, tiny:pixart-sigma, ...).")
 @click.option("--output", default=None, type=click.Path(file_okay=False), help="Run folder [runs/<recipe>].")
 @click.option("--max-steps", default=None, type=click.IntRange(min=1),
               help="Stop after N steps, i.e. batches of K updates (extends the last stage if longer).")
@@ -165,7 +165,7 @@ def resume_command(prog: str | None, recipe: str, data: str | None, teacher: str
 @main.command("eval")
 @click.option("--student", "students", required=True, multiple=True,
               help="Student folder, run folder, checkpoint, or diffusers export; repeat to compare several.")
-@click.option("--teacher", required=True, help="Teacher pipeline folder, hub id, or tiny:flux / tiny:sd3.")
+@click.option("--teacher", required=True, help="Teacher pipeline folder, hub id, or tiny:<family> (tiny:flux, tiny:pixart-sigma, ...).")
 @click.option("--data", required=True, help="Held-out prompts: curated-set folder or .txt/.jsonl/.parquet file.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a table.")
 @click.option("--max-prompts", default=256, show_default=True, type=click.IntRange(min=1),
@@ -282,7 +282,7 @@ def export(checkpoint: str, output: str, fmt: str, dtype: str) -> None:
               help="A preset (see `train presets`) or 'LABEL: KEY=VALUE ...'; repeat for each student.")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Series folder (a run folder per student).")
 @click.option("--data", default=None, help="Curated-set folder or file for all stages of all students.")
-@click.option("--teacher", default=None, help="Teacher pipeline folder, hub id, or tiny:flux / tiny:sd3.")
+@click.option("--teacher", default=None, help="Teacher pipeline folder, hub id, or tiny:<family> (tiny:flux, tiny:pixart-sigma, ...).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe key for every student.")
 @click.option("--max-steps", default=None, type=click.IntRange(min=1), help="Stop each student after N steps.")
 @click.option("--tolerance", default=0.05, show_default=True, type=click.FloatRange(min=0),

@@ -85,7 +85,7 @@ KEYS: dict[str, Any] = {
                        nullable=True, help="torch intra-op threads on a CPU run; null: chosen from the free cores "
                                            "(choose_cpu_threads)"),
     "teacher": {
-        "path": Key(str, help="folder, hub id, or tiny:flux / tiny:sd3"),
+        "path": Key(str, help="folder, hub id, or tiny:<family> (tiny:flux, tiny:sd3, tiny:pixart-alpha, ...)"),
         "dtype": Key(str, "auto", one_of("auto", "bf16", "fp16", "fp32"), help="auto: bf16 on CUDA, fp32 on CPU"),
         "trust_remote_code": Key(bool, False),
         "guidance": Key([NUM], [2.0, 5.0], Range(lambda g: isinstance(g, list) and len(g) == 2 and g[0] <= g[1],

@@ -149,7 +149,7 @@ def distill_trajectory(student: torch.nn.Module, teacher: Teacher, parts: list[M
     seqs = leaves = None
     if not per_step:
         with amp():
-            seqs = [student(p.ids)[0] for p in parts]
+            seqs = [teacher.student_sequence(student, p.ids) for p in parts]
         leaves = [s.detach().requires_grad_(True) for s in seqs]
     total = 0.0
     for i, t in enumerate(teacher.timesteps(n_steps, xs[0])):
@@ -159,7 +159,7 @@ def distill_trajectory(student: torch.nn.Module, teacher: Teacher, parts: list[M
                 target = teacher.predict(xs[pi], t, part.tcond, guidance)
             if i in train_idx:
                 with amp():
-                    seq = leaves[pi] if leaves else student(part.ids)[0]
+                    seq = leaves[pi] if leaves else teacher.student_sequence(student, part.ids)
                     pred = teacher.predict(xs[pi], t, teacher.student_cond(seq, part.tcond, max_len), guidance)
                 loss = F.mse_loss(pred.float(), target.float()) * weights[pi]
                 loss.backward()

@@ -172,7 +172,7 @@ def draw(teacher: Teacher, encoder: Encoder, texts: list[str], sampling: Samplin
     cond = teacher.encode(texts, s.max_len)
     uncond = None
     if not encoder.is_teacher:
-        seq = encoder.module(teacher.tokenize(texts, s.max_len).to(teacher.device))[0]
+        seq = teacher.student_sequence(encoder.module, teacher.tokenize(texts, s.max_len).to(teacher.device))
         cond = teacher.student_cond(seq, cond, s.max_len)
         uncond = teacher.student_uncond(encoder.module, s.max_len)
     latents = sample(teacher, cond, s.resolution, s.steps, s.guidance, s.seed, s.max_len, uncond)

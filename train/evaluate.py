@@ -56,8 +56,7 @@ class GapEvaluator:
                 eps = torch.cat([teacher.noise(1, resolution, torch.Generator().manual_seed(seed * 7919 + 2 * (start + i) + 1)) for i in range(len(chunk))])
                 points = []
                 for sigma in self.sigmas:
-                    x = (1 - sigma) * x0 + sigma * eps
-                    t = teacher.sigma_to_timestep(sigma)
+                    x, t = teacher.noised(x0, eps, sigma)
                     f_t = teacher.predict(x, t, cond, guidance).float()
                     f_0 = teacher.predict(x, t, zero, guidance).float()
                     points.append((x, t, f_t, _per_prompt(f_t - f_0)))
@@ -71,7 +70,7 @@ class GapEvaluator:
         device = self.teacher.device
         try:
             for texts, cats, ids, cond, points in self.batches:
-                seq = student(ids.to(device))[0]
+                seq = self.teacher.student_sequence(student, ids.to(device))
                 scond = self.teacher.student_cond(seq, cond, self.max_len)
                 num, den = [0.0] * len(texts), [0.0] * len(texts)
                 for x, t, f_t, base in points:
@@ -138,7 +137,8 @@ def image_pairs(teacher: Teacher, student: torch.nn.Module, texts: list[str], co
     device = teacher.device
     step = batch_size or len(texts)
     try:
-        scond = teacher.student_cond(student(teacher.tokenize(texts, max_len).to(device))[0], cond, max_len)
+        seq = teacher.student_sequence(student, teacher.tokenize(texts, max_len).to(device))
+        scond = teacher.student_cond(seq, cond, max_len)
         s_uncond = teacher.student_uncond(student, max_len)
         rows = []
         for seed in seeds:

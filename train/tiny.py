@@ -214,6 +214,35 @@ def build_sd3(out_dir: str | Path, seed: int = 0) -> Path:
     return _save(pipe, out_dir)
 
 
+def build_pixart(out_dir: str | Path, seed: int = 0, sigma: bool = False) -> Path:
+    """Write a tiny random PixArtAlphaPipeline (or PixArtSigmaPipeline) to out_dir: T5 only, learned
+    variance (out_channels = 2 x in_channels) and DPM-Solver++, as the released models ship."""
+    import diffusers
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
+
+    t5_tok = train_t5_tokenizer()
+    pipeline = diffusers.PixArtSigmaPipeline if sigma else diffusers.PixArtAlphaPipeline
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        pipe = pipeline(
+            scheduler=DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
+                                                  algorithm_type="dpmsolver++", solver_order=2),
+            vae=_vae(shift=0.0, scale=0.18215),
+            text_encoder=_t5_encoder(t5_tok, d_model=32),
+            tokenizer=t5_tok,
+            transformer=PixArtTransformer2DModel(
+                num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=1,
+                cross_attention_dim=32, sample_size=8, patch_size=2, caption_channels=32, norm_num_groups=4,
+            ),
+        )
+    return _save(pipe, out_dir)
+
+
+def build_pixart_sigma(out_dir: str | Path, seed: int = 0) -> Path:
+    return build_pixart(out_dir, seed, sigma=True)
+
+
 def _save(pipe, out_dir: str | Path) -> Path:
     from core.fileio import staging_path, swap_into_place
 
@@ -224,7 +253,7 @@ def _save(pipe, out_dir: str | Path) -> Path:
     return out
 
 
-BUILDERS = {"flux": build_flux, "sd3": build_sd3}
+BUILDERS = {"flux": build_flux, "sd3": build_sd3, "pixart-alpha": build_pixart, "pixart-sigma": build_pixart_sigma}
 
 
 def tiny_teacher_path(kind: str) -> Path:

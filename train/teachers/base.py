@@ -12,7 +12,8 @@ import torch
 
 @dataclass
 class Cond:
-    """Everything text the transformer sees: the sequence (B, S, D) and the pooled vector (B, P)."""
+    """Everything text the transformer sees: the sequence (B, S, D) and a per-prompt side input (B, P):
+    the pooled CLIP vector (FLUX, SD3), or the T5 attention mask for families without one (PixArt)."""
 
     embeds: torch.Tensor
     pooled: torch.Tensor
@@ -80,6 +81,11 @@ class Teacher:
     def encode(self, prompts: list[str], max_len: int) -> Cond:
         """Teacher embeddings through the pipeline's own encode_prompt."""
         raise NotImplementedError
+
+    def student_sequence(self, student: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        """The student's (B, L, D) sequence for the teacher's ids, called as the pipeline calls its T5
+        (FLUX, SD3: ids alone; families whose pipeline passes the padding mask override this)."""
+        return student(ids)[0]
 
     def student_cond(self, seq: torch.Tensor, teacher: Cond, max_len: int) -> Cond:
         """The conditioning with the student's T5 sequence in place of the teacher's, built as the
@@ -154,9 +160,28 @@ class Teacher:
     def sigma_to_timestep(self, sigma: float) -> float:
         return sigma * self.scheduler.config.num_train_timesteps
 
+    def noised(self, x0: torch.Tensor, eps: torch.Tensor, sigma: float) -> tuple[torch.Tensor, float]:
+        """A state at noise level sigma in (0, 1] as the teacher's training made them, and its timestep
+        (the held-out gap's probes): flow matching's (1 - sigma) x0 + sigma eps here."""
+        return (1 - sigma) * x0 + sigma * eps, self.sigma_to_timestep(sigma)
+
     def decode(self, x: torch.Tensor, resolution: int) -> list:
         """Final latents -> PIL images with the pipeline's VAE and image processor (preview grids)."""
         raise NotImplementedError
+
+
+class ClassifierFreeGuidance:
+    """For families that sample with two branches (SD3, PixArt): uncond + g * (cond - uncond), the
+    unconditional branch being the empty prompt's embedding (the teacher's, or the student's own)."""
+
+    @torch.no_grad()
+    def velocity(self, x, t, cond_pred, guidance, max_len, uncond=None):
+        if guidance is None or guidance <= 1:
+            return cond_pred
+        u = uncond if uncond is not None else self.uncond(max_len)
+        uncond = Cond(u.embeds.expand(x.shape[0], -1, -1), u.pooled.expand(x.shape[0], -1))
+        uncond_pred = self.predict(x, t, uncond)
+        return uncond_pred + guidance * (cond_pred - uncond_pred)
 
 
 def compile_transformer_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:

@@ -15,11 +15,14 @@ import torch
 
 from .base import Teacher
 from .flux import FluxTeacher
+from .pixart import PixArtAlphaTeacher, PixArtSigmaTeacher
 from .sd3 import SD3Teacher
 
 FAMILIES: dict[str, type[Teacher]] = {family.kind: family for family in (
     FluxTeacher,
     SD3Teacher,
+    PixArtAlphaTeacher,
+    PixArtSigmaTeacher,
 )}
 
 

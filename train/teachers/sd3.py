@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import Cond, Teacher
+from .base import ClassifierFreeGuidance, Cond, Teacher
 
 
-class SD3Teacher(Teacher):
+class SD3Teacher(ClassifierFreeGuidance, Teacher):
     kind = "sd3"
     pipeline_class = "StableDiffusion3Pipeline"
     t5_slot = "text_encoder_3"
@@ -41,7 +41,7 @@ class SD3Teacher(Teacher):
         return Cond(torch.cat([clip_part.to(seq.dtype), seq], dim=1), teacher.pooled)
 
     def student_uncond(self, student: torch.nn.Module, max_len: int) -> Cond:
-        seq = student(self.tokenize([""], max_len).to(self.device))[0]
+        seq = self.student_sequence(student, self.tokenize([""], max_len).to(self.device))
         return self.student_cond(seq, self.uncond(max_len), max_len)
 
     def check_resolution(self, resolution: int) -> None:
@@ -79,15 +79,6 @@ class SD3Teacher(Teacher):
             pooled_projections=cond.pooled.to(self.dtype),
             return_dict=False,
         )[0]
-
-    @torch.no_grad()
-    def velocity(self, x, t, cond_pred, guidance, max_len, uncond=None):
-        if guidance is None or guidance <= 1:
-            return cond_pred
-        u = uncond if uncond is not None else self.uncond(max_len)
-        uncond = Cond(u.embeds.expand(x.shape[0], -1, -1), u.pooled.expand(x.shape[0], -1))
-        uncond_pred = self.predict(x, t, uncond)
-        return uncond_pred + guidance * (cond_pred - uncond_pred)
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor, resolution: int):
