@@ -243,6 +243,31 @@ def build_pixart_sigma(out_dir: str | Path, seed: int = 0) -> Path:
     return build_pixart(out_dir, seed, sigma=True)
 
 
+def build_chroma(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random ChromaPipeline (T5 only, FLUX-style latents, no guidance input) to out_dir."""
+    import torch
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    t5_tok = train_t5_tokenizer()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        pipe = ChromaPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(
+                shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                base_image_seq_len=256, max_image_seq_len=4096,
+            ),
+            vae=_vae(shift=0.1159, scale=0.3611),
+            text_encoder=_t5_encoder(t5_tok, d_model=32),
+            tokenizer=t5_tok,
+            transformer=ChromaTransformer2DModel(
+                patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 6, 6),
+                approximator_num_channels=8, approximator_hidden_dim=32, approximator_layers=1,
+            ),
+        )
+    return _save(pipe, out_dir)
+
+
 def _save(pipe, out_dir: str | Path) -> Path:
     from core.fileio import staging_path, swap_into_place
 
@@ -253,7 +278,8 @@ def _save(pipe, out_dir: str | Path) -> Path:
     return out
 
 
-BUILDERS = {"flux": build_flux, "sd3": build_sd3, "pixart-alpha": build_pixart, "pixart-sigma": build_pixart_sigma}
+BUILDERS = {"flux": build_flux, "sd3": build_sd3, "pixart-alpha": build_pixart, "pixart-sigma": build_pixart_sigma,
+            "chroma": build_chroma}
 
 
 def tiny_teacher_path(kind: str) -> Path:

@@ -170,6 +170,26 @@ class Teacher:
         raise NotImplementedError
 
 
+class MaskedT5:
+    """For pipelines that pass T5 the tokenizer's attention mask (PixArt, Chroma): the student is called
+    with the same mask, and the transformer's text mask travels in Cond.pooled (they have no pooled vector)."""
+
+    def padding_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """The tokenizer's attention mask, from the ids: T5 pads with pad_token_id, which no text token has."""
+        return (ids != self.tokenizer.pad_token_id).long()
+
+    def student_sequence(self, student: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        return student(ids, attention_mask=self.padding_mask(ids))[0]
+
+    def student_cond(self, seq: torch.Tensor, teacher: Cond, max_len: int) -> Cond:
+        return Cond(seq, teacher.pooled)
+
+    def student_uncond(self, student: torch.nn.Module, max_len: int) -> Cond:
+        """The empty prompt through the student, with the mask the pipeline gives it (the teacher's)."""
+        ids = self.tokenize([""], max_len).to(self.device)
+        return Cond(self.student_sequence(student, ids), self.uncond(max_len).pooled)
+
+
 class ClassifierFreeGuidance:
     """For families that sample with two branches (SD3, PixArt): uncond + g * (cond - uncond), the
     unconditional branch being the empty prompt's embedding (the teacher's, or the student's own)."""

@@ -26,7 +26,7 @@ class FluxTeacher(Teacher):
 
     def __init__(self, pipe, source, device):
         super().__init__(pipe, source, device)
-        self.has_guidance = bool(self.transformer.config.guidance_embeds)
+        self.has_guidance = bool(getattr(self.transformer.config, "guidance_embeds", False))  # Chroma: none
         self._img_ids: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()

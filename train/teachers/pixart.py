@@ -5,8 +5,7 @@ From diffusers' `PixArtAlphaPipeline` / `PixArtSigmaPipeline`:
   are installed, as `__call__`'s clean_caption=True does), padded to max_sequence_length (α 120,
   Σ 300) and encoded *with* its attention mask; the transformer gets the mask too
   (`encoder_attention_mask`), so padding tokens are invisible to it. The student is called the same way
-  (`student_sequence`), and the gap is computed under the same mask. The mask travels in `Cond.pooled`
-  (these pipelines have no pooled vector).
+  and the gap is computed under the same mask (`base.MaskedT5`).
 - Sampling: epsilon prediction (the learned-variance half of the output is dropped, as the pipeline
   does), classifier-free guidance against the empty prompt "" (its embedding and mask: the student must
   learn it too, so recipes replace a share of prompts with "": teacher.empty_prompt_prob), and the
@@ -18,10 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import ClassifierFreeGuidance, Cond, Teacher
+from .base import ClassifierFreeGuidance, Cond, MaskedT5, Teacher
 
 
-class PixArtAlphaTeacher(ClassifierFreeGuidance, Teacher):
+class PixArtAlphaTeacher(MaskedT5, ClassifierFreeGuidance, Teacher):
     kind = "pixart-alpha"
     pipeline_class = "PixArtAlphaPipeline"
     t5_slot = "text_encoder"
@@ -54,26 +53,12 @@ class PixArtAlphaTeacher(ClassifierFreeGuidance, Teacher):
     def tokenize(self, prompts: list[str], max_len: int) -> torch.Tensor:
         return super().tokenize(self._texts(prompts), max_len)
 
-    def mask(self, ids: torch.Tensor) -> torch.Tensor:
-        """The tokenizer's attention mask, from the ids: T5 pads with pad_token_id, which no text token has."""
-        return (ids != self.tokenizer.pad_token_id).long()
-
     @torch.no_grad()
     def encode(self, prompts: list[str], max_len: int) -> Cond:
         embeds, mask, _, _ = self.pipe.encode_prompt(
             list(prompts), do_classifier_free_guidance=False, device=self.device, clean_caption=self.clean_caption,
             max_sequence_length=max_len)
         return Cond(embeds, mask.to(embeds.dtype))
-
-    def student_sequence(self, student: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-        return student(ids, attention_mask=self.mask(ids))[0]
-
-    def student_cond(self, seq: torch.Tensor, teacher: Cond, max_len: int) -> Cond:
-        return Cond(seq, teacher.pooled)
-
-    def student_uncond(self, student: torch.nn.Module, max_len: int) -> Cond:
-        ids = self.tokenize([""], max_len).to(self.device)
-        return Cond(self.student_sequence(student, ids), self.mask(ids).to(self.uncond(max_len).pooled.dtype))
 
     def check_resolution(self, resolution: int) -> None:
         multiple = self.pipe.vae_scale_factor * self.transformer.config.patch_size

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .base import Teacher
+from .chroma import ChromaTeacher
 from .flux import FluxTeacher
 from .pixart import PixArtAlphaTeacher, PixArtSigmaTeacher
 from .sd3 import SD3Teacher
@@ -23,6 +24,7 @@ FAMILIES: dict[str, type[Teacher]] = {family.kind: family for family in (
     SD3Teacher,
     PixArtAlphaTeacher,
     PixArtSigmaTeacher,
+    ChromaTeacher,
 )}
 
 
