@@ -22,6 +22,7 @@ PIPELINE_KWARGS = {
     "pixart-alpha": {"guidance_scale": 4.5, "use_resolution_binning": False},  # the bins start at 256 px
     "pixart-sigma": {"guidance_scale": 4.5, "use_resolution_binning": False},
     "chroma": {"guidance_scale": 5.0},
+    "ltx-video": {"guidance_scale": 3.0, "num_frames": 9},
 }
 MAX_LEN = 16
 
@@ -64,12 +65,24 @@ def test_family_trains_resumes_bit_identically_exports_and_generates(kind, tmp_p
     pipe = pipeline.from_pretrained(str(tiny_teacher_path(kind)), **{family.t5_slot: student})
     assert getattr(pipe, family.t5_slot) is student
     pipe.set_progress_bar_config(disable=True)
-    image = pipe("a red cube on a blue chair", height=32, width=32, num_inference_steps=2, max_sequence_length=MAX_LEN,
-                 generator=torch.Generator().manual_seed(0), **PIPELINE_KWARGS[kind]).images[0]
-    assert image.size == (32, 32)
+    out = pipe("a red cube on a blue chair", height=32, width=32, num_inference_steps=2, max_sequence_length=MAX_LEN,
+               generator=torch.Generator().manual_seed(0), **PIPELINE_KWARGS[kind])
+    if family.frames is None:
+        assert out.images[0].size == (32, 32)
+    else:  # a video: one clip of num_frames frames
+        assert len(out.frames[0]) == PIPELINE_KWARGS[kind]["num_frames"] and out.frames[0][0].size == (32, 32)
+
+    # the evaluation suite on the exported student: the gap, and images drawn from the same noise
+    result = CliRunner().invoke(main, ["eval", "--student", str(tmp_path / "exp"), "--teacher", f"tiny:{kind}",
+                                       "--data", "builtin:tiny", "--max-prompts", "8", "--images", "2", "--steps", "2",
+                                       "--resolution", "32", "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["models"][0]["overall"]["gap"] == pytest.approx(0.0, abs=1e-9)  # the teacher's own T5
+    assert 0 < report["models"][1]["overall"]["gap"] and report["settings"]["image_prompts"] == 2
 
 
-@pytest.mark.parametrize("kind, steps", [("pixart-alpha", 200), ("pixart-sigma", 200), ("chroma", 50)])
+@pytest.mark.parametrize("kind, steps", [("pixart-alpha", 200), ("pixart-sigma", 200), ("chroma", 50), ("ltx-video", 50)])
 def test_masked_families_shrink_the_held_out_gap_5x(kind, steps, tmp_path):
     """The tiny recipe on the new families (FLUX's and SD3's are in test_train.py). PixArt masks all
     padding, so only the few real tokens of each prompt carry signal (FLUX's gap also counts the 70-odd
@@ -78,6 +91,12 @@ def test_masked_families_shrink_the_held_out_gap_5x(kind, steps, tmp_path):
          "--set", "stages.0.max_sequence_length=77", "--set", "student.projection_dropout=0.0")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["gap_final"] * 5 <= summary["gap_initial"], summary
+
+
+def test_frames_are_for_video_teachers(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--recipe", "tiny", "--teacher", "tiny:flux", "--output", str(tmp_path / "r"),
+                                       "--set", "teacher.frames=9", "--quiet"])
+    assert result.exit_code != 0 and "teacher.frames is for video teachers" in result.output
 
 
 def test_pixart_student_reads_the_padding_mask_like_the_pipelines_t5(tmp_path):

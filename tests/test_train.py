@@ -70,7 +70,7 @@ def test_shipped_recipes_validate_and_name_their_command():
         first = (recipe_dir("train") / f"{name}.yaml").read_text().splitlines()[0]
         assert first.startswith(f"# train run --recipe {name}"), first
         lengths = {s["max_sequence_length"] for s in cfg["stages"]}
-        if name.startswith(("pixart", "chroma")):  # at the pipeline's own default length: inference needs none
+        if name.startswith(("pixart", "chroma", "ltx")):  # at the pipeline's own default length: inference needs none
             import inspect
 
             import diffusers

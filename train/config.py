@@ -96,6 +96,8 @@ KEYS: dict[str, Any] = {
         "gradient_checkpointing": Key(bool, False, help="recompute transformer activations in the backward pass"),
         "fp8": Key(bool, False, help="transformer linears stored and run in float8 (train/fp8.py)"),
         "compile": Key(bool, False, help="torch.compile the transformer block by block (regional compilation)"),
+        "frames": Key(int, None, POSITIVE, nullable=True,
+                      help="video families: frames of each training clip (null: the family's default)"),
     },
     "student": {
         "preset": Key(str, None, one_of(*STUDENT_PRESETS), nullable=True,

@@ -283,6 +283,11 @@ class Trainer:
         dtype = DTYPES.get(tcfg["dtype"]) if tcfg["dtype"] != "auto" else None
         self.teacher = teacher = load_teacher(tcfg["path"], device=self.device, dtype=dtype,
                                               trust_remote_code=tcfg["trust_remote_code"])
+        if tcfg["frames"] is not None:
+            if teacher.frames is None:
+                raise ConfigError(f"teacher.frames is for video teachers; {tcfg['path']} is a {teacher.kind} "
+                                  "(image) pipeline: remove it")
+            teacher.frames = tcfg["frames"]
         if tcfg["gradient_checkpointing"]:
             teacher.transformer.enable_gradient_checkpointing()
         if tcfg["fp8"]:  # targets, predictions and the validation gap all go through the fp8 transformer
@@ -395,7 +400,7 @@ class Trainer:
         self.val_res = self.val["resolution"] or last["resolution"]
         self.meta = {"teacher": self.cfg["teacher"]["path"], "teacher_kind": self.teacher.kind,
                      "t5_slot": self.teacher.t5_slot, "max_sequence_length": self.val_len, "resolution": self.val_res,
-                     "guidance": self.cfg["teacher"]["guidance"], "recipe": self.recipe_name,
+                     "guidance": self.cfg["teacher"]["guidance"], "frames": self.teacher.frames, "recipe": self.recipe_name,
                      "recipe_hash": self.state["recipe_hash"],
                      "training_data": [recorded_sources(s["data"]) for s in self.stages],
                      "heldout": {"data": recorded_sources(self.val["data"])[0] if self.val["data"] else None,

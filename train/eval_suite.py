@@ -50,6 +50,7 @@ class Sampling:
     steps: int
     guidance: float
     seed: int
+    frames: int | None = None  # video families: frames of each clip (its middle frame is scored)
 
 
 @dataclass
@@ -132,7 +133,8 @@ class ImageCache:
         self.writable = True
 
     def key(self, encoder: Encoder, prompt: str, sampling: Sampling) -> str:
-        fields = {"teacher": self.teacher_id, "encoder": encoder.identity, "prompt": prompt, **sampling.__dict__}
+        settings = {k: v for k, v in sampling.__dict__.items() if v is not None}  # image keys as before frames existed
+        fields = {"teacher": self.teacher_id, "encoder": encoder.identity, "prompt": prompt, **settings}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def path(self, key: str) -> Path:
@@ -343,7 +345,8 @@ def choose_sampling(options: SuiteOptions, metas: list[dict[str, Any]]) -> Sampl
     for meta in metas:
         if meta.get("max_sequence_length") and meta["max_sequence_length"] != max_len:
             warnings.warn(f"evaluating at {max_len} tokens; a student was trained at {meta['max_sequence_length']}")
-    return Sampling(max_len, resolution, options.steps, options.guidance, options.seed)
+    frames = next((m["frames"] for m in metas if m.get("frames")), None)  # a video student's training clips
+    return Sampling(max_len, resolution, options.steps, options.guidance, options.seed, frames)
 
 
 def evaluate_suite(students: list[str], teacher_source: str, data: str, options: SuiteOptions,
@@ -364,6 +367,8 @@ def evaluate_suite(students: list[str], teacher_source: str, data: str, options:
         encoders.append(encoder)
         metas.append(meta)
     sampling = choose_sampling(options, metas)
+    if teacher.frames is not None and sampling.frames:
+        teacher.frames = sampling.frames
     tools = load_tools(options, device, sampling.resolution, feature_module)  # before the slow part
     prompts = heldout_prompts(data, options.max_prompts)
     # the teacher as its embedding cache knows it (a folder by content, with its dtype), and the device:

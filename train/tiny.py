@@ -268,6 +268,37 @@ def build_chroma(out_dir: str | Path, seed: int = 0) -> Path:
     return _save(pipe, out_dir)
 
 
+def build_ltx_video(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random LTXPipeline (video: 4x spatial and temporal compression, T5 only) to out_dir."""
+    import torch
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+
+    t5_tok = train_t5_tokenizer()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vae = AutoencoderKLLTXVideo(
+            latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+            layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
+            spatio_temporal_scaling=(True, True, False, False), decoder_spatio_temporal_scaling=(True, True, False, False),
+            decoder_inject_noise=(False,) * 5, upsample_residual=(False,) * 4, upsample_factor=(1,) * 4,
+            patch_size=1, patch_size_t=1,
+        )
+        pipe = LTXPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(
+                shift=1.0, use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
+                base_image_seq_len=1024, max_image_seq_len=4096,
+            ),
+            vae=vae,
+            text_encoder=_t5_encoder(t5_tok, d_model=32),
+            tokenizer=t5_tok,
+            transformer=LTXVideoTransformer3DModel(
+                in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=16,
+                cross_attention_dim=32, num_layers=1, caption_channels=32,
+            ),
+        )
+    return _save(pipe, out_dir)
+
+
 def _save(pipe, out_dir: str | Path) -> Path:
     from core.fileio import staging_path, swap_into_place
 
@@ -279,7 +310,7 @@ def _save(pipe, out_dir: str | Path) -> Path:
 
 
 BUILDERS = {"flux": build_flux, "sd3": build_sd3, "pixart-alpha": build_pixart, "pixart-sigma": build_pixart_sigma,
-            "chroma": build_chroma}
+            "chroma": build_chroma, "ltx-video": build_ltx_video}
 
 
 def tiny_teacher_path(kind: str) -> Path:

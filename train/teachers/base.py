@@ -45,6 +45,7 @@ class Teacher:
     t5_slot = ""  # the pipeline attribute the student replaces (a diffusers export's component folder)
     tokenizer_slot = ""  # the T5 tokenizer's attribute (exported beside the student)
     text_encoder_slots: tuple[str, ...] = ()  # every text encoder, T5 included (offloaded once cached)
+    frames: int | None = None  # video families: frames of a clip (teacher.frames in a recipe); None: images
 
     def __init__(self, pipe: Any, source: str, device: torch.device):
         self.pipe = pipe
@@ -170,16 +171,9 @@ class Teacher:
         raise NotImplementedError
 
 
-class MaskedT5:
-    """For pipelines that pass T5 the tokenizer's attention mask (PixArt, Chroma): the student is called
-    with the same mask, and the transformer's text mask travels in Cond.pooled (they have no pooled vector)."""
-
-    def padding_mask(self, ids: torch.Tensor) -> torch.Tensor:
-        """The tokenizer's attention mask, from the ids: T5 pads with pad_token_id, which no text token has."""
-        return (ids != self.tokenizer.pad_token_id).long()
-
-    def student_sequence(self, student: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-        return student(ids, attention_mask=self.padding_mask(ids))[0]
+class TextMask:
+    """For pipelines whose transformer takes the T5 padding mask (PixArt, Chroma, LTX-Video): the mask
+    travels in Cond.pooled (they have no pooled vector) and is the teacher's for the student's sequence too."""
 
     def student_cond(self, seq: torch.Tensor, teacher: Cond, max_len: int) -> Cond:
         return Cond(seq, teacher.pooled)
@@ -188,6 +182,18 @@ class MaskedT5:
         """The empty prompt through the student, with the mask the pipeline gives it (the teacher's)."""
         ids = self.tokenize([""], max_len).to(self.device)
         return Cond(self.student_sequence(student, ids), self.uncond(max_len).pooled)
+
+
+class MaskedT5(TextMask):
+    """For pipelines that also pass T5 itself the tokenizer's attention mask (PixArt, Chroma): the student
+    is called with the same mask."""
+
+    def padding_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """The tokenizer's attention mask, from the ids: T5 pads with pad_token_id, which no text token has."""
+        return (ids != self.tokenizer.pad_token_id).long()
+
+    def student_sequence(self, student: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        return student(ids, attention_mask=self.padding_mask(ids))[0]
 
 
 class ClassifierFreeGuidance:

@@ -16,6 +16,7 @@ import torch
 from .base import Teacher
 from .chroma import ChromaTeacher
 from .flux import FluxTeacher
+from .ltx import LTXVideoTeacher
 from .pixart import PixArtAlphaTeacher, PixArtSigmaTeacher
 from .sd3 import SD3Teacher
 
@@ -25,6 +26,7 @@ FAMILIES: dict[str, type[Teacher]] = {family.kind: family for family in (
     PixArtAlphaTeacher,
     PixArtSigmaTeacher,
     ChromaTeacher,
+    LTXVideoTeacher,
 )}
 
 
