@@ -137,6 +137,14 @@ def _t5_encoder(tokenizer, d_model: int):
     )
 
 
+def _flux_scheduler():
+    """FLUX.1-dev's scheduler settings (Chroma keeps them)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                           base_image_seq_len=256, max_image_seq_len=4096)
+
+
 def _vae(shift: float, scale: float):
     from diffusers import AutoencoderKL
 
@@ -161,17 +169,14 @@ def _vae(shift: float, scale: float):
 def build_flux(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny random FluxPipeline (guidance-embedded, like FLUX.1-dev) to out_dir."""
     import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
     clip_tok, t5_tok = train_clip_tokenizer(), train_t5_tokenizer()
     with torch.random.fork_rng():  # leave the caller's random state alone
         torch.manual_seed(seed)
         pipe = FluxPipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler(
-                shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                base_image_seq_len=256, max_image_seq_len=4096,
-            ),
+            scheduler=_flux_scheduler(),
             vae=_vae(shift=0.1159, scale=0.3611),
             text_encoder=CLIPTextModel(_clip_config(clip_tok, hidden=32, projection=32)),
             tokenizer=clip_tok,
@@ -246,16 +251,13 @@ def build_pixart_sigma(out_dir: str | Path, seed: int = 0) -> Path:
 def build_chroma(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny random ChromaPipeline (T5 only, FLUX-style latents, no guidance input) to out_dir."""
     import torch
-    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel
 
     t5_tok = train_t5_tokenizer()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         pipe = ChromaPipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler(
-                shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                base_image_seq_len=256, max_image_seq_len=4096,
-            ),
+            scheduler=_flux_scheduler(),
             vae=_vae(shift=0.1159, scale=0.3611),
             text_encoder=_t5_encoder(t5_tok, d_model=32),
             tokenizer=t5_tok,

@@ -196,6 +196,21 @@ class MaskedT5(TextMask):
         return student(ids, attention_mask=self.padding_mask(ids))[0]
 
 
+class SpatialLatents:
+    """Latents as (B, C, h, w) at the VAE's scale, patchified inside the transformer (SD3, PixArt)."""
+
+    def check_resolution(self, resolution: int) -> None:
+        multiple = self.pipe.vae_scale_factor * self.transformer.config.patch_size
+        if resolution % multiple:
+            raise ValueError(f"resolution {resolution} must be a multiple of {multiple} for this {self.pipeline_class}")
+
+    def noise(self, batch: int, resolution: int, generator: torch.Generator) -> torch.Tensor:
+        self.check_resolution(resolution)
+        side = resolution // self.pipe.vae_scale_factor
+        channels = self.transformer.config.in_channels
+        return torch.randn(batch, channels, side, side, generator=generator, dtype=torch.float32).to(self.device)
+
+
 class ClassifierFreeGuidance:
     """For families that sample with two branches (SD3, PixArt): uncond + g * (cond - uncond), the
     unconditional branch being the empty prompt's embedding (the teacher's, or the student's own)."""

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import ClassifierFreeGuidance, Cond, MaskedT5, Teacher
+from .base import ClassifierFreeGuidance, Cond, MaskedT5, SpatialLatents, Teacher
 
 
-class PixArtAlphaTeacher(MaskedT5, ClassifierFreeGuidance, Teacher):
+class PixArtAlphaTeacher(MaskedT5, SpatialLatents, ClassifierFreeGuidance, Teacher):
     kind = "pixart-alpha"
     pipeline_class = "PixArtAlphaPipeline"
     t5_slot = "text_encoder"
@@ -59,17 +59,6 @@ class PixArtAlphaTeacher(MaskedT5, ClassifierFreeGuidance, Teacher):
             list(prompts), do_classifier_free_guidance=False, device=self.device, clean_caption=self.clean_caption,
             max_sequence_length=max_len)
         return Cond(embeds, mask.to(embeds.dtype))
-
-    def check_resolution(self, resolution: int) -> None:
-        multiple = self.pipe.vae_scale_factor * self.transformer.config.patch_size
-        if resolution % multiple:
-            raise ValueError(f"resolution {resolution} must be a multiple of {multiple} for this PixArt pipeline")
-
-    def noise(self, batch: int, resolution: int, generator: torch.Generator) -> torch.Tensor:
-        self.check_resolution(resolution)
-        side = resolution // self.pipe.vae_scale_factor
-        channels = self.transformer.config.in_channels
-        return torch.randn(batch, channels, side, side, generator=generator, dtype=torch.float32).to(self.device)
 
     def timesteps(self, num_steps: int, latents: torch.Tensor) -> torch.Tensor:
         from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import retrieve_timesteps

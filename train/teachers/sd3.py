@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import ClassifierFreeGuidance, Cond, Teacher
+from .base import ClassifierFreeGuidance, Cond, SpatialLatents, Teacher
 
 
-class SD3Teacher(ClassifierFreeGuidance, Teacher):
+class SD3Teacher(SpatialLatents, ClassifierFreeGuidance, Teacher):
     kind = "sd3"
     pipeline_class = "StableDiffusion3Pipeline"
     t5_slot = "text_encoder_3"
@@ -43,17 +43,6 @@ class SD3Teacher(ClassifierFreeGuidance, Teacher):
     def student_uncond(self, student: torch.nn.Module, max_len: int) -> Cond:
         seq = self.student_sequence(student, self.tokenize([""], max_len).to(self.device))
         return self.student_cond(seq, self.uncond(max_len), max_len)
-
-    def check_resolution(self, resolution: int) -> None:
-        multiple = self.pipe.vae_scale_factor * self.transformer.config.patch_size
-        if resolution % multiple:
-            raise ValueError(f"resolution {resolution} must be a multiple of {multiple} for this SD3 pipeline")
-
-    def noise(self, batch: int, resolution: int, generator: torch.Generator) -> torch.Tensor:
-        self.check_resolution(resolution)
-        side = resolution // self.pipe.vae_scale_factor
-        channels = self.transformer.config.in_channels
-        return torch.randn(batch, channels, side, side, generator=generator, dtype=torch.float32).to(self.device)
 
     def timesteps(self, num_steps: int, latents: torch.Tensor) -> torch.Tensor:
         from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
