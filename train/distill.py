@@ -119,6 +119,25 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
 # ---- one trajectory -----------------------------------------------------------------------------
 
 
+def forward_context(device: torch.device, amp_on: bool) -> Callable[[], contextlib.AbstractContextManager]:
+    """What every forward of a batch runs under: bf16 autocast when on, and on CUDA attention pinned to
+    flash attention (memory-efficient or math only where flash cannot run, e.g. float32): torch's default
+    choice crashed with an illegal memory access in the backward pass through FLUX on an H200, and
+    bench/train_step.py's flash-pinned runs did not."""
+    if device.type != "cuda":
+        return contextlib.nullcontext
+
+    @contextlib.contextmanager
+    def context():
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+        with sdpa_kernel(backends), (torch.autocast("cuda", dtype=torch.bfloat16) if amp_on else contextlib.nullcontext()):
+            yield
+
+    return context
+
+
 class MicroBatch(NamedTuple):
     tcond: Cond  # the teacher's conditioning (computed once per batch, or from the cache)
     ids: torch.Tensor  # the teacher's T5 token ids, which the student reads
@@ -302,7 +321,7 @@ class Trainer:
         amp_on = self.device.type == "cuda" and precision in ("auto", "bf16") and torch.cuda.is_bf16_supported()
         if precision == "bf16" and not amp_on:
             warnings.warn("bf16 autocast needs a CUDA device with bf16; training in float32")
-        self.amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp_on else contextlib.nullcontext
+        self.amp = forward_context(self.device, amp_on)
 
     def setup_data(self) -> None:
         """Each stage's prompts, the held-out prompts removed from every stage."""
@@ -575,9 +594,12 @@ class Trainer:
                               "gap": "-" if self.latest_gap is None else f"{self.latest_gap:.4f}"}, refresh=False)
         self.bar.update(1)
         if self.step % self.cfg["log"]["every"] == 0 or self.step == self.stop:
-            self.logger.log({"step": self.step, "stage": batch.stage["name"], "loss": loss, "lr": lr,
-                             "grad_norm": self.updates.mean_grad_norm, "updates": len(self.updates.applied),
-                             "guidance": batch.guidance, "elapsed_s": round(elapsed, 2)})
+            record = {"step": self.step, "stage": batch.stage["name"], "loss": loss, "lr": lr,
+                      "grad_norm": self.updates.mean_grad_norm, "updates": len(self.updates.applied),
+                      "guidance": batch.guidance, "elapsed_s": round(elapsed, 2)}
+            if self.device.type == "cuda":  # the run's peak so far: what a smaller card must hold
+                record["peak_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
+            self.logger.log(record)
 
     def validate(self) -> dict[str, Any]:
         """The held-out gap now (logged, and shown on the bar), and a preview grid when validation.images."""
