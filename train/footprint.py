@@ -45,11 +45,12 @@ def weights_bytes(model: torch.nn.Module) -> int:
 
 def human_bytes(n: float) -> str:
     """1536 -> "1.5 KiB"."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+    if n < 1024:
+        return f"{n:,.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    raise AssertionError("unreachable")
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.1f} {unit}"
 
 
 def folder_bytes(folder: str | Path, pattern: str = "*.safetensors") -> int:

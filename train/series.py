@@ -27,10 +27,11 @@ from typing import Any
 
 from core.errors import ConfigError
 from core.fileio import atomic_write_text
+from train.series_report import REPORT_FILES
 
 SERIES_FILE = "series.json"
 FOOTPRINT_FILE = "footprint.json"
-REPORT_FILES = (SERIES_FILE, "scaling.json", "scaling.md", "scaling.png", "eval.json")
+EVAL_FILE = "eval.json"
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -52,9 +53,10 @@ class SeriesStudent:
                 raise ConfigError(f"--student {spec!r}: not a preset ({', '.join(STUDENT_PRESETS)}){hint}; "
                                   "or give LABEL: KEY=VALUE ... (e.g. 'narrow: student.config.d_model=16')")
             return cls(label, (f"student.preset={label}",))
-        if not LABEL_RE.match(label) or label in REPORT_FILES:
+        beside = (SERIES_FILE, EVAL_FILE, *REPORT_FILES)
+        if not LABEL_RE.match(label) or label in beside:
             raise ConfigError(f"--student {spec!r}: the label {label!r} names a folder beside "
-                              f"{', '.join(REPORT_FILES)}; use another of letters, digits, '.', '_', '-'")
+                              f"{', '.join(beside)}; use another of letters, digits, '.', '_', '-'")
         try:
             items = tuple(shlex.split(sets))
         except ValueError as exc:
@@ -237,5 +239,5 @@ def _evaluate(output: Path, runs: list[str], cfg: dict[str, Any], data: str, pro
 
     options = SuiteOptions(max_prompts=cfg["validation"]["num_prompts"], progress=progress)
     report = evaluate_suite(runs, cfg["teacher"]["path"], data, options).report
-    atomic_write_text(output / "eval.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(output / EVAL_FILE, json.dumps(report, indent=2) + "\n")
     return report

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from core.fileio import atomic_write_bytes, atomic_write_text
-from train.footprint import human_bytes
 
+REPORT_FILES = ("scaling.json", "scaling.md", "scaling.png")
 IMAGE_METRICS = ("clip_score", "image_similarity", "ocr_word_accuracy", "fid_teacher")
 
 
@@ -71,6 +71,8 @@ def _millions(n: int) -> str:
 
 
 def _encode_cells(encode: dict[str, Any], modes: list[str], length: str) -> list[str]:
+    from train.footprint import human_bytes
+
     cells = []
     for mode in modes:
         found = encode.get(mode, {})
@@ -84,6 +86,8 @@ def _encode_cells(encode: dict[str, Any], modes: list[str], length: str) -> list
 
 def markdown(report: dict[str, Any]) -> str:
     """The tables (size and costs, then the gap per category) and the recommendation."""
+    from train.footprint import human_bytes  # imports torch: not at the top, which `train series` reads first
+
     students = report["students"]
     modes = sorted({m for s in students for m in s["encode"]}, key=lambda m: (m.startswith("cuda"), m.endswith("compiled")))
     lengths = sorted({length for s in students for e in s["encode"].values() for length in e.get("lengths", {})}, key=int)
@@ -154,6 +158,7 @@ def plot_png(report: dict[str, Any]) -> bytes:
 
 
 def write_report(report: dict[str, Any], output: Path) -> None:
-    atomic_write_text(output / "scaling.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_bytes(output / "scaling.png", plot_png(report))
-    atomic_write_text(output / "scaling.md", markdown(report))
+    as_json, as_md, as_png = REPORT_FILES
+    atomic_write_text(output / as_json, json.dumps(report, indent=2) + "\n")
+    atomic_write_bytes(output / as_png, plot_png(report))
+    atomic_write_text(output / as_md, markdown(report))

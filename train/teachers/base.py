@@ -13,7 +13,7 @@ import torch
 @dataclass
 class Cond:
     """Everything text the transformer sees: the sequence (B, S, D) and a per-prompt side input (B, P):
-    the pooled CLIP vector (FLUX, SD3), or the T5 attention mask for families without one (PixArt)."""
+    the pooled CLIP vector (FLUX, SD3), or the T5 attention mask for families without one (base.TextMask)."""
 
     embeds: torch.Tensor
     pooled: torch.Tensor
@@ -65,8 +65,10 @@ class Teacher:
 
     @property
     def width(self) -> int:
-        """The text width the transformer reads: the student's project_out_dim (4096 for FLUX/SD3)."""
-        return int(self.transformer.config.joint_attention_dim)
+        """The text width the transformer reads: the student's project_out_dim (4096 for FLUX/SD3). MMDiT-style
+        transformers name it joint_attention_dim, cross-attention ones (PixArt, LTX-Video) caption_channels."""
+        config = self.transformer.config
+        return int(getattr(config, "joint_attention_dim", None) or config.caption_channels)
 
     @property
     def vocab_size(self) -> int:
@@ -212,7 +214,7 @@ class SpatialLatents:
 
 
 class ClassifierFreeGuidance:
-    """For families that sample with two branches (SD3, PixArt): uncond + g * (cond - uncond), the
+    """For families that sample with two branches (SD3, PixArt, Chroma, LTX-Video): uncond + g * (cond - uncond), the
     unconditional branch being the empty prompt's embedding (the teacher's, or the student's own)."""
 
     @torch.no_grad()
@@ -223,6 +225,22 @@ class ClassifierFreeGuidance:
         uncond = Cond(u.embeds.expand(x.shape[0], -1, -1), u.pooled.expand(x.shape[0], -1))
         uncond_pred = self.predict(x, t, uncond)
         return uncond_pred + guidance * (cond_pred - uncond_pred)
+
+
+def flow_timesteps(scheduler: Any, num_steps: int, seq_len: int, device: torch.device) -> torch.Tensor:
+    """Flow-matching timesteps as the FLUX, Chroma and LTX-Video pipelines set them: sigmas linspace(1, 1/N, N)
+    (unless the scheduler makes its own flow sigmas), shifted by calculate_shift(latent tokens) with the
+    scheduler's config."""
+    import numpy as np
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+    cfg = scheduler.config
+    sigmas = None if cfg.get("use_flow_sigmas", False) else np.linspace(1.0, 1 / num_steps, num_steps)
+    mu = calculate_shift(seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                         cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+    timesteps, _ = retrieve_timesteps(scheduler, num_steps, device, sigmas=sigmas, mu=mu)
+    scheduler.set_begin_index(0)
+    return timesteps
 
 
 def compile_transformer_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:

@@ -11,10 +11,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from .base import Cond, Teacher, square_side
+from .base import Cond, Teacher, flow_timesteps, square_side
 
 
 class FluxTeacher(Teacher):
@@ -52,17 +51,7 @@ class FluxTeacher(Teacher):
         return self.pipe._pack_latents(x, batch, channels, side, side).to(self.device)
 
     def timesteps(self, num_steps: int, latents: torch.Tensor) -> torch.Tensor:
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
-
-        cfg = self.scheduler.config
-        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
-        if cfg.get("use_flow_sigmas", False):
-            sigmas = None
-        mu = calculate_shift(latents.shape[1], cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-        timesteps, _ = retrieve_timesteps(self.scheduler, num_steps, self.device, sigmas=sigmas, mu=mu)
-        self.scheduler.set_begin_index(0)
-        return timesteps
+        return flow_timesteps(self.scheduler, num_steps, latents.shape[1], self.device)
 
     def _image_ids(self, tokens: int) -> torch.Tensor:
         if tokens not in self._img_ids:

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .base import ClassifierFreeGuidance, Cond, Teacher, TextMask
+from .base import ClassifierFreeGuidance, Cond, Teacher, TextMask, flow_timesteps
 
 
 class LTXVideoTeacher(TextMask, ClassifierFreeGuidance, Teacher):
@@ -27,10 +27,6 @@ class LTXVideoTeacher(TextMask, ClassifierFreeGuidance, Teacher):
     text_encoder_slots = ("text_encoder",)
     frames = 9
     frame_rate = 25  # LTXPipeline's default: it sets the temporal RoPE scale
-
-    @property
-    def width(self) -> int:
-        return int(self.transformer.config.caption_channels)
 
     @torch.no_grad()
     def encode(self, prompts: list[str], max_len: int) -> Cond:
@@ -64,16 +60,7 @@ class LTXVideoTeacher(TextMask, ClassifierFreeGuidance, Teacher):
         return frames, side, side
 
     def timesteps(self, num_steps: int, latents: torch.Tensor) -> torch.Tensor:
-        import numpy as np
-        from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, retrieve_timesteps
-
-        cfg = self.scheduler.config
-        mu = calculate_shift(latents.shape[1], cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
-        timesteps, _ = retrieve_timesteps(self.scheduler, num_steps, self.device, sigmas=sigmas, mu=mu)
-        self.scheduler.set_begin_index(0)
-        return timesteps
+        return flow_timesteps(self.scheduler, num_steps, latents.shape[1], self.device)
 
     def predict(self, x, t, cond: Cond, guidance: float | None = None) -> torch.Tensor:
         batch = x.shape[0]

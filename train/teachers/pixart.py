@@ -37,10 +37,6 @@ class PixArtAlphaTeacher(MaskedT5, SpatialLatents, ClassifierFreeGuidance, Teach
         self.learned_sigma = self.transformer.config.out_channels == 2 * self.transformer.config.in_channels
 
     @property
-    def width(self) -> int:
-        return int(self.transformer.config.caption_channels)
-
-    @property
     def clean_caption(self) -> bool:
         """What `__call__`'s default clean_caption=True amounts to here: cleaning needs bs4 and ftfy."""
         from diffusers.utils import is_bs4_available, is_ftfy_available
