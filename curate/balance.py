@@ -11,6 +11,7 @@ When a pool is short, `on_shortfall` decides, and the shortfall is always report
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,15 +146,24 @@ def group_of(takes: dict[tuple[str, str | None], dict[int | None, int]], pool: t
 
 
 def balance(records: list[Prompt], size: int, quotas: dict[str, dict[str, Any]], seed: int,
-            on_shortfall: str = "scale") -> tuple[list[Prompt], list[tuple[Prompt, Drop]], dict[str, Any]]:
+            on_shortfall: str = "scale", select_by: str | None = None
+            ) -> tuple[list[Prompt], list[tuple[Prompt, Drop]], dict[str, Any]]:
     """Select records to fill the quotas. Returns (selected, dropped with reason, report).
 
     Within each quota pool (and, in a clustered pool, each cluster's share: filters.lib.ranked.spread)
     the records of lowest hash rank (filters.lib.ranked.rank_key) are selected, so the selection depends
     on the records alone, not on their order nor on how an engine partitioned them; the selected come
     out in rank order (a seeded shuffle). curate/engine_ray.py applies the same rule from counts and
-    rank thresholds."""
+    rank thresholds. With `select_by` (a score name: "gap" for `curate mine`), each group takes its records
+    of highest `scores[select_by]` instead (unscored ones last, ties by hash rank): the quotas and the
+    spread over clusters stay as they are."""
     from filters.lib.ranked import rank_key
+
+    def order(record: Prompt) -> tuple:
+        if select_by is None:
+            return rank_key(seed, record)
+        score = record.scores.get(select_by, -math.inf)
+        return (-score if math.isfinite(score) else math.inf, *rank_key(seed, record))
 
     pools: dict[tuple[str, str | None], list[Prompt]] = defaultdict(list)
     dropped: list[tuple[Prompt, Drop]] = []
@@ -175,7 +185,7 @@ def balance(records: list[Prompt], size: int, quotas: dict[str, dict[str, Any]],
             groups[group_of(takes, pool, record)].append(record)
         over = over_quota(pool)
         for group, members in groups.items():
-            members.sort(key=lambda r: rank_key(seed, r))
+            members.sort(key=order)
             selected.extend(members[:take[group]])
             dropped.extend((r, over) for r in members[take[group]:])
     selected.sort(key=lambda r: rank_key(seed, r))

@@ -31,6 +31,7 @@ def main(debug: bool) -> None:
       curate tag prompts.txt --output tags.jsonl
       curate inspect out --html report.html
       curate diff out out_v2
+      curate mine --student runs/tiny --pool out --recipe tiny --size 200 --output mined   # the student's hardest prompts
     """
 
 
@@ -200,6 +201,17 @@ def diff(dir_a: Path, dir_b: Path, as_json: bool) -> None:
     changes = report_diff.diff(dir_a, dir_b)
     click.echo(json.dumps(changes, indent=2, ensure_ascii=False) if as_json else report_diff.render_diff(changes))
 
+
+def _add_contributed_commands() -> None:
+    """Commands other t5shrink packages add to `curate` through the `t5shrink.curate_commands` entry points:
+    `curate mine` needs a teacher and a student, which live in train/, a layer curate never imports."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="t5shrink.curate_commands"):
+        main.add_command(entry.load(), entry.name)
+
+
+_add_contributed_commands()
 
 if __name__ == "__main__":
     main()

@@ -201,7 +201,8 @@ class _PlannedStep:
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "criteria": self.criteria, "in": self.seen, "kept": self.kept,
-                "dropped": self.dropped, "reasons": dict(self.reasons), "seconds": round(self.seconds, 3)}
+                "dropped": self.dropped, "reasons": dict(self.reasons), "seconds": round(self.seconds, 3),
+                **self.step.report()}
 
 
 def _plan_steps(data: dict[str, Any]) -> list[_PlannedStep]:
@@ -359,17 +360,23 @@ def make_context(data: dict[str, Any], progress: bool) -> Context:
 
 
 def build(recipe_name: str, data: dict[str, Any], out_dir: Path, progress: bool = True,
-          log=lambda message: print(message, file=sys.stderr)) -> BuildResult:
+          log=lambda message: print(message, file=sys.stderr), extra_steps: list[Step] = (),
+          select_by: str | None = None, manifest_extra: dict[str, Any] | None = None) -> BuildResult:
     """Run a resolved recipe and write the curated set to out_dir.
 
     The leading row-wise steps (those that decide each record on its own: tag, length, aesthetic, ...)
     run on chunks as the pools are read; the steps from the first that needs every record (dedup,
     cluster) on, and balance, run on the records left. Rejected rows are written out as they are dropped.
-    (curate.engine_ray runs the same recipe on Ray.)"""
+    (curate.engine_ray runs the same recipe on Ray.)
+
+    A caller adds whole-pool steps after the recipe's with `extra_steps` (each under its `name`), has
+    balance take the highest `scores[select_by]` of each quota group instead of the lowest hash rank, and
+    adds keys to the manifest with `manifest_extra`: how `curate mine` (train/mine.py) scores the pool by a
+    student's gap and selects the hardest prompts."""
     started = time.perf_counter()
     seed = int(data.get("seed", 0))
     ctx = make_context(data, progress)
-    steps = _plan_steps(data)
+    steps = _plan_steps(data) + [_PlannedStep(step.name or step.kind, step, None) for step in extra_steps]
     n_stream = first_whole_pool_step(steps)
 
     with CuratedSetWriter(out_dir) as writer:
@@ -386,7 +393,7 @@ def build(recipe_name: str, data: dict[str, Any], out_dir: Path, progress: bool 
             rejections.add(result.dropped)
         step_stats = [s.summary() for s in steps]
         return finish_build(recipe_name, data, records, step_stats, source_stats, rejections, writer, started, log,
-                            "local")
+                            "local", select_by, manifest_extra)
 
 
 def first_whole_pool_step(steps: list[_PlannedStep]) -> int:
@@ -396,16 +403,40 @@ def first_whole_pool_step(steps: list[_PlannedStep]) -> int:
 
 def finish_build(recipe_name: str, data: dict[str, Any], records: list[Prompt], step_stats: list[dict[str, Any]],
                  source_stats: list[dict[str, Any]], rejections: _Rejections, writer: CuratedSetWriter,
-                 started: float, log, engine: str) -> BuildResult:
+                 started: float, log, engine: str, select_by: str | None = None,
+                 manifest_extra: dict[str, Any] | None = None) -> BuildResult:
     """Balance the records left after the steps (in canonical order), then write the set and its manifest:
-    the end of a build, whichever engine ran the steps."""
+    the end of a build, whichever engine ran the steps. With `select_by` the manifest's `selection` compares
+    the score of what was selected with what the plain (hash-ranked) balance would have selected."""
     n_in = len(records)
-    kept, over, report = balance(records, data["size"], data["quotas"], balance_seed(data),
-                                 data.get("on_shortfall", "scale"))
+    args = (data["size"], data["quotas"], balance_seed(data), data.get("on_shortfall", "scale"))
+    kept, over, report = balance(records, *args, select_by=select_by)
+    extra = dict(manifest_extra or {})
+    if select_by is not None:
+        extra["selection"] = selection_summary(select_by, kept, balance(records, *args)[0])
     del records
     rejections.add(over)
     return write_build(recipe_name, data, kept, n_in, Counter(drop.kind for _, drop in over), report, step_stats,
-                       source_stats, rejections, writer, started, log, engine)
+                       source_stats, rejections, writer, started, log, engine, extra)
+
+
+def selection_summary(score: str, selected: list[Prompt], plain: list[Prompt]) -> dict[str, Any]:
+    """The mean `score` of a score-ranked selection and of the plain balanced one, overall and per category,
+    and how many prompts the two share."""
+
+    def means(records: list[Prompt]) -> dict[str, Any]:
+        values: dict[str, list[float]] = {}
+        for r in records:
+            value = r.scores.get(score)
+            if value is not None and math.isfinite(value):
+                values.setdefault(r.category, []).append(value)
+        every = [v for vs in values.values() for v in vs]
+        return {"mean": sum(every) / len(every) if every else None,
+                "per_category": {c: sum(vs) / len(vs) for c, vs in sorted(values.items())}}
+
+    shared = len({r.id for r in selected} & {r.id for r in plain})
+    return {"select_by": score, "selected": means(selected), "plain": means(plain), "shared_with_plain": shared,
+            "size": len(selected)}
 
 
 def balance_seed(data: dict[str, Any]) -> int:
@@ -415,7 +446,8 @@ def balance_seed(data: dict[str, Any]) -> int:
 
 def write_build(recipe_name: str, data: dict[str, Any], kept: list[Prompt], n_in: int, over: Counter,
                 report: dict[str, Any], step_stats: list[dict[str, Any]], source_stats: list[dict[str, Any]],
-                rejections: _Rejections, writer: CuratedSetWriter, started: float, log, engine: str) -> BuildResult:
+                rejections: _Rejections, writer: CuratedSetWriter, started: float, log, engine: str,
+                extra: dict[str, Any] | None = None) -> BuildResult:
     """Write the balanced set (`kept`, selected from `n_in` records; `over`: balance's drops by kind, already
     in `rejections`) and its manifest."""
     seed = int(data.get("seed", 0))
@@ -435,6 +467,7 @@ def write_build(recipe_name: str, data: dict[str, Any], kept: list[Prompt], n_in
         "quotas": report["quotas"], "shortfalls": report["shortfalls"],
         "counts": {"rows_read": rows_read, "kept": len(kept), "rejected": rejections.count},
         "engine": engine, "versions": _versions(), "seconds": round(time.perf_counter() - started, 3),
+        **(extra or {}),
     }
     writer.finish(kept, manifest)
     reasons = Counter()

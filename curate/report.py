@@ -30,7 +30,7 @@ from curate.curated_set import CuratedSetError, is_curated_set, part_files, read
 SUMMARY_FORMAT = "t5shrink.summary/1"
 DIFF_FORMAT = "t5shrink.diff/1"
 _KEPT_COLUMNS = ("id", "text", "criterion", "category", "source", "scores", "cluster")
-_REJECTED_COLUMNS = ("id", "text", "criterion", "category", "reason", "step")
+_REJECTED_COLUMNS = ("id", "text", "criterion", "category", "reason", "step", "scores")
 SCORE_BINS = 20
 LENGTH_BINS = 30
 MAX_MAP_POINTS = 3000
@@ -352,7 +352,19 @@ def summarize(dir: Path, examples: int = 3) -> dict[str, Any]:
         "length": _length_block(kept, crits),
         "clusters": _clusters_block(kept, crits),
         "examples": _examples_block(kept, crits, category_order, examples),
+        "selection": _selection_block(manifest),
     }
+
+
+def _selection_block(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """A score-ranked selection (`curate mine`): the manifest's comparison with the plain balanced selection,
+    what mined the set and what the scoring cost; None for a plain build."""
+    selection = manifest.get("selection")
+    if not isinstance(selection, dict):
+        return None
+    scoring = next((s for s in manifest.get("steps") or [] if isinstance(s, dict) and "transformer_passes" in s), {})
+    return {**selection, "mining": manifest.get("mining") or {},
+            "cost": {k: scoring.get(k) for k in ("scored", "from_cache", "transformer_passes", "seconds")}}
 
 
 def _rejected_summary(drop: dict[str, list], manifest: dict[str, Any], examples: int) -> dict[str, Any]:
@@ -448,7 +460,30 @@ def _tables(summary: dict[str, Any]) -> dict[str, Table]:
     tables["length"] = Table(f"Prompt length ({length['unit']})", ["criterion", "n", *stat_keys], rows, "lrrrrrrr")
     if summary["clusters"]["overall"]["clustered"]:
         tables["clusters"] = _clusters_table(summary["clusters"])
+    if summary.get("selection"):
+        tables["selection"] = _selection_table(summary["selection"])
     return tables
+
+
+def _selection_table(selection: dict[str, Any]) -> Table:
+    """Mean score per category: what was selected vs what the plain balanced selection would hold."""
+    score, chosen, plain = selection["select_by"], selection["selected"], selection["plain"]
+    rows = []
+    for cat in sorted(set(chosen["per_category"]) | set(plain["per_category"])):
+        a, b = chosen["per_category"].get(cat), plain["per_category"].get(cat)
+        rows.append([cat, _num(a), _num(b), _num(a / b) if a is not None and b else ""])
+    rows.append(["all", _num(chosen["mean"]), _num(plain["mean"]),
+                 _num(chosen["mean"] / plain["mean"]) if chosen["mean"] is not None and plain["mean"] else ""])
+    mining, cost = selection.get("mining") or {}, selection.get("cost") or {}
+    note = (f"{_num(selection['shared_with_plain'])} of {_num(selection['size'])} prompts are also in the plain "
+            "selection")
+    if mining:
+        note += (f"; mined with {mining.get('student')} (step {mining.get('step')}) against {mining.get('teacher')}, "
+                 f"sigmas {mining.get('sigmas')}: {_num(cost.get('scored'))} prompts scored "
+                 f"({_num(cost.get('from_cache'))} from the cache), {_num(cost.get('transformer_passes'))} "
+                 "transformer passes")
+    return Table(f"Selected by {score} (manifest): mean {score} per category",
+                 ["category", "selected", "plain balanced", "ratio"], rows, "lrrr", note)
 
 
 def _categories_table(summary: dict[str, Any]) -> Table:

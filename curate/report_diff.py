@@ -139,7 +139,31 @@ def diff(dir_a: Path, dir_b: Path, sample: int = 10) -> dict[str, Any]:
         "rejected": _rejected_block(ma, ra, mb, rb),
         "prompts": _prompts_block(ka, kb, sample),
         "recipe": _recipe_changes(ma.get("recipe"), mb.get("recipe")),
+        "scores": _scores_change(ka, ra, kb, rb),
     }
+
+
+def _scores_change(ka: dict[str, list], ra: dict[str, list], kb: dict[str, list], rb: dict[str, list]) -> dict:
+    """Mean of each score over A's and B's kept prompts, and over the prompts only one of them kept. A prompt's
+    score is looked up in both sets, rejected rows included: a mined set (`curate mine`) scores every prompt
+    of its pool, so against the pool's plain balanced selection this shows how much harder mining made it."""
+    from curate.report import _as_scores
+
+    known: dict[str, dict[str, float]] = {}
+    for cols in (ra, rb, ka, kb):
+        for pid, scores in zip(cols["id"], cols.get("scores") or [None] * len(cols["id"])):
+            known.setdefault(pid, {}).update(_as_scores(scores))
+    ids_a, ids_b = set(ka["id"]), set(kb["id"])
+    groups = {"a": ids_a, "b": ids_b, "only_a": ids_a - ids_b, "only_b": ids_b - ids_a}
+    out = {}
+    for key in sorted({k for pid in ids_a | ids_b for k in known.get(pid, {})}):
+        entry = {}
+        for name, ids in groups.items():
+            values = [known[p][key] for p in ids if key in known.get(p, {})]
+            entry[name] = {"mean": _r(sum(values) / len(values)) if values else None, "scored": len(values),
+                           "total": len(ids)}
+        out[key] = entry
+    return out
 
 
 def _skipped_change(ma: dict[str, Any], mb: dict[str, Any]) -> dict[str, Any]:
@@ -192,6 +216,12 @@ def render_diff(d: dict[str, Any]) -> str:
     for item in p["reassigned"]["sample"]:
         lines.append(f"  moved: {item['id']} {item['a']} -> {item['b']}")
     parts.append("\n".join(lines))
+
+    if d.get("scores"):
+        rows = [[key, *(f"{_num(e[g]['mean'])} ({e[g]['scored']:,}/{e[g]['total']:,})" for g in ("a", "b", "only_a", "only_b"))]
+                for key, e in d["scores"].items()]
+        parts.append(_format_table(Table("Scores: mean (scored/prompts), looked up in both sets, rejected rows too",
+                                         ["score", "A", "B", "only in A", "only in B"], rows, "lrrrr")))
 
     rows = [[k, _short(e["a"], 40), _short(e["b"], 40)] for k, e in d["recipe"].items()]
     parts.append(_format_table(Table(f"Recipe keys changed ({len(rows)})", ["key", "A", "B"], rows, "lll")))

@@ -94,6 +94,10 @@ class Step:
     def run(self, records: list[Prompt], ctx: Context) -> StepResult:
         raise NotImplementedError
 
+    def report(self) -> dict[str, Any]:
+        """What the step measured beyond its counts, for its entry in the manifest's `steps` (none by default)."""
+        return {}
+
     def drop(self, detail: str) -> Drop:
         """Why this step drops a record: `detail` starts with the kind of drop ("near_dup of ...")."""
         return Drop(self.name or self.kind, detail)

@@ -248,6 +248,55 @@ def eval_cmd(students: tuple[str, ...], teacher: str, data: str, as_json: bool, 
                 click.echo(f"{what}: {report[key]}")
 
 
+@click.command("mine")
+@click.option("--student", required=True, help="Run folder, checkpoint or student folder whose gap ranks the prompts.")
+@click.option("--pool", "pools", required=True, multiple=True, metavar="DIR|CRITERION=URI",
+              help="A curated set, or CRITERION=URI for any source curate build reads (repeatable).")
+@click.option("--recipe", default="balanced", show_default=True, help="Curation recipe: the steps run on the pool and the quotas.")
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="Folder for the mined curated set.")
+@click.option("--size", type=int, help="Prompts in the mined set (overrides the recipe).")
+@click.option("--seed", type=int, help="Seed of the probes' noise and of ties (overrides the recipe).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a curation recipe key (repeatable).")
+@click.option("--teacher", default=None, help="Teacher pipeline [the one the student was distilled from].")
+@click.option("--sigma", "sigmas", multiple=True, type=float, default=(0.5,), show_default=True,
+              help="Noise levels the gap is probed at (repeatable); each costs 3 transformer passes a prompt.")
+@click.option("--guidance", default=3.5, show_default=True, help="FLUX guidance input of the probes (SD3: its conditional branch).")
+@click.option("--near-dup", default=0.8, show_default=True, type=float,
+              help="Word 3-gram Jaccard at which two mined prompts are near-identical (only the harder stays); 1 = exact only.")
+@click.option("--plain-output", type=click.Path(path_type=Path), default=None,
+              help="Also write the pool's plain balanced selection here, for `curate diff PLAIN OUTPUT`.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default=None, help="torch device [cuda when there is one, else cpu].")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def mine_command(student: str, pools: tuple[str, ...], recipe: str, output: Path, size: int | None, seed: int | None,
+                 overrides: tuple[str, ...], teacher: str | None, sigmas: tuple[float, ...], guidance: float,
+                 near_dup: float, plain_output: Path | None, batch_size: int, device: str | None, quiet: bool) -> None:
+    """Mine a pool for the prompts a student still gets wrong: score each by the student's conditioning gap
+    against its teacher, then keep the hardest under the recipe's quotas and clusters (one of each group of
+    near-identical prompts). The result is a curated set: a training stage's data, `curate inspect` shows its
+    gap scores, `curate diff` compares it with the pool's plain balanced selection. Scores are cached: mining
+    the same pool again with other quotas scores nothing twice.
+
+    \b
+    Examples:
+      curate mine --student runs/tiny --pool curated/balanced --recipe tiny --size 200 --output curated/mined \\
+                  --plain-output curated/plain && curate diff curated/plain curated/mined
+      curate mine --student runs/flux-base --pool curated/balanced --size 5000 --sigma 0.25 --sigma 0.75 --output curated/hard
+      curate mine --student runs/flux-base --pool text=prompts.jsonl --pool semantic=compbench/ --output curated/hard
+    """
+    from core.paths import local_path_or_hub_id
+
+    local_path_or_hub_id(student, "--student")
+    _quiet_libraries()
+    from curate.report import reason_counts_line
+    from train.mine import mine
+
+    result = mine(student, list(pools), output, recipe, list(overrides), size, seed, teacher, list(sigmas), guidance,
+                  batch_size, near_dup, device, plain_output, progress=not quiet)
+    click.echo(f"mined {result.kept:,} prompts into {result.out_dir} ({result.rejected:,} rejected: "
+               f"{reason_counts_line(result.reasons)}) in {result.seconds:.1f}s")
+
+
 EXPORT_HELP = """Export a trained student.
 
 \b

@@ -134,15 +134,25 @@ def heldout_split(stage_rows: list[list[Prompt]], val_data: str | None, num_prom
 def training_prompts(meta: dict[str, Any]) -> list[str] | None:
     """The prompts a student was trained on, rebuilt from its notes (training_data and heldout, as the
     trainer split them), or None when its notes do not say."""
+    split = _rebuilt_split(meta)
+    return None if split is None else [r["text"] for rows in split[1] for r in rows]
+
+
+def heldout_prompts(meta: dict[str, Any]) -> list[str] | None:
+    """The prompts a student's run held out for validation, rebuilt from its notes, or None when they do not say."""
+    split = _rebuilt_split(meta)
+    return None if split is None else [p["text"] for p in split[0]]
+
+
+def _rebuilt_split(meta: dict[str, Any]) -> tuple[list[Prompt], list[list[Prompt]]] | None:
     stages, heldout = meta.get("training_data"), meta.get("heldout")
     if not isinstance(stages, list) or not stages or not isinstance(heldout, dict):
         return None
     for source in [s for sources in stages for s in sources] + [heldout.get("data")] * bool(heldout.get("data")):
         if source != "builtin:tiny" and not Path(source).exists():  # a hub id: never fetched behind the user's back
             raise FileNotFoundError(f"{source} is not on this machine (training data is never downloaded to check it)")
-    _, train_rows = heldout_split([load_stage_data(sources) for sources in stages], heldout.get("data"),
-                                  int(heldout.get("num_prompts", 0)))
-    return [r["text"] for rows in train_rows for r in rows]
+    return heldout_split([load_stage_data(sources) for sources in stages], heldout.get("data"),
+                         int(heldout.get("num_prompts", 0)))
 
 
 class PromptStream:

@@ -51,15 +51,8 @@ class GapEvaluator:
                 chunk = prompts[start : start + batch_size]
                 texts = [p["text"] for p in chunk]
                 cond = encode(texts, max_len).to(teacher.device)
-                zero = teacher.zero_cond(cond, max_len)
-                x0 = torch.cat([teacher.noise(1, resolution, torch.Generator().manual_seed(seed * 7919 + 2 * (start + i))) for i in range(len(chunk))])
-                eps = torch.cat([teacher.noise(1, resolution, torch.Generator().manual_seed(seed * 7919 + 2 * (start + i) + 1)) for i in range(len(chunk))])
-                points = []
-                for sigma in self.sigmas:
-                    x, t = teacher.noised(x0, eps, sigma)
-                    f_t = teacher.predict(x, t, cond, guidance).float()
-                    f_0 = teacher.predict(x, t, zero, guidance).float()
-                    points.append((x, t, f_t, _per_prompt(f_t - f_0)))
+                seeds = [seed * 7919 + 2 * (start + i) for i in range(len(chunk))]
+                points = teacher_probes(teacher, cond, max_len, resolution, seeds, self.sigmas, guidance)
                 self.batches.append((texts, [p["category"] for p in chunk], teacher.tokenize(texts, max_len), cond, points))
 
     @torch.no_grad()
@@ -72,16 +65,40 @@ class GapEvaluator:
             for texts, cats, ids, cond, points in self.batches:
                 seq = self.teacher.student_sequence(student, ids.to(device))
                 scond = self.teacher.student_cond(seq, cond, self.max_len)
-                num, den = [0.0] * len(texts), [0.0] * len(texts)
-                for x, t, f_t, base in points:
-                    diff = _per_prompt(self.teacher.predict(x, t, scond, self.guidance).float() - f_t)
-                    for i, (n, d) in enumerate(zip(diff.tolist(), base.tolist())):
-                        num[i] += n
-                        den[i] += d
+                num, den = student_sums(self.teacher, scond, points, self.guidance)
                 rows += zip(texts, cats, num, den)
         finally:
             student.train(was_training)
         return {**gap_report(rows), "num_prompts": len(self.prompts), "max_sequence_length": self.max_len}
+
+
+Probe = tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]  # x_t, t, f(x,t,T(p)), per-prompt ||f_T - f_0||^2
+
+
+def teacher_probes(teacher: Teacher, cond: Cond, max_len: int, resolution: int, seeds: list[int], sigmas: list[float],
+                   guidance: float) -> list[Probe]:
+    """The teacher's side of the gap for a batch, one probe per sigma: prompt i's x0 and noise come from
+    seeds[i] and seeds[i] + 1 (2 transformer passes a prompt and sigma)."""
+    x0 = torch.cat([teacher.noise(1, resolution, torch.Generator().manual_seed(s)) for s in seeds])
+    eps = torch.cat([teacher.noise(1, resolution, torch.Generator().manual_seed(s + 1)) for s in seeds])
+    zero = teacher.zero_cond(cond, max_len)
+    probes = []
+    for sigma in sigmas:
+        x, t = teacher.noised(x0, eps, sigma)
+        f_t = teacher.predict(x, t, cond, guidance).float()
+        probes.append((x, t, f_t, _per_prompt(f_t - teacher.predict(x, t, zero, guidance).float())))
+    return probes
+
+
+def student_sums(teacher: Teacher, scond: Cond, probes: list[Probe], guidance: float) -> tuple[list[float], list[float]]:
+    """Each prompt's gap numerator and denominator summed over the probes (1 transformer pass a probe)."""
+    num, den = [0.0] * len(scond), [0.0] * len(scond)
+    for x, t, f_t, base in probes:
+        diff = _per_prompt(teacher.predict(x, t, scond, guidance).float() - f_t)
+        for i, (n, d) in enumerate(zip(diff.tolist(), base.tolist())):
+            num[i] += n
+            den[i] += d
+    return num, den
 
 
 def gap_report(rows: list[tuple[str, str, float, float]]) -> dict[str, Any]:
