@@ -164,6 +164,14 @@ KEYS: dict[str, Any] = {
         "keep": Key(int, 3, Range(COUNT.accept, "an integer >= 0 (0: keep all)")),
     },
     "log": {"every": Key(int, 10, POSITIVE), "tensorboard": Key(bool, True)},
+    "mixture": {  # train/mixture.py
+        "adaptive": Key(bool, False, help="sample each stage's categories by their running held-out gap"),
+        "rate": Key(NUM, 0.5, numbers(lambda v: 0 < v <= 1, "in (0, 1]"),
+                    help="weight of each validation in the running gap (1: the latest alone)"),
+        "floor": Key(NUM, 0.3, FRACTION, help="no category below floor x its natural share"),
+        "power": Key(NUM, 1.0, numbers(lambda v: v >= 0, "a number >= 0"),
+                     help="weight ~ share x (gap / mean gap)^power; 0: the natural mixture"),
+    },
     "stages": [
         {
             "name": Key(str, help="default: stage1, stage2, ..."),

@@ -42,6 +42,7 @@ from train.cache import EmbeddingCache, teacher_cache_id
 from train.config import choose_cpu_threads, t5_config_fields, total_steps
 from train.data import PromptStream, heldout_split, load_stage_data, recorded_sources
 from train.evaluate import GapEvaluator, preview_grid
+from train.mixture import StratifiedStream, mixture_weights, update_excess
 from train.runs import (Logger, TrainingError, check_output, checkpoint_path, log_path, mark_run_folder, preview_path,
                         resume_checkpoint, save_checkpoint, save_final_student, student_path, truncate_log,
                         write_summary)
@@ -50,6 +51,7 @@ from train.teachers.base import Cond, Teacher
 from train.teachers.registry import load_teacher
 
 STATE_FORMAT = 2  # 2: a step is one trajectory (batch); 1 counted optimizer updates
+MIXTURE_STREAM = 999_983  # step_generator stream of mixture.adaptive's stratum draws (noise uses 1 + index)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -265,6 +267,7 @@ class Trainer:
         self.device, self.main = self.accelerator.device, self.accelerator.is_main_process
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.seed, self.opt, self.dist, self.val = cfg["seed"], cfg["optim"], cfg["distill"], cfg["validation"]
+        self.mixture = cfg["mixture"]
         self.stages = cfg["stages"]
         self.n_steps = self.dist["sampling_steps"]
         self.k_steps = self.dist["train_steps"] or self.n_steps
@@ -329,7 +332,12 @@ class Trainer:
             self.teacher.check_resolution(s["resolution"])
         self.stage_rows = [load_stage_data(s["data"]) for s in self.stages]
         self.heldout, train_rows = heldout_split(self.stage_rows, self.val["data"], self.val["num_prompts"])
-        self.streams = [PromptStream(rows, self.seed + 7 * i) for i, rows in enumerate(train_rows)]
+        if self.mixture["adaptive"]:
+            if not self.val["every"]:
+                warnings.warn("mixture.adaptive with validation.every 0: the weights follow the first validation only")
+            self.streams = [StratifiedStream(rows, self.seed + 7 * i) for i, rows in enumerate(train_rows)]
+        else:
+            self.streams = [PromptStream(rows, self.seed + 7 * i) for i, rows in enumerate(train_rows)]
 
     def setup_cache(self) -> None:
         """The teacher embeddings' disk cache, when cache.dir is set (teacher_cond reads through it)."""
@@ -369,6 +377,8 @@ class Trainer:
         planned, output = total_steps(self.cfg), self.output
         self.state = {"format": STATE_FORMAT, "step": 0, "positions": [0] * len(self.stages), "bad_steps": 0,
                       "recipe_hash": recipe_hash(self.cfg)}
+        if self.mixture["adaptive"]:  # the running excess gaps and each stage's position in each stratum
+            self.state["mixture"] = {"excess": {}, "positions": [{} for _ in self.stages]}
         if not self.resume:
             return
         loaded = resume_checkpoint(output, self.student, self.optimizer, self.accelerator)
@@ -392,7 +402,9 @@ class Trainer:
             warnings.warn("--resume: the recipe differs from the checkpoint's; continuing with the new one")
         if self.main:
             print(f"resuming from {ckpt} (step {state['step']})", file=sys.stderr, flush=True)
-        self.state = state
+        if self.mixture["adaptive"] and "mixture" not in state:
+            warnings.warn("--resume: mixture.adaptive was off in the checkpoint's run; its weights start now")
+        self.state = {**self.state, **state}
 
     def plan(self) -> None:
         """The step plan: where the run stops and where each stage ends (--max-steps truncates, or extends the
@@ -514,8 +526,12 @@ class Trainer:
         self.bar.set_description(f"{stage['name']} {si + 1}/{len(self.stages)}" if len(self.stages) > 1 else stage["name"])
         max_len, res = stage["max_sequence_length"], stage["resolution"]
         micro = stage["micro_batch_size"] or opt["micro_batch_size"] or max(1, opt["batch_size"] // world)
-        rows = self.streams[si].take(self.state["positions"][si], opt["batch_size"])
-        self.state["positions"][si] += opt["batch_size"]
+        if self.mixture["adaptive"]:
+            rows = self.streams[si].take(self.state["mixture"]["positions"][si], opt["batch_size"],
+                                         self.mixture_weights(si), step_generator(self.seed, self.step, MIXTURE_STREAM))
+        else:
+            rows = self.streams[si].take(self.state["positions"][si], opt["batch_size"])
+            self.state["positions"][si] += opt["batch_size"]
 
         gen = step_generator(self.seed, self.step)
         gmin, gmax = self.cfg["teacher"]["guidance"]
@@ -534,6 +550,11 @@ class Trainer:
             parts.append(MicroBatch(self.teacher_cond(chunk, max_len), self.teacher.tokenize(chunk, max_len).to(self.device),
                                     noise))
         return Batch(stage, parts, train_idx, guidance)
+
+    def mixture_weights(self, stage: int) -> dict[str, float]:
+        """mixture.adaptive: stage `stage`'s sampling weights now (train/mixture.py)."""
+        return mixture_weights(self.streams[stage].shares, self.state["mixture"]["excess"], self.mixture["floor"],
+                               self.mixture["power"])
 
     def teacher_cond(self, texts: list[str], max_len: int) -> Cond:
         """The teacher's conditioning of `texts`: from the cache when there is one (filling it), else encoded."""
@@ -606,8 +627,14 @@ class Trainer:
         val, started = self.val, time.perf_counter()
         report = self.evaluator(self.student)
         self.latest_gap = report["gap"]
-        self.logger.log({"step": self.step, "val_gap": report["gap"], "val_gap_per_category": report["per_category"],
-                         "val_s": round(time.perf_counter() - started, 2)})
+        record = {"step": self.step, "val_gap": report["gap"], "val_gap_per_category": report["per_category"],
+                  "val_s": round(time.perf_counter() - started, 2)}
+        if self.mixture["adaptive"]:  # the weights the next steps sample with
+            mix = self.state["mixture"]
+            mix["excess"] = update_excess(mix["excess"], report, self.mixture["rate"])
+            stage = next((i for i, b in enumerate(self.bounds) if self.step < b), len(self.stages) - 1)
+            record["mixture_weights"] = self.mixture_weights(stage)
+        self.logger.log(record)
         if val["images"] and self.main:
             texts = [p["text"] for p in self.heldout[: val["image_prompts"]]]
             preview_grid(self.teacher, self.student, texts, self.teacher_cond(texts, self.val_len).to(self.device),
