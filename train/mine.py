@@ -2,7 +2,8 @@
 curated set, under a curation recipe's quotas and clusters.
 
 The pool goes through the recipe's own steps first (tag, length, dedup, cluster, ...), exactly as in
-`curate build`. Then two more whole-pool steps run:
+`curate build`. Then three more whole-pool steps run:
+  mine_heldout    drops the validation prompts of the student's run (a stage trained on them would void it);
   mine_gap        each prompt's gap (train.evaluate: the student's conditioning against the teacher's,
                   relative to no T5 text) at a few sigmas, batched; the probes' noise is keyed by the
                   prompt's text, so a score does not depend on the pool around it and is cached on disk
@@ -66,6 +67,21 @@ class ScoreCache:
             print(f"warning: {self.path}: cannot write the mining score cache ({exc})", file=sys.stderr)
 
 
+class WithoutHeldout(Step):
+    """Drops the student's run's validation prompts: a mined stage trained on them would void its validation."""
+
+    kind = "without_heldout"
+
+    def __init__(self, heldout: set[str]):
+        self.heldout, self.name = heldout, "mine_heldout"
+
+    def run(self, records: list[Prompt], ctx: Context) -> StepResult:
+        result = StepResult(kept=[r for r in records if r.text not in self.heldout])
+        result.dropped = [(r, self.drop("heldout validation prompt of the student's run"))
+                          for r in records if r.text in self.heldout]
+        return result
+
+
 class StudentGap(Step):
     """Whole-pool step: scores.gap of every record; records come back hardest first. A non-finite gap (a
     student that blows up on some token) drops the record with reason `nonfinite_gap`."""
@@ -73,9 +89,8 @@ class StudentGap(Step):
     kind = "student_gap"
 
     def __init__(self, teacher: Any, student: torch.nn.Module, max_len: int, resolution: int, sigmas: list[float],
-                 guidance: float, batch_size: int, seed: int, cache: ScoreCache, exclude: set[str] = frozenset()):
+                 guidance: float, batch_size: int, seed: int, cache: ScoreCache):
         self.teacher, self.student, self.max_len, self.resolution = teacher, student, max_len, resolution
-        self.exclude = exclude  # the run's validation prompts: a mined stage must not train on them
         self.sigmas, self.guidance, self.batch_size, self.seed, self.cache = sigmas, guidance, batch_size, seed, cache
         self.name, self.scored, self.cached = "mine_gap", 0, 0
 
@@ -83,9 +98,6 @@ class StudentGap(Step):
         from tqdm.auto import tqdm
 
         result = StepResult(kept=[])
-        held = [r for r in records if r.text in self.exclude]
-        result.dropped += [(r, self.drop("heldout validation prompt of the student's run")) for r in held]
-        records = [r for r in records if r.text not in self.exclude]
         texts = sorted({r.text for r in records})
         todo = [t for t in texts if t not in self.cache.sums]
         self.cached += len(texts) - len(todo)
@@ -208,14 +220,14 @@ def mine(student: str, pools: list[str], output: Path, recipe: str = "balanced",
     settings = {"max_sequence_length": max_len, "resolution": resolution, "sigmas": [float(s) for s in sigmas],
                 "guidance": guidance, "seed": int(data.get("seed", 0))}
     scorer = StudentGap(model, net.to(device), max_len, resolution, settings["sigmas"], guidance, batch_size,
-                        settings["seed"], ScoreCache(score_cache_path(folder, model, settings)), run_heldout(meta))
-    steps: list[Step] = [scorer]
+                        settings["seed"], ScoreCache(score_cache_path(folder, model, settings)))
+    steps: list[Step] = [WithoutHeldout(run_heldout(meta)), scorer]
     if near_dup is not None:
         dedup = DedupNear(threshold=near_dup)
         dedup.name = "mine_near_dup"
         steps.append(dedup)
-    if plain_output is not None:
-        build(name, data, Path(plain_output), progress=progress)
+    if plain_output is not None:  # the same candidates, balanced by hash rank
+        build(name, data, Path(plain_output), progress=progress, extra_steps=steps[:1])
     mining = {"student": str(folder.resolve()), "step": meta.get("step"), "teacher": source, "score": "gap", **settings,
               "near_dup": near_dup}
     return build(name, data, Path(output), progress=progress, extra_steps=steps, select_by="gap",
