@@ -14,7 +14,8 @@ along the teacher's trajectory plus K x (forward + backward) at the regressed st
             steps the budget has left. The lr schedule spans both stages from the start, as a two-stage recipe.
 
 Reported per teacher and variant, mean and sample standard deviation over seeds: the final held-out gap and
-the gap of the worst category (the highest per-category gap of each run), and the passes spent.
+the gap of the worst category (the highest per-category gap of each run), the passes spent, and the change
+against the fixed run of the same seed (paired: the same student initialisation, pool and held-out set).
 
     python bench/teacher_guided.py                                  # tiny:flux + tiny:sd3, seeds 0,1,2 (~15 min)
     python bench/teacher_guided.py --teachers tiny:flux --seeds 0 --budget 40 --json out.json
@@ -94,10 +95,10 @@ def run_variant(variant: str, cfg: dict, budget: int, out: Path, pool: Path, min
     return {**final(out), "passes": (first + second) * per_step + mining_passes, "steps": first + second}
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float], signed: bool = False) -> str:
     mean = statistics.mean(values)
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.4f} ± {sd:.4f}"
+    return f"{mean:+.4f} ± {sd:.4f}" if signed else f"{mean:.4f} ± {sd:.4f}"
 
 
 def main() -> None:
@@ -132,13 +133,18 @@ def main() -> None:
                     results.setdefault(teacher, {}).setdefault(variant, []).append({"seed": seed, **row})
                     print(f"{teacher} {variant} seed {seed}: {row}", file=sys.stderr, flush=True)
     print(f"\n{len(seeds)} seeds, budget {args.budget} steps of the fixed run; mean ± sd over seeds\n")
-    print("| teacher | variant | steps | passes | held-out gap | worst-category gap | worst category (per seed) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| teacher | variant | steps | passes | held-out gap | worst-category gap | Δ gap vs fixed | "
+          "Δ worst vs fixed | worst category (per seed) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for teacher, by_variant in results.items():
+        fixed = {r["seed"]: r for r in by_variant.get("fixed", [])}
         for variant, rows in by_variant.items():
+            paired = [r for r in rows if r["seed"] in fixed and variant != "fixed"]
+            deltas = [spread([r[key] - fixed[r["seed"]][key] for r in paired], signed=True) if paired else ""
+                      for key in ("gap", "worst")]
             print(f"| {teacher} | {variant} | {rows[0]['steps']} | {rows[0]['passes']:,} | "
-                  f"{spread([r['gap'] for r in rows])} | {spread([r['worst'] for r in rows])} | "
-                  f"{', '.join(r['worst_category'] for r in rows)} |")
+                  f"{spread([r['gap'] for r in rows])} | {spread([r['worst'] for r in rows])} | {deltas[0]} | "
+                  f"{deltas[1]} | {', '.join(r['worst_category'] for r in rows)} |")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 

@@ -30,7 +30,7 @@ from curate.curated_set import CuratedSetError, is_curated_set, part_files, read
 SUMMARY_FORMAT = "t5shrink.summary/1"
 DIFF_FORMAT = "t5shrink.diff/1"
 _KEPT_COLUMNS = ("id", "text", "criterion", "category", "source", "scores", "cluster")
-_REJECTED_COLUMNS = ("id", "text", "criterion", "category", "reason", "step", "scores")
+_REJECTED_COLUMNS = ("id", "text", "criterion", "category", "reason", "step")
 SCORE_BINS = 20
 LENGTH_BINS = 30
 MAX_MAP_POINTS = 3000

@@ -4,12 +4,15 @@ prompts only in one of them, changed recipe keys)."""
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from core.records import CATEGORIES, CRITERIA, parse_reason
-from curate.report import DIFF_FORMAT, Table, _clip, _format_table, _load, _num, _ordered, _pct, _r, _share, _signed
+from curate.curated_set import read_columns
+from curate.report import (DIFF_FORMAT, Table, _as_scores, _clip, _format_table, _load, _num, _ordered, _pct, _r, _share,
+                           _signed)
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -139,19 +142,18 @@ def diff(dir_a: Path, dir_b: Path, sample: int = 10) -> dict[str, Any]:
         "rejected": _rejected_block(ma, ra, mb, rb),
         "prompts": _prompts_block(ka, kb, sample),
         "recipe": _recipe_changes(ma.get("recipe"), mb.get("recipe")),
-        "scores": _scores_change(ka, ra, kb, rb),
+        "scores": _scores_change(ka, kb, [Path(d) for d, m in ((dir_a, ma), (dir_b, mb)) if m.get("selection")]),
     }
 
 
-def _scores_change(ka: dict[str, list], ra: dict[str, list], kb: dict[str, list], rb: dict[str, list]) -> dict:
+def _scores_change(ka: dict[str, list], kb: dict[str, list], ranked: list[Path]) -> dict:
     """Mean of each score over A's and B's kept prompts, and over the prompts only one of them kept. A prompt's
-    score is looked up in both sets, rejected rows included: a mined set (`curate mine`) scores every prompt
-    of its pool, so against the pool's plain balanced selection this shows how much harder mining made it."""
-    from curate.report import _as_scores
-
+    score is looked up in both sets, and in the rejected rows of a score-ranked set (`curate mine` scores every
+    prompt of its pool), so against the pool's plain balanced selection this shows how much harder mining made
+    the set. (Other sets' rejected rows are not read: millions of them carry no score.)"""
     known: dict[str, dict[str, float]] = {}
-    for cols in (ra, rb, ka, kb):
-        for pid, scores in zip(cols["id"], cols.get("scores") or [None] * len(cols["id"])):
+    for cols in [read_columns(folder, "rejected", ("id", "scores")) for folder in ranked] + [ka, kb]:
+        for pid, scores in zip(cols["id"], cols["scores"]):
             known.setdefault(pid, {}).update(_as_scores(scores))
     ids_a, ids_b = set(ka["id"]), set(kb["id"])
     groups = {"a": ids_a, "b": ids_b, "only_a": ids_a - ids_b, "only_b": ids_b - ids_a}
@@ -159,7 +161,7 @@ def _scores_change(ka: dict[str, list], ra: dict[str, list], kb: dict[str, list]
     for key in sorted({k for pid in ids_a | ids_b for k in known.get(pid, {})}):
         entry = {}
         for name, ids in groups.items():
-            values = [known[p][key] for p in ids if key in known.get(p, {})]
+            values = [v for p in ids if math.isfinite(v := known.get(p, {}).get(key, math.nan))]
             entry[name] = {"mean": _r(sum(values) / len(values)) if values else None, "scored": len(values),
                            "total": len(ids)}
         out[key] = entry

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from core.records import Prompt
-from curate.curated_set import read_manifest
+from curate.curated_set import read_columns, read_manifest
 from curate.report import _load, summarize
 from curate.report_diff import diff
 from train.distill import train
@@ -57,9 +57,10 @@ def world(tmp_path_factory):
 
 def kept_and_rejected_scores(folder: Path) -> dict[str, float]:
     """text -> gap of every prompt a mined set scored (kept rows and rejected ones)."""
-    _, kept, rejected = _load(folder)
+    _, kept, _ = _load(folder)
+    rejected = read_columns(folder, "rejected", ("text", "scores"))
     out = {t: s["gap"] for t, s in zip(kept["text"], kept["scores"]) if "gap" in s}
-    out.update({t: s["gap"] for t, s in zip(rejected["text"], rejected["scores"] or []) if s and "gap" in s})
+    out.update({t: s["gap"] for t, s in zip(rejected["text"], rejected["scores"]) if s and s.get("gap") is not None})
     return out
 
 

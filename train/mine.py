@@ -152,6 +152,8 @@ def resolve_pools(recipe: str, pools: list[str], overrides: list[str], size: int
     named = [p for p in pools if p.partition("=")[0] in CRITERIA and p.partition("=")[2]]
     sets = [p for p in pools if p not in named]
     for pool in sets:
+        if not Path(pool).exists():
+            raise ConfigError(f"--pool {pool}: no such file or folder")
         if not is_curated_set(Path(pool)):
             raise ConfigError(f"--pool {pool}: give a curated set, or CRITERION=URI for any other source "
                               f"(criteria: {', '.join(CRITERIA)})")
@@ -196,7 +198,7 @@ def mine(student: str, pools: list[str], output: Path, recipe: str = "balanced",
     from curate.pipeline import build
     from filters.dedup_near import DedupNear
     from train.evaluate import load_checked_student
-    from train.runs import load_student_dir, resolve_student_dir
+    from train.runs import resolve_student_dir, student_notes
     from train.teachers.registry import load_teacher
 
     if not pools:
@@ -206,7 +208,7 @@ def mine(student: str, pools: list[str], output: Path, recipe: str = "balanced",
     if near_dup is not None and not 0 < near_dup <= 1:
         raise ConfigError(f"--near-dup must be in (0, 1], got {near_dup}")
     name, data = resolve_pools(recipe, pools, overrides, size, seed)
-    _, _, meta = load_student_dir(resolve_student_dir(student))
+    meta = student_notes(resolve_student_dir(student, "--student"))
     source = teacher or meta.get("teacher")
     if not source:
         raise ConfigError(f"{student}: the student's notes name no teacher; give --teacher")

@@ -362,8 +362,7 @@ def load_student_dir(path: str | Path) -> tuple[DistillT5EncoderModel, Any, dict
     """(student, tokenizer or None, meta) from anything resolve_student_dir accepts."""
     from transformers import AutoTokenizer
 
-    from train.student import META_NAME, DistillT5EncoderModel
-    from train.weights import read_json
+    from train.student import DistillT5EncoderModel
 
     folder = resolve_student_dir(path)
     student = DistillT5EncoderModel.from_pretrained(folder)
@@ -373,8 +372,16 @@ def load_student_dir(path: str | Path) -> tuple[DistillT5EncoderModel, Any, dict
     except Exception as exc:  # a damaged tokenizer.json: the library's message names no file
         raise ValueError(f"{tok_dir}: the tokenizer files cannot be loaded ({one_line(exc, 200)}); "
                          "restore them from the teacher's tokenizer folder") from None
+    return student, tokenizer, student_notes(folder)
+
+
+def student_notes(folder: Path) -> dict[str, Any]:
+    """A student folder's t5shrink.json (in it or, for a diffusers export, beside it); {} when there is none."""
+    from train.student import META_NAME
+    from train.weights import read_json
+
     meta_file = next((p for p in (folder / META_NAME, folder.parent / META_NAME) if p.is_file()), None)
     meta = read_json(meta_file, "t5shrink's notes on the student") if meta_file else {}
     if not isinstance(meta, dict):
         raise ValueError(f"{meta_file}: not a JSON object; restore it or delete it (it only holds notes)")
-    return student, tokenizer, meta
+    return meta
