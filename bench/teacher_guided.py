@@ -17,7 +17,7 @@ Reported per teacher and variant, mean and sample standard deviation over seeds:
 the gap of the worst category (the highest per-category gap of each run), the passes spent, and the change
 against the fixed run of the same seed (paired: the same student initialisation, pool and held-out set).
 
-    python bench/teacher_guided.py                                  # tiny:flux + tiny:sd3, seeds 0,1,2 (~15 min)
+    python bench/teacher_guided.py                                  # tiny:flux + tiny:sd3, seeds 0,1,2 (~10 min)
     python bench/teacher_guided.py --teachers tiny:flux --seeds 0 --budget 40 --json out.json
 """
 
