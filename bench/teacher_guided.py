@@ -52,7 +52,7 @@ def make_sets(folder: Path, pool_size: int, heldout_size: int) -> tuple[Path, Pa
     return heldout, pool
 
 
-def passes_per_step(cfg: dict) -> int:
+def forward_passes_per_step(cfg: dict) -> int:
     dist = cfg["distill"]
     n, k = dist["sampling_steps"], dist["train_steps"] or dist["sampling_steps"]
     return (n + 3 * k) * cfg["optim"]["batch_size"]
@@ -72,7 +72,7 @@ def final(out: Path) -> dict:
 
 
 def run_variant(variant: str, cfg: dict, budget: int, out: Path, pool: Path, mine_at: float, mine_size: int) -> dict:
-    per_step = passes_per_step(cfg)
+    per_step = forward_passes_per_step(cfg)
     if variant != "mined":
         cfg = {**cfg, "stages": [{**cfg["stages"][0], "steps": budget}],
                "mixture": {**cfg["mixture"], "adaptive": variant == "adaptive"}}

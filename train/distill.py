@@ -521,7 +521,7 @@ class Trainer:
         """The next batch of the current stage, its per-batch draws (identical on every rank: guidance, which
         steps to regress, empty prompts) and this rank's contiguous share of it in micro-batches (gradient
         accumulation across them)."""
-        si = next(i for i, b in enumerate(self.bounds) if self.step < b)
+        si = self.stage_at(self.step)
         stage, opt, world = self.stages[si], self.opt, self.world
         self.bar.set_description(f"{stage['name']} {si + 1}/{len(self.stages)}" if len(self.stages) > 1 else stage["name"])
         max_len, res = stage["max_sequence_length"], stage["resolution"]
@@ -550,6 +550,10 @@ class Trainer:
             parts.append(MicroBatch(self.teacher_cond(chunk, max_len), self.teacher.tokenize(chunk, max_len).to(self.device),
                                     noise))
         return Batch(stage, parts, train_idx, guidance)
+
+    def stage_at(self, step: int) -> int:
+        """The index of the stage that step `step` (0-based) trains in; the last stage from the run's end on."""
+        return next((i for i, b in enumerate(self.bounds) if step < b), len(self.stages) - 1)
 
     def mixture_weights(self, stage: int) -> dict[str, float]:
         """mixture.adaptive: stage `stage`'s sampling weights now (train/mixture.py)."""
@@ -632,8 +636,7 @@ class Trainer:
         if self.mixture["adaptive"]:  # the weights the next steps sample with
             mix = self.state["mixture"]
             mix["excess"] = update_excess(mix["excess"], report, self.mixture["rate"])
-            stage = next((i for i, b in enumerate(self.bounds) if self.step < b), len(self.stages) - 1)
-            record["mixture_weights"] = self.mixture_weights(stage)
+            record["mixture_weights"] = self.mixture_weights(self.stage_at(self.step))
         self.logger.log(record)
         if val["images"] and self.main:
             texts = [p["text"] for p in self.heldout[: val["image_prompts"]]]

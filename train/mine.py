@@ -208,7 +208,8 @@ def mine(student: str, pools: list[str], output: Path, recipe: str = "balanced",
     if near_dup is not None and not 0 < near_dup <= 1:
         raise ConfigError(f"--near-dup must be in (0, 1], got {near_dup}")
     name, data = resolve_pools(recipe, pools, overrides, size, seed)
-    meta = student_notes(resolve_student_dir(student, "--student"))
+    folder = resolve_student_dir(student, "--student")  # once: a run folder's checkpoint search warns
+    meta = student_notes(folder)
     source = teacher or meta.get("teacher")
     if not source:
         raise ConfigError(f"{student}: the student's notes name no teacher; give --teacher")
@@ -216,7 +217,7 @@ def mine(student: str, pools: list[str], output: Path, recipe: str = "balanced",
     model = load_teacher(source, device=device)
     if meta.get("frames") and model.frames is not None:
         model.frames = meta["frames"]
-    folder, net, meta = load_checked_student(model, student)
+    _, net, meta = load_checked_student(model, folder)
     max_len, resolution = int(meta.get("max_sequence_length") or 77), int(meta.get("resolution") or 512)
     model.check_resolution(resolution)
     settings = {"max_sequence_length": max_len, "resolution": resolution, "sigmas": [float(s) for s in sigmas],
